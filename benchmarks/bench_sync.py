@@ -1,0 +1,172 @@
+"""End-to-end sync throughput and peak memory: PostgreSQL -> `cdi sync` -> Braze emulator, all on loopback.
+
+The runner and the emulator run as separate processes, as they would in production, so the figure is the runner's
+own. The baseline is the same runner held to one request at a time (`maxInFlight: 1`).
+
+    eval "$(bash hack/postgres.sh)"
+    .venv/bin/python benchmarks/bench_sync.py --rows 100000 --rows 1000000
+
+Prints one line per run and a Markdown table for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redshift_connector
+
+MANIFEST = """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench}}
+stringData: {{password: "{password}", api-key: bench-key}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: WarehouseCredential
+metadata: {{name: bench-pg}}
+spec:
+  type: redshift
+  redshift:
+    host: {host}
+    port: {port}
+    database: {database}
+    user: {user}
+    ssl: false
+    passwordSecretRef: {{name: bench, key: password}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: CdiIntegration
+metadata: {{name: bench}}
+spec:
+  credentialRef: {{name: bench-pg}}
+  source: {{database: {database}, schema: bench, table: {table}}}
+  dataType: customAttributes
+  schedule: "0 * * * *"
+  braze:
+    restEndpoint: {endpoint}
+    apiKeySecretRef: {{name: bench, key: api-key}}
+    maxInFlight: {in_flight}
+  sync: {{settleSeconds: 0}}
+"""
+
+
+@dataclass
+class Result:
+    rows: int
+    mode: str
+    seconds: float
+    rows_synced: int
+    peak_rss_mib: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_synced / self.seconds
+
+
+def pg_settings() -> dict[str, str]:
+    try:
+        return {k: os.environ[f"CDI_PG_{k.upper()}"] for k in ("host", "port", "user", "password", "database")}
+    except KeyError:
+        sys.exit('set the PostgreSQL settings first: eval "$(bash hack/postgres.sh)"')
+
+
+def create_table(pg: dict[str, str], table: str, rows: int) -> None:
+    con = redshift_connector.connect(
+        host=pg["host"],
+        port=int(pg["port"]),
+        user=pg["user"],
+        password=pg["password"],
+        database=pg["database"],
+        ssl=False,
+    )
+    con.autocommit = True
+    cur = con.cursor()
+    cur.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    cur.execute(f"DROP TABLE IF EXISTS bench.{table}")
+    cur.execute(f"CREATE TABLE bench.{table} (updated_at TIMESTAMP, external_id VARCHAR(64), payload VARCHAR(65535))")
+    # About 300 bytes of JSON per row, the shape of a typical profile update; timestamps a few per second.
+    cur.execute(
+        f"""INSERT INTO bench.{table}
+        SELECT TIMESTAMP '2026-01-01' + (i / 3) * INTERVAL '1 second', 'user-' || i,
+               json_build_object('first_name', 'Ada', 'last_name', 'Lovelace-' || i, 'plan', 'pro',
+                 'lifetime_value', i % 5000, 'email_opt_in', i % 2 = 0, 'city', 'Berlin', 'country', 'DE',
+                 'favorite_color', 'teal', 'signup_source', 'newsletter-2026-spring-campaign',
+                 'last_order_id', 'order-' || (i * 7), 'loyalty_tier', 'gold')::text
+        FROM generate_series(1, {rows}) AS i"""
+    )
+    cur.execute(f"ANALYZE bench.{table}")
+    con.close()
+
+
+def start_emulator() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdi_operator.braze.emulator", "--port", "0", "--api-key", "bench-key", "--no-record"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip().split()[-1]
+    return proc, url
+
+
+def run(pg: dict[str, str], rows: int, in_flight: int, mode: str, workdir: Path) -> Result:
+    table = f"users_{rows}"
+    emulator, url = start_emulator()
+    try:
+        manifest = workdir / f"{table}-{mode}.yaml"
+        manifest.write_text(MANIFEST.format(table=table, endpoint=url, in_flight=in_flight, **pg))
+        state = workdir / f"{table}-{mode}.state.json"
+        cdi = Path(sys.executable).with_name("cdi")
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(cdi), "sync", "-f", str(manifest), "--state", str(state), "--output", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        assert proc.stdout is not None
+        record = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        if status != 0 or record["rowsSynced"] != rows:
+            raise SystemExit(f"sync failed: exit status {status}, {record}")
+        return Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024)
+    finally:
+        emulator.terminate()
+        emulator.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, action="append", help="table sizes (default 100000 and 1000000)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the one-request-at-a-time baseline")
+    args = parser.parse_args()
+    pg = pg_settings()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="cdi-bench-") as tmp:
+        for rows in args.rows or [100_000, 1_000_000]:
+            create_table(pg, f"users_{rows}", rows)
+            modes = [("runner", 8)] + ([] if args.no_baseline else [("baseline", 1)])
+            for mode, in_flight in modes:
+                result = run(pg, rows, in_flight, mode, Path(tmp))
+                results.append(result)
+                print(
+                    f"{rows:>9,} rows  {mode:<8}  {result.seconds:7.1f} s  {result.rows_per_second:9,.0f} rows/s  "
+                    f"peak RSS {result.peak_rss_mib:6.1f} MiB",
+                    flush=True,
+                )
+    print("\n| rows | mode | seconds | rows/s | peak RSS (MiB) |\n| ---: | --- | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r.rows:,} | {r.mode} | {r.seconds:.1f} | {r.rows_per_second:,.0f} | {r.peak_rss_mib:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The API models: the single source of the CRDs and of what `cdi sync -f` accepts."""

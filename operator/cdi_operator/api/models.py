@@ -1,0 +1,433 @@
+"""Pydantic models of the cdi.ingest.dev/v1alpha1 resources: the single source of the CRDs.
+
+Field names are camelCase as users write them in YAML. Every check a user can get wrong is here, with a message
+that names the field and the fix, so that `cdi sync -f`, the admission webhook and the operator all say the same.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cdi_operator.api.schedule import ScheduleError, validate_schedule, validate_time_zone
+
+GROUP = "cdi.ingest.dev"
+VERSION = "v1alpha1"
+API_VERSION: Literal["cdi.ingest.dev/v1alpha1"] = "cdi.ingest.dev/v1alpha1"
+
+SYNC_NOW_ANNOTATION = f"{GROUP}/sync-now"
+TEST_CONNECTION_ANNOTATION = f"{GROUP}/test-connection"
+ROTATE_KEY_ANNOTATION = f"{GROUP}/rotate-key"
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
+# Table, schema and database names we quote ourselves: letters, digits, '_', '$' and '-' (BigQuery projects) only,
+# so that no name can carry a quote, a dot or a control character into SQL.
+_SQL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,254}$"
+_HOSTNAME = r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+SqlName = Annotated[str, Field(pattern=_SQL_NAME, description="A name we quote by the warehouse's own rules.")]
+Hostname = Annotated[str, Field(pattern=_HOSTNAME, max_length=253)]
+
+
+class DataType(StrEnum):
+    CUSTOM_ATTRIBUTES = "customAttributes"
+    CUSTOM_EVENTS = "customEvents"
+    PURCHASE_EVENTS = "purchaseEvents"
+    USER_DELETES = "userDeletes"
+
+
+class WarehouseType(StrEnum):
+    SNOWFLAKE = "snowflake"
+    REDSHIFT = "redshift"
+    BIGQUERY = "bigquery"
+    DATABRICKS = "databricks"
+    DUCKDB = "duckdb"
+
+
+class Phase(StrEnum):
+    DRAFT = "Draft"
+    ACTIVE = "Active"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class RunResult(StrEnum):
+    RUNNING = "Running"
+    SUCCESS = "Success"
+    PARTIAL = "Partial"
+    ERROR = "Error"
+    LIMIT_EXCEEDED = "LimitExceeded"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=False)
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the same namespace."""
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="Name of the Secret.")
+    key: str = Field(pattern=_SECRET_KEY, description="Key inside the Secret's data.")
+
+
+# --- WarehouseCredential -------------------------------------------------------------------------------------------
+
+
+class SnowflakeSpec(Model):
+    account: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$", description="Account identifier, e.g. 'myorg-myaccount'."
+    )
+    user: SqlName
+    role: SqlName
+    warehouse: SqlName
+    private_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        alias="privateKeySecretRef",
+        description="Set by the operator to the Secret holding the key pair it generated; set it yourself only to "
+        "bring your own key (e.g. for `cdi sync -f`).",
+    )
+
+
+class SshTunnelSpec(Model):
+    host: Hostname
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1, max_length=64)
+    private_key_secret_ref: SecretKeyRef = Field(alias="privateKeySecretRef")
+    host_key: str | None = Field(
+        default=None,
+        alias="hostKey",
+        description="The bastion's public host key ('ssh-ed25519 AAAA…'); when set, any other key is refused.",
+    )
+
+
+class RedshiftSpec(Model):
+    host: Hostname
+    port: int = Field(default=5439, ge=1, le=65535)
+    database: SqlName
+    user: str = Field(min_length=1, max_length=128)
+    password_secret_ref: SecretKeyRef = Field(alias="passwordSecretRef")
+    ssl: bool = Field(default=True, description="Use TLS to the cluster (Redshift requires it unless disabled).")
+    ssh_tunnel: SshTunnelSpec | None = Field(default=None, alias="sshTunnel")
+
+
+class BigQuerySpec(Model):
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$|^[A-Za-z0-9_.:-]{1,100}$")
+    service_account_key_secret_ref: SecretKeyRef = Field(alias="serviceAccountKeySecretRef")
+    location: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{2,40}$")
+
+
+class DatabricksSpec(Model):
+    server_hostname: Hostname = Field(alias="serverHostname")
+    http_path: str = Field(alias="httpPath", pattern=r"^/[A-Za-z0-9/_.-]{1,500}$")
+    access_token_secret_ref: SecretKeyRef = Field(alias="accessTokenSecretRef")
+    catalog: SqlName | None = None
+
+
+class DuckDBSpec(Model):
+    """An embedded DuckDB database file: for `cdi demo`, local runs and tests, not for production clusters."""
+
+    path: str = Field(min_length=1, max_length=4096, description="Path of the DuckDB database file.")
+
+
+_BLOCKS: dict[WarehouseType, str] = {t: t.value for t in WarehouseType}
+
+
+class WarehouseCredentialSpec(Model):
+    type: WarehouseType
+    snowflake: SnowflakeSpec | None = None
+    redshift: RedshiftSpec | None = None
+    bigquery: BigQuerySpec | None = None
+    databricks: DatabricksSpec | None = None
+    duckdb: DuckDBSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_block_matching_type(self) -> Self:
+        present = [name for name in _BLOCKS.values() if getattr(self, name) is not None]
+        wanted = _BLOCKS[self.type]
+        if present != [wanted]:
+            others = [name for name in present if name != wanted]
+            if others:
+                raise ValueError(
+                    f"spec.type is {wanted!r} but the block(s) {', '.join(others)} are set; keep only spec.{wanted}"
+                )
+            raise ValueError(f"spec.type is {wanted!r}: add the spec.{wanted} block with its connection settings")
+        return self
+
+    @property
+    def settings(self) -> SnowflakeSpec | RedshiftSpec | BigQuerySpec | DatabricksSpec | DuckDBSpec:
+        block = getattr(self, _BLOCKS[self.type])
+        assert block is not None  # guaranteed by _one_block_matching_type
+        return block  # type: ignore[no-any-return]
+
+    def secret_refs(self) -> list[SecretKeyRef]:
+        refs: list[SecretKeyRef] = []
+        match self.settings:
+            case SnowflakeSpec(private_key_secret_ref=ref) if ref is not None:
+                refs.append(ref)
+            case RedshiftSpec() as redshift:
+                refs.append(redshift.password_secret_ref)
+                if redshift.ssh_tunnel is not None:
+                    refs.append(redshift.ssh_tunnel.private_key_secret_ref)
+            case BigQuerySpec() as bigquery:
+                refs.append(bigquery.service_account_key_secret_ref)
+            case DatabricksSpec() as databricks:
+                refs.append(databricks.access_token_secret_ref)
+        return refs
+
+
+# --- CdiIntegration ------------------------------------------------------------------------------------------------
+
+
+class CredentialRef(Model):
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="A WarehouseCredential in this namespace.")
+
+
+class SourceTable(Model):
+    """The table or view to read. BigQuery names it project/dataset/table, Databricks catalog/schema/table."""
+
+    database: SqlName | None = None
+    schema_: SqlName | None = Field(default=None, alias="schema")
+    table: SqlName
+    project: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    dataset: SqlName | None = None
+    catalog: SqlName | None = None
+
+    def qualified_parts(self, warehouse: WarehouseType) -> tuple[str, ...]:
+        """The name's parts for `warehouse`, outermost first, with what is unset left out."""
+        if warehouse is WarehouseType.BIGQUERY:
+            parts = (self.project, self.dataset, self.table)
+        elif warehouse is WarehouseType.DATABRICKS:
+            parts = (self.catalog, self.schema_, self.table)
+        else:
+            parts = (self.database, self.schema_, self.table)
+        return tuple(p for p in parts if p)
+
+    def problems_for(self, warehouse: WarehouseType) -> list[str]:
+        """Fields that do not fit `warehouse`, each with its fix; empty when the source fits."""
+        if warehouse is WarehouseType.BIGQUERY:
+            allowed, required = {"project", "dataset", "table"}, {"dataset", "table"}
+        elif warehouse is WarehouseType.DATABRICKS:
+            allowed, required = {"catalog", "schema", "table"}, {"schema", "table"}
+        elif warehouse is WarehouseType.DUCKDB:
+            allowed, required = {"database", "schema", "table"}, {"table"}
+        else:
+            allowed, required = {"database", "schema", "table"}, {"database", "schema", "table"}
+        given = {name for name in ("database", "schema", "table", "project", "dataset", "catalog") if self._get(name)}
+        problems = [
+            f"spec.source.{name} is not used by {warehouse.value}; name the table with {'/'.join(sorted(allowed))}"
+            for name in sorted(given - allowed)
+        ]
+        problems += [f"spec.source.{name} is required for {warehouse.value}" for name in sorted(required - given)]
+        return problems
+
+    def _get(self, name: str) -> str | None:
+        value: str | None = self.schema_ if name == "schema" else getattr(self, name)
+        return value
+
+    def display(self) -> str:
+        return ".".join(
+            p for p in (self.project, self.catalog, self.database, self.dataset, self.schema_, self.table) if p
+        )
+
+
+class BrazeSpec(Model):
+    rest_endpoint: str | None = Field(
+        default=None,
+        alias="restEndpoint",
+        pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",
+        description="Your instance's REST endpoint, e.g. https://rest.iad-01.braze.com (never derived).",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
+    max_objects_per_request: int = Field(
+        default=75,
+        ge=1,
+        le=75,
+        alias="maxObjectsPerRequest",
+        description="Objects per /users/track request across all arrays; 50 on some newer Braze contracts.",
+    )
+    requests_per_second: float = Field(
+        default=1000.0,
+        gt=0,
+        le=1000,
+        alias="requestsPerSecond",
+        description="Request budget of this sync; Braze allows 3,000 per 3 s per workspace, shared by all clients.",
+    )
+    max_in_flight: int = Field(default=8, ge=1, le=64, alias="maxInFlight", description="Concurrent requests.")
+
+
+class SyncOptions(Model):
+    settle_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        alias="settleSeconds",
+        description="Rows newer than now minus this are left for the next run, so writers still committing "
+        "and rows dated in the future cannot be skipped or freeze the sync.",
+    )
+    max_rows_per_run: int = Field(
+        default=500_000_000, ge=1, alias="maxRowsPerRun", description="A run stops with LimitExceeded past this."
+    )
+    chunk_rows: int = Field(default=10_000, ge=100, le=1_000_000, alias="chunkRows", description="Rows per fetch.")
+    checkpoint_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        alias="checkpointSeconds",
+        description="Least time between two saves of progress during a sync. After a crash, a run re-sends at most "
+        "the rows acknowledged in this time plus those that were in flight.",
+    )
+
+
+class CdiIntegrationSpec(Model):
+    credential_ref: CredentialRef = Field(alias="credentialRef")
+    source: SourceTable
+    data_type: DataType = Field(alias="dataType", description="Immutable after creation.")
+    schedule: str = Field(
+        min_length=1, max_length=200, description="Cron expression; runs 15 minutes to a month apart."
+    )
+    time_zone: str = Field(default="UTC", alias="timeZone", max_length=64, description="IANA zone of the schedule.")
+    contact_emails: list[str] = Field(default_factory=list, alias="contactEmails", max_length=20)
+    suspend: bool = False
+    braze: BrazeSpec | None = None
+    sync: SyncOptions = Field(default_factory=SyncOptions)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            return validate_schedule(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            return validate_time_zone(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("contact_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not _EMAIL.fullmatch(address):  # not match(): '$' would let a trailing newline through
+                raise ValueError(f"{address!r} is not an e-mail address; write it as name@example.com")
+        return value
+
+
+# --- Status --------------------------------------------------------------------------------------------------------
+
+
+class Watermark(Model):
+    """How far a sync has delivered: every row up to `updatedAt`, and at exactly `updatedAt` the rows listed."""
+
+    updated_at: datetime = Field(alias="updatedAt")
+    boundary_fingerprints: list[str] = Field(
+        default_factory=list,
+        alias="boundaryFingerprints",
+        description="Fingerprints of the rows delivered at exactly updatedAt, so that a row that arrives later "
+        "with the same UPDATED_AT is still sent and those already sent are not.",
+    )
+
+
+class RowErrorSample(Model):
+    reason: str
+    identifier: str
+    updated_at: datetime | None = Field(default=None, alias="updatedAt")
+    message: str
+
+
+class RunSummary(Model):
+    trigger: Literal["schedule", "syncNow", "local"] = "local"
+    job: str | None = None
+    started_at: datetime = Field(alias="startedAt")
+    finished_at: datetime | None = Field(default=None, alias="finishedAt")
+    result: RunResult
+    rows_read: int = Field(default=0, alias="rowsRead")
+    rows_synced: int = Field(default=0, alias="rowsSynced")
+    rows_failed: int = Field(default=0, alias="rowsFailed")
+    rows_skipped: int = Field(
+        default=0, alias="rowsSkipped", description="Rows at the watermark already delivered by an earlier run."
+    )
+    future_rows: int = Field(
+        default=0, alias="futureRows", description="Rows dated after the read bound; they wait for their time."
+    )
+    watermark: datetime | None = None
+    message: str = ""
+    row_errors: list[RowErrorSample] = Field(default_factory=list, alias="rowErrors", max_length=20)
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    last_transition_time: datetime = Field(alias="lastTransitionTime")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+
+
+class ConnectionTest(Model):
+    time: datetime
+    result: Literal["Passed", "Failed", "Testing"]
+    reason: str = ""
+    message: str = ""
+    columns: list[str] = Field(default_factory=list)
+    preview: list[dict[str, Any]] = Field(default_factory=list, max_length=5)
+
+
+class CdiIntegrationStatus(Model):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    connection_test: ConnectionTest | None = Field(default=None, alias="connectionTest")
+    watermark: Watermark | None = None
+    last_sync: RunSummary | None = Field(default=None, alias="lastSync")
+    runs: list[RunSummary] = Field(default_factory=list, max_length=10)
+    last_handled_sync_now: str | None = Field(default=None, alias="lastHandledSyncNow")
+
+
+class WarehouseCredentialStatus(Model):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    connection_test: ConnectionTest | None = Field(default=None, alias="connectionTest")
+    public_key: str | None = Field(default=None, alias="publicKey")
+    alter_user_statement: str | None = Field(default=None, alias="alterUserStatement")
+
+
+# --- Resources -----------------------------------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253)
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class WarehouseCredential(Model):
+    """How to reach one warehouse (Snowflake, Redshift, BigQuery, Databricks); CdiIntegrations refer to it."""
+
+    api_version: Literal["cdi.ingest.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["WarehouseCredential"] = "WarehouseCredential"
+    metadata: ObjectMeta
+    spec: WarehouseCredentialSpec
+    status: WarehouseCredentialStatus | None = None
+
+
+class CdiIntegration(Model):
+    """Syncs the rows of one warehouse table that changed since the last sync to Braze, on a schedule."""
+
+    api_version: Literal["cdi.ingest.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["CdiIntegration"] = "CdiIntegration"
+    metadata: ObjectMeta
+    spec: CdiIntegrationSpec
+    status: CdiIntegrationStatus | None = None

@@ -1,0 +1,420 @@
+"""The asyncio client for Braze's `/users/track` and `/users/delete` REST endpoints.
+
+One `BrazeClient` owns one aiohttp session. Many tasks call `track()` / `delete()` concurrently; the client bounds
+the requests in flight (`max_in_flight`), paces them with a token bucket (`requests_per_second`), retries what is
+worth retrying and raises `BrazeError` for what needs a human.
+
+Decisions where BRAZE-API.md is silent:
+
+- Retried with exponential backoff and full jitter, up to `max_attempts` attempts: 5xx, 408, timeouts and
+  connection failures (reset, dropped without a response, truncated body). A retry after a dropped connection may
+  re-send a request Braze already applied ("delivered, ack lost"); delivery is at least once.
+- 429: every request of the client pauses (one shared gate) until `Retry-After` (seconds or an HTTP date) or else
+  `X-RateLimit-Reset` (epoch seconds). When the server's `Date` is more than 2 s away from our clock, the wait is
+  computed against the server's clock, so that a skewed local clock neither hammers Braze nor waits for minutes.
+  Without either header the wait backs off exponentially. A single wait longer than `max_rate_limit_wait` is
+  `RateLimitWaitExceeded`, and so is a request rate limited more than `RATE_LIMITED_ATTEMPTS` times; 429s do not
+  count against `max_attempts`. A response with `X-RateLimit-Remaining: 0` closes the gate until its reset too.
+- Not retried: 400 (`BadRequest`, e.g. "Max Input Length Exceeded"), 401 (`Unauthorized`), 403 (`Forbidden`),
+  404 (`NotFound`); any other 4xx, a 3xx or a 1xx is `UnexpectedResponse`. Any other 2xx counts as delivered.
+- `SendResult.errors`: Braze's 201 `errors` list, keyed by the index of the object the item names when it names
+  the array that was sent and an index inside the request; every other item (no index, another array, an index out
+  of range, not an object) goes under key -1 as text. Several items for one key are joined with "; ".
+- The API key is only ever put in the Authorization header. Braze's messages quoted in errors are cut at 300
+  characters and have any occurrence of the key replaced by `***`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+__all__ = [
+    "DELETE_LIMIT",
+    "RATE_LIMITED_ATTEMPTS",
+    "BrazeClient",
+    "BrazeError",
+    "BrazeSettings",
+    "DeleteIdType",
+    "SendResult",
+    "TrackArray",
+]
+
+TrackArray = Literal["attributes", "events", "purchases"]
+DeleteIdType = Literal["external_ids", "user_aliases", "braze_ids"]
+
+TRACK_PATH = "/users/track"
+DELETE_PATH = "/users/delete"
+DELETE_LIMIT = 50
+RATE_LIMITED_ATTEMPTS = 100  # 429s tolerated for one request before giving up (about 5 minutes of 3 s windows)
+_CLOCK_SKEW_TOLERANCE = 2.0
+_QUOTED_MESSAGE_LIMIT = 300
+
+_TRACK_ARRAYS = frozenset(("attributes", "events", "purchases"))
+_DELETE_ID_TYPES = frozenset(("external_ids", "user_aliases", "braze_ids"))
+_RETRYABLE_EXCEPTIONS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+@dataclass(frozen=True)
+class BrazeSettings:
+    rest_endpoint: str
+    api_key: str = field(repr=False)
+    max_objects_per_request: int = 75
+    max_in_flight: int = 8
+    requests_per_second: float = 1000.0
+    request_timeout: float = 30.0
+    max_attempts: int = 8
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    max_rate_limit_wait: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.rest_endpoint.startswith(("http://", "https://")):
+            raise ValueError("rest_endpoint must be an http:// or https:// URL, e.g. https://rest.iad-01.braze.com")
+        positive = {
+            "max_objects_per_request": self.max_objects_per_request,
+            "max_in_flight": self.max_in_flight,
+            "requests_per_second": self.requests_per_second,
+            "request_timeout": self.request_timeout,
+            "max_attempts": self.max_attempts,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.backoff_initial < 0 or self.backoff_max < 0 or self.max_rate_limit_wait < 0:
+            raise ValueError("backoff_initial, backoff_max and max_rate_limit_wait must not be negative")
+
+
+@dataclass
+class SendResult:
+    status: int
+    queued: bool
+    errors: dict[int, str]
+    attempts: int
+
+
+class BrazeError(Exception):
+    """A failure of the sync as a whole: the request was not delivered and retrying will not help."""
+
+    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+_FIXES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "Braze refused the request as malformed; check max_objects_per_request against your contract"),
+    401: (
+        "Unauthorized",
+        "check the REST API key in the Secret (apiKeySecretRef) and that it belongs to this workspace and endpoint",
+    ),
+    403: (
+        "Forbidden",
+        "give the REST API key the users.track and users.delete permissions, and check its IP allowlist",
+    ),
+    404: (
+        "NotFound",
+        "check restEndpoint: it must be your instance's REST endpoint, e.g. https://rest.iad-01.braze.com",
+    ),
+}
+
+
+class _TokenBucket:
+    """Generic cell rate algorithm: a reservation per caller, so waiters are served in arrival order without a lock."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1.0) * self._interval
+        self._tat = 0.0
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        tat = self._tat if self._tat > now else now
+        self._tat = tat + self._interval
+        delay = tat - self._tolerance - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class BrazeClient:
+    def __init__(
+        self,
+        settings: BrazeSettings,
+        *,
+        on_response: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_response = on_response
+        self._base = settings.rest_endpoint.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bearer {settings.api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self._semaphore = asyncio.Semaphore(settings.max_in_flight)
+        burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
+        self._bucket = _TokenBucket(settings.requests_per_second, burst)
+        self._paused_until = 0.0  # time.monotonic() before which no request starts (429 / remaining 0)
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        return f"BrazeClient(rest_endpoint={self.settings.rest_endpoint!r})"
+
+    async def __aenter__(self) -> BrazeClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            limit = self.settings.max_in_flight
+            connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "cdi-operator"},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def track(self, array: TrackArray, objects: Sequence[Mapping[str, Any]]) -> SendResult:
+        """Send `objects` as the `array` of one `/users/track` request (at most max_objects_per_request)."""
+        if array not in _TRACK_ARRAYS:
+            raise ValueError(f"array must be one of attributes, events, purchases, got {array!r}")
+        if len(objects) > self.settings.max_objects_per_request:
+            raise ValueError(
+                f"{len(objects)} objects exceed max_objects_per_request={self.settings.max_objects_per_request}"
+            )
+        body = orjson.dumps({array: objects}, default=_plain)
+        return await self._send(TRACK_PATH, body, array, len(objects))
+
+    async def delete(self, id_type: DeleteIdType, identifiers: Sequence[Any]) -> SendResult:
+        """Delete the users named by `identifiers` (at most 50, all of `id_type`) with one `/users/delete` request."""
+        if id_type not in _DELETE_ID_TYPES:
+            raise ValueError(f"id_type must be one of external_ids, user_aliases, braze_ids, got {id_type!r}")
+        if len(identifiers) > DELETE_LIMIT:
+            raise ValueError(f"{len(identifiers)} identifiers exceed the /users/delete limit of {DELETE_LIMIT}")
+        body = orjson.dumps({id_type: identifiers}, default=_plain)
+        return await self._send(DELETE_PATH, body, id_type, len(identifiers))
+
+    # --- one request, with its retries ---------------------------------------------------------------------------
+
+    async def _send(self, path: str, body: bytes, array: str, count: int) -> SendResult:
+        if self._session is None:
+            raise RuntimeError("BrazeClient is not open: use `async with BrazeClient(settings) as client:`")
+        url = self._base + path
+        attempts = 0  # attempts that count against max_attempts
+        rate_limited = 0
+        total = 0
+        last_problem = ""
+        while True:
+            total += 1
+            try:
+                status, headers, payload = await self._attempt(url, body)
+            except _RETRYABLE_EXCEPTIONS as exc:
+                code = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
+                self._hook(path, code)
+                attempts += 1
+                last_problem = f"{code} ({type(exc).__name__})"
+                await self._back_off(path, attempts, last_problem)
+                continue
+            self._hook(path, str(status))
+            if 200 <= status < 300:
+                self._note_remaining(headers)
+                errors = _map_errors(payload, array, count)
+                return SendResult(status=status, queued=status == 202, errors=errors, attempts=total)
+            if status == 429:
+                rate_limited += 1
+                await self._pause_for_rate_limit(path, headers, rate_limited)
+                continue
+            if status >= 500 or status == 408:
+                attempts += 1
+                last_problem = f"HTTP {status} {self._quote(payload)}".rstrip()
+                await self._back_off(path, attempts, last_problem)
+                continue
+            raise self._fatal(path, status, payload)
+
+    async def _attempt(self, url: str, body: bytes) -> tuple[int, Mapping[str, str], bytes]:
+        assert self._session is not None
+        async with self._semaphore:
+            while True:
+                wait = self._paused_until - time.monotonic()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            await self._bucket.acquire()
+            async with self._session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
+                payload = await resp.read()
+                return resp.status, resp.headers, payload
+
+    async def _back_off(self, path: str, attempts: int, problem: str) -> None:
+        settings = self.settings
+        if attempts >= settings.max_attempts:
+            raise BrazeError(
+                "RetriesExhausted",
+                f"POST {path} failed {attempts} times in a row, the last with {problem}; check that restEndpoint "
+                f"{settings.rest_endpoint} is reachable from the runner and Braze's status page",
+            )
+        ceiling = min(settings.backoff_max, settings.backoff_initial * (2 ** (attempts - 1)))
+        await asyncio.sleep(self._random.uniform(0, ceiling))
+
+    async def _pause_for_rate_limit(self, path: str, headers: Mapping[str, str], rate_limited: int) -> None:
+        settings = self.settings
+        if rate_limited > RATE_LIMITED_ATTEMPTS:
+            raise BrazeError(
+                "RateLimitWaitExceeded",
+                f"POST {path} was rate limited (HTTP 429) {rate_limited} times in a row; lower requestsPerSecond or "
+                "the load other clients put on this workspace's REST API",
+                429,
+            )
+        wait = _rate_limit_wait(headers)
+        if wait is None:
+            ceiling = min(settings.backoff_max, max(settings.backoff_initial, 0.1) * (2 ** (rate_limited - 1)))
+            wait = self._random.uniform(ceiling / 2, ceiling)
+        if wait > settings.max_rate_limit_wait:
+            raise BrazeError(
+                "RateLimitWaitExceeded",
+                f"POST {path} was rate limited (HTTP 429) and Braze asked to wait {wait:.0f} s, more than "
+                f"max_rate_limit_wait={settings.max_rate_limit_wait:g} s; lower requestsPerSecond or retry later",
+                429,
+            )
+        self._pause(wait)
+        await asyncio.sleep(max(0.0, self._paused_until - time.monotonic()))
+
+    def _note_remaining(self, headers: Mapping[str, str]) -> None:
+        remaining = headers.get("X-RateLimit-Remaining")
+        if remaining is not None and remaining.strip() == "0":
+            wait = _reset_wait(headers)
+            if wait is not None and 0 < wait <= self.settings.max_rate_limit_wait:
+                self._pause(wait)
+
+    def _pause(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+
+    def _hook(self, path: str, code: str) -> None:
+        if self.on_response is not None:
+            self.on_response(path, code)
+
+    def _quote(self, payload: bytes) -> str:
+        """Braze's message from a response body: cut short, never holding the API key."""
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+            text: str = parsed["message"]
+        else:
+            text = payload.decode("utf-8", "replace").strip()
+        if len(text) > _QUOTED_MESSAGE_LIMIT:
+            text = text[:_QUOTED_MESSAGE_LIMIT] + "…"
+        key = self.settings.api_key
+        if key:
+            text = text.replace(key, "***")
+        return f'"{text}"' if text else ""
+
+    def _fatal(self, path: str, status: int, payload: bytes) -> BrazeError:
+        reason, fix = _FIXES.get(
+            status,
+            ("UnexpectedResponse", "check restEndpoint and any proxy between the runner and Braze"),
+        )
+        quoted = self._quote(payload)
+        said = f": Braze said {quoted}" if quoted else ""
+        return BrazeError(reason, f"POST {path} got HTTP {status} {reason}{said}; {fix}", status)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _map_errors(payload: bytes, array: str, count: int) -> dict[int, str]:
+    if b'"errors"' not in payload:
+        return {}
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return {}
+    items = parsed.get("errors") if isinstance(parsed, dict) else None
+    if not items or not isinstance(items, list):
+        return {}
+    errors: dict[int, str] = {}
+    for item in items:
+        index = -1
+        if isinstance(item, dict):
+            text = str(item.get("type") or item.get("message") or orjson.dumps(item).decode())
+            at = item.get("index")
+            if item.get("input_array", array) == array and type(at) is int and 0 <= at < count:
+                index = at
+            elif "input_array" in item or at is not None:
+                text = f"{item.get('input_array', '?')}[{at}]: {text}"
+        else:
+            text = str(item)
+        errors[index] = f"{errors[index]}; {text}" if index in errors else text
+    return errors
+
+
+def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait after a 429: Retry-After wins over X-RateLimit-Reset; None when neither is usable."""
+    retry_after = headers.get("Retry-After")
+    if retry_after is not None:
+        value = retry_after.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            return max(0.0, when.timestamp() - _server_now(headers))
+    return _reset_wait(headers)
+
+
+def _reset_wait(headers: Mapping[str, str]) -> float | None:
+    reset = headers.get("X-RateLimit-Reset")
+    if reset is None:
+        return None
+    try:
+        at = float(reset.strip())
+    except ValueError:
+        return None
+    return max(0.0, at - _server_now(headers))
+
+
+def _server_now(headers: Mapping[str, str]) -> float:
+    """Our clock, unless the response's Date shows it is off by more than a couple of seconds."""
+    now = time.time()
+    date = headers.get("Date")
+    if date is None:
+        return now
+    try:
+        server = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return now
+    # Date has a resolution of one second: the server's clock is somewhere in [server, server + 1).
+    if abs(now - (server + 0.5)) > _CLOCK_SKEW_TOLERANCE:
+        return server + 0.5
+    return now

@@ -1,0 +1,1 @@
+"""The sync runner: read -> validate -> batch -> send -> checkpoint."""

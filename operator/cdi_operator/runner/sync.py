@@ -1,0 +1,521 @@
+"""One sync run: read the rows changed since the watermark, validate, batch, send to Braze, checkpoint.
+
+Reading runs in a worker thread one chunk ahead of processing; batches go out concurrently (the Braze client bounds
+requests in flight and their rate); the watermark follows the frontier of acknowledged rows (see frontier.py).
+Two rows of the same user are never in flight at once, so Braze applies them in UPDATED_AT order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from cdi_operator.api.models import (
+    CdiIntegration,
+    DataType,
+    RowErrorSample,
+    RunResult,
+    RunSummary,
+    SourceTable,
+    SyncOptions,
+    WarehouseCredential,
+)
+from cdi_operator.braze.client import BrazeClient, BrazeError
+from cdi_operator.runner.frontier import Entry, Frontier
+from cdi_operator.runner.rows import (
+    ColumnPlan,
+    Delivery,
+    RowConverter,
+    RowError,
+    RowErrorReason,
+    SourceColumnsError,
+    plan_columns,
+)
+from cdi_operator.runner.state import StateStore
+from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
+
+log = logging.getLogger(__name__)
+
+ROW_ERROR_SAMPLE = 20
+DELETE_BATCH_LIMIT = 50
+Trigger = Literal["schedule", "syncNow", "local"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """What one run needs to know about its integration."""
+
+    key: str  # namespace/name, for logs
+    data_type: DataType
+    table: tuple[str, ...]  # qualified name parts for the warehouse
+    source: SourceTable
+    options: SyncOptions
+    max_objects_per_request: int = 75
+
+    @classmethod
+    def for_integration(cls, integration: CdiIntegration, credential: WarehouseCredential) -> SyncJob:
+        """The job of `integration`; raises SyncFailed when its source does not fit the credential's warehouse."""
+        warehouse = credential.spec.type
+        problems = integration.spec.source.problems_for(warehouse)
+        if problems:
+            raise SyncFailed("InvalidSource", "; ".join(problems))
+        braze = integration.spec.braze
+        return cls(
+            key=f"{integration.metadata.namespace}/{integration.metadata.name}",
+            data_type=integration.spec.data_type,
+            table=integration.spec.source.qualified_parts(warehouse),
+            source=integration.spec.source,
+            options=integration.spec.sync,
+            max_objects_per_request=braze.max_objects_per_request if braze else 75,
+        )
+
+
+@dataclass
+class Progress:
+    rows_read: int = 0
+    rows_synced: int = 0
+    rows_failed: int = 0
+    rows_skipped: int = 0
+    requests: int = 0
+    watermark: datetime | None = None
+    finished: bool = False
+
+
+@dataclass
+class DryRunReport:
+    """What a dry run would have sent."""
+
+    requests: int = 0
+    objects_by_target: dict[str, int] = field(default_factory=dict)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SyncFailed(Exception):
+    """A sync-level failure: nothing more can be sent in this run. `reason` is a status reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(eq=False)
+class _Batch:
+    target: str
+    bodies: list[Any] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    users: set[str] = field(default_factory=set)
+    after: set[_Batch] = field(default_factory=set)  # batches that must be acknowledged before this one is sent
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # acknowledged, or failed
+    delivered: bool = False
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _row_fingerprint(row: Sequence[Any]) -> str:
+    return hashlib.blake2b(repr(tuple(row)).encode(), digest_size=8).hexdigest()
+
+
+def _identifier_of(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("external_id", "braze_id"):
+            if key in body:
+                return f"{key}={body[key]}"
+        alias = body.get("user_alias", body if "alias_name" in body else None)
+        if isinstance(alias, dict):
+            return f"alias={alias.get('alias_label')}:{alias.get('alias_name')}"
+        if "email" in body:
+            return "email=(masked)"
+        if "phone" in body:
+            return "phone=(masked)"
+        return ""
+    return f"id={body}"
+
+
+class SyncRun:
+    """The state of one run. Use `run_sync()`; this class only keeps the pieces of a run together."""
+
+    def __init__(
+        self,
+        job: SyncJob,
+        warehouse: Warehouse,
+        braze: BrazeClient | None,
+        store: StateStore,
+        *,
+        trigger: Trigger,
+        on_progress: Callable[[Progress], None] | None,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.job = job
+        self.warehouse = warehouse
+        self.braze = braze
+        self.store = store
+        self.trigger: Trigger = trigger
+        self.on_progress = on_progress
+        self.now = now
+        self.progress = Progress()
+        self.dry_run_report = DryRunReport() if braze is None else None
+        self.row_errors: list[RowErrorSample] = []
+        self.row_errors_by_reason: dict[str, int] = {}
+        self.future_rows = 0
+        self.limit_exceeded = False
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdi-reader")
+        self._failure: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._open: dict[str, _Batch] = {}
+        self._last_batch_of_user: dict[str, _Batch] = {}
+        self._window = asyncio.Semaphore(self._max_batches_in_flight())
+        self._checkpoint_lock = asyncio.Lock()
+        self._advanced = asyncio.Event()
+        self._stop_checkpoints = asyncio.Event()
+        self.frontier = Frontier(None)
+
+    def _max_batches_in_flight(self) -> int:
+        in_flight = self.braze.settings.max_in_flight if self.braze is not None else 1
+        return in_flight * 2
+
+    async def _in_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    # --- the run -------------------------------------------------------------------------------------------------
+
+    async def execute(self) -> RunSummary:
+        started = self.now()
+        watermark_before = await self._in_reader(self.store.load_watermark)
+        self.frontier = Frontier(watermark_before)
+        try:
+            plan = await self._plan()
+            until = started - timedelta(seconds=self.job.options.settle_seconds)
+            self.future_rows = await self._in_reader(
+                self.warehouse.count_after, self.job.table, plan.columns[0], started
+            )
+            if self.future_rows:
+                log.warning(
+                    "%s: %d row(s) have UPDATED_AT in the future; they will be sent once their time has come",
+                    self.job.key,
+                    self.future_rows,
+                )
+            since = watermark_before.updated_at if watermark_before else None
+            if since is None or since <= until:
+                await self._stream(plan, ReadWindow(since=since, until=until))
+            result = self._result()
+            message = self._message()
+        except (SyncFailed, WarehouseError, BrazeError, SourceColumnsError) as exc:
+            await self._cancel_sends()
+            result, message = RunResult.ERROR, _failure_message(exc)
+            log.error("%s: sync failed: %s", self.job.key, message)
+            self._failure = exc
+        finally:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+        await self._checkpoint()
+        self.progress.finished = True
+        self._report_progress()
+        summary = RunSummary(
+            trigger=self.trigger,
+            started_at=started,
+            finished_at=self.now(),
+            result=result,
+            rows_read=self.progress.rows_read,
+            rows_synced=self.progress.rows_synced,
+            rows_failed=self.progress.rows_failed,
+            rows_skipped=self.progress.rows_skipped,
+            future_rows=self.future_rows,
+            watermark=self.frontier.updated_at,
+            message=message,
+            row_errors=self.row_errors,
+        )
+        if self.braze is not None:
+            await self._in_reader_or_inline(self.store.record_run, summary)
+        return summary
+
+    async def _in_reader_or_inline(self, fn: Callable[[Any], None], arg: Any) -> None:
+        # The reader pool is shut down by now; state writes at the end go through the default pool.
+        await asyncio.to_thread(fn, arg)
+
+    async def _plan(self) -> ColumnPlan:
+        description = await self._in_reader(self.warehouse.describe, self.job.table)
+        try:
+            return plan_columns(self.job.data_type, [c.name for c in description.columns])
+        except SourceColumnsError as exc:
+            raise SyncFailed(FailureReason.COLUMN_MISSING.value, "; ".join(exc.problems)) from None
+
+    async def _stream(self, plan: ColumnPlan, window: ReadWindow) -> None:
+        converter = RowConverter(self.job.data_type, plan)
+        chunks: Iterator[list[tuple[Any, ...]]] = await self._in_reader(
+            self.warehouse.read_changes,
+            self.job.table,
+            plan.columns,
+            plan.columns[0],
+            window,
+            self.job.options.chunk_rows,
+        )
+        checkpoints = asyncio.create_task(self._checkpoint_every(self.job.options.checkpoint_seconds))
+        try:
+            pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
+            while True:
+                chunk = await pending
+                if chunk is None or self.limit_exceeded:
+                    break
+                pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
+                await self._process_chunk(converter, chunk)
+                self._raise_if_failed()
+            await self._in_reader(_close, chunks)
+            for target in list(self._open):
+                await self._dispatch(target)
+            while self._tasks:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
+                self._raise_if_failed()
+        finally:
+            self._stop_checkpoints.set()
+            self._advanced.set()
+            await checkpoints
+
+    async def _process_chunk(self, converter: RowConverter, chunk: list[tuple[Any, ...]]) -> None:
+        frontier = self.frontier
+        limit = self.job.options.max_rows_per_run
+        progress = self.progress
+        batch_limit = self._batch_limit()
+        for row in chunk:
+            if progress.rows_read >= limit:
+                self.limit_exceeded = True
+                break
+            progress.rows_read += 1
+            converted = converter.convert(row)
+            if isinstance(converted, RowError):
+                frontier.add(converted.updated_at, _row_fingerprint(row), done=True)
+                self._row_error(converted)
+                continue
+            if frontier.delivered_before(converted.updated_at, converted.fingerprint):
+                frontier.add(converted.updated_at, converted.fingerprint, done=True)
+                progress.rows_skipped += 1
+                continue
+            batch = self._open.get(converted.target)
+            if batch is None:
+                batch = self._open[converted.target] = _Batch(converted.target)
+            earlier = self._last_batch_of_user.get(converted.user_key)
+            if earlier is not None and earlier is not batch:
+                batch.after.add(earlier)
+            self._last_batch_of_user[converted.user_key] = batch
+            batch.users.add(converted.user_key)
+            batch.bodies.append(converted.body)
+            batch.deliveries.append(converted)
+            batch.entries.append(frontier.add(converted.updated_at, converted.fingerprint))
+            if len(batch.bodies) >= batch_limit:
+                await self._dispatch(converted.target)
+        frontier.advance()
+        if frontier.changed:
+            self._advanced.set()
+        self._report_progress()
+
+    def _batch_limit(self) -> int:
+        if self.job.data_type is DataType.USER_DELETES:
+            return DELETE_BATCH_LIMIT
+        return self.job.max_objects_per_request
+
+    async def _dispatch(self, target: str) -> None:
+        self._raise_if_failed()
+        batch = self._open.pop(target)
+        if self.braze is None:
+            self._record_dry_run(batch)
+            self._acknowledge(batch, SendOutcome(errors={}))
+            return
+        await self._window.acquire()
+        task = asyncio.create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.sleep(0)
+
+    async def _send(self, batch: _Batch) -> None:
+        assert self.braze is not None
+        try:
+            for earlier in batch.after:
+                await earlier.settled.wait()
+                if not earlier.delivered:
+                    return  # the run is failing; sending now would put this user's rows out of order
+            if self.job.data_type is DataType.USER_DELETES:
+                result = await self.braze.delete(batch.target, batch.bodies)  # type: ignore[arg-type]
+            else:
+                result = await self.braze.track(batch.target, batch.bodies)  # type: ignore[arg-type]
+            self.progress.requests += 1
+            self._acknowledge(batch, SendOutcome(errors=result.errors))
+        except BaseException as exc:
+            if self._failure is None and not isinstance(exc, asyncio.CancelledError):
+                self._failure = exc
+            raise
+        finally:
+            batch.settled.set()
+            self._window.release()
+
+    def _acknowledge(self, batch: _Batch, outcome: SendOutcome) -> None:
+        for index, message in outcome.errors.items():
+            if index < 0:
+                log.warning("%s: Braze reported a problem not tied to one object: %s", self.job.key, message)
+                continue
+            if 0 <= index < len(batch.deliveries):
+                delivery = batch.deliveries[index]
+                self._row_error(
+                    RowError(
+                        reason=RowErrorReason.BRAZE_REJECTED,
+                        message=f"Braze rejected the object: {message}",
+                        identifier=_identifier_of(delivery.body),
+                        updated_at=delivery.updated_at,
+                    )
+                )
+        self.progress.rows_synced += len(batch.entries) - sum(1 for i in outcome.errors if i >= 0)
+        for entry in batch.entries:
+            entry.done = True
+        for user in batch.users:
+            if self._last_batch_of_user.get(user) is batch:
+                del self._last_batch_of_user[user]
+        batch.delivered = True
+        batch.settled.set()
+        self.frontier.advance()
+        if self.frontier.changed:
+            self._advanced.set()
+
+    def _record_dry_run(self, batch: _Batch) -> None:
+        report = self.dry_run_report
+        assert report is not None
+        report.requests += 1
+        report.objects_by_target[batch.target] = report.objects_by_target.get(batch.target, 0) + len(batch.bodies)
+        for body in batch.bodies[: max(0, 10 - len(report.sample))]:
+            report.sample.append({batch.target: body})
+
+    def _row_error(self, error: RowError) -> None:
+        self.progress.rows_failed += 1
+        reason = str(error.reason)
+        self.row_errors_by_reason[reason] = self.row_errors_by_reason.get(reason, 0) + 1
+        if len(self.row_errors) < ROW_ERROR_SAMPLE:
+            self.row_errors.append(
+                RowErrorSample(
+                    reason=reason, identifier=error.identifier, updated_at=error.updated_at, message=error.message
+                )
+            )
+            log.warning("%s: row error %s (%s): %s", self.job.key, reason, error.identifier, error.message)
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _cancel_sends(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _checkpoint_every(self, seconds: float) -> None:
+        # Stopped by a flag, never cancelled: a save cut short would race with the next write of the state.
+        while True:
+            await self._advanced.wait()
+            if self._stop_checkpoints.is_set():
+                return
+            self._advanced.clear()
+            await self._checkpoint()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_checkpoints.wait(), seconds)
+
+    async def _checkpoint(self) -> None:
+        if self.braze is None:
+            return  # a dry run never moves the watermark
+        async with self._checkpoint_lock:
+            self.frontier.advance()
+            if not self.frontier.changed:
+                return
+            watermark = self.frontier.watermark()
+            self.frontier.changed = False
+            if watermark is not None:
+                try:
+                    await asyncio.to_thread(self.store.save_watermark, watermark)
+                except BaseException:
+                    self.frontier.changed = True
+                    raise
+                self.progress.watermark = watermark.updated_at
+
+    def _report_progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def _result(self) -> RunResult:
+        if self.limit_exceeded:
+            return RunResult.LIMIT_EXCEEDED
+        return RunResult.PARTIAL if self.progress.rows_failed else RunResult.SUCCESS
+
+    def _message(self) -> str:
+        parts = []
+        if self.limit_exceeded:
+            parts.append(
+                f"stopped at spec.sync.maxRowsPerRun={self.job.options.max_rows_per_run}; the next run continues"
+            )
+        if self.row_errors_by_reason:
+            counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.row_errors_by_reason.items()))
+            parts.append(f"row errors by reason: {counts}")
+        if self.future_rows:
+            parts.append(f"{self.future_rows} row(s) dated in the future wait for their time")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    errors: dict[int, str]
+
+
+def _close(chunks: Iterator[Any]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def _failure_message(exc: BaseException) -> str:
+    if isinstance(exc, SourceColumnsError):
+        return "; ".join(exc.problems)
+    return str(exc)
+
+
+def failure_reason(exc: BaseException | None) -> str | None:
+    """The status reason of a failed run's cause."""
+    if isinstance(exc, SyncFailed):
+        return exc.reason
+    if isinstance(exc, WarehouseError):
+        return exc.reason.value
+    if isinstance(exc, BrazeError):
+        return f"Braze{exc.reason}"
+    return None
+
+
+async def run_sync(
+    job: SyncJob,
+    warehouse: Warehouse,
+    braze: BrazeClient | None,
+    store: StateStore,
+    *,
+    trigger: Trigger = "local",
+    on_progress: Callable[[Progress], None] | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> tuple[RunSummary, SyncRun]:
+    """Run one sync. `braze=None` is a dry run: everything is read and validated, nothing sent or saved."""
+    run = SyncRun(job, warehouse, braze, store, trigger=trigger, on_progress=on_progress, now=now)
+    start = time.monotonic()
+    summary = await run.execute()
+    log.info(
+        "%s: %s in %.1fs: read %d, synced %d, failed %d, skipped %d",
+        job.key,
+        summary.result.value,
+        time.monotonic() - start,
+        summary.rows_read,
+        summary.rows_synced,
+        summary.rows_failed,
+        summary.rows_skipped,
+    )
+    return summary, run

@@ -1,0 +1,104 @@
+"""The one small protocol every warehouse adapter implements.
+
+Adapters wrap blocking client libraries, so the protocol is synchronous; the runner calls it from a worker thread
+and overlaps reading with sending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class FailureReason(StrEnum):
+    """Why a warehouse could not be used; each is a distinct status reason a user can act on."""
+
+    UNREACHABLE = "Unreachable"
+    AUTH_FAILED = "AuthFailed"
+    WAREHOUSE_MISSING = "WarehouseMissing"
+    DATABASE_MISSING = "DatabaseMissing"
+    TABLE_MISSING = "TableMissing"
+    PERMISSION_DENIED = "PermissionDenied"
+    COLUMN_MISSING = "ColumnMissing"
+    COLUMN_TYPE = "ColumnType"
+    WARMING_UP = "WarmingUp"
+    QUERY_FAILED = "QueryFailed"
+
+
+class WarehouseError(Exception):
+    """A sync-level warehouse failure. The message is safe to show: it never holds a secret."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # as the warehouse spells it
+    type: str  # the warehouse's own type name, e.g. "TIMESTAMP WITHOUT TIME ZONE", "VARIANT"
+
+
+@dataclass(frozen=True, slots=True)
+class TableDescription:
+    name: str  # the qualified name as shown to users
+    columns: tuple[Column, ...]
+
+    def column(self, name: str) -> Column | None:
+        wanted = name.upper()
+        return next((c for c in self.columns if c.name.upper() == wanted), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadWindow:
+    """Rows with `since <= UPDATED_AT <= until`, or every row up to `until` when `since` is None."""
+
+    since: datetime | None  # aware UTC; inclusive, so rows at the watermark itself are seen again
+    until: datetime  # aware UTC; inclusive
+
+
+class Warehouse(Protocol):
+    """A connection to one warehouse, opened by `connect()` of the adapter's module."""
+
+    def describe(self, table: Sequence[str]) -> TableDescription:
+        """Columns of the table or view named by its parts (outermost first). Raises WarehouseError."""
+        ...
+
+    def read_changes(
+        self,
+        table: Sequence[str],
+        columns: Sequence[str],
+        updated_at: str,
+        window: ReadWindow,
+        chunk_rows: int,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Stream the rows in `window`, ordered by `updated_at`, in chunks of at most `chunk_rows`.
+
+        Values come in the order of `columns`; `updated_at` values as aware UTC datetimes; JSON payloads as text or
+        as the driver's native dict. Memory stays bounded by one chunk whatever the table's size. The window bounds
+        are bound parameters, never text in the SQL.
+        """
+        ...
+
+    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
+        """How many rows are dated after `after` (those the settle bound leaves for later)."""
+        ...
+
+    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """A few rows, newest first, without reading the table whole."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    """What each adapter module exposes as `connect`: settings block + resolved secret values -> Warehouse."""
+
+    def __call__(self, settings: Any, secrets: Mapping[tuple[str, str], str]) -> Warehouse: ...

@@ -1,0 +1,208 @@
+"""Fixtures for the integration tests: the PostgreSQL server that stands in for Redshift, fresh schemas in it,
+and DuckDB files.
+
+`pg` reads the CDI_PG_* settings that `eval "$(bash hack/postgres.sh)"` exports; when they are not set it runs
+hack/postgres.sh itself, so that a bare `pytest` works on a developer's machine too. The tests never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import redshift_connector
+
+from cdi_operator.api.models import RedshiftSpec
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
+SECRET = ("pg-credentials", "password")
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """Where the test server listens; `user` is a superuser that sets tests up."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def connect(self, **overrides: Any) -> Any:
+        settings: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "database": self.database,
+            "ssl": False,
+        }
+        settings.update(overrides)
+        conn = redshift_connector.connect(**settings)
+        conn.autocommit = True
+        return conn
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        conn = self.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql, params)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+        finally:
+            conn.close()
+
+    def spec(self, **overrides: Any) -> RedshiftSpec:
+        fields: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "database": self.database,
+            "user": self.user,
+            "passwordSecretRef": {"name": SECRET[0], "key": SECRET[1]},
+            "ssl": False,
+        }
+        fields.update(overrides)
+        return RedshiftSpec.model_validate(fields)
+
+    def secrets(self, password: str | None = None) -> dict[tuple[str, str], str]:
+        return {SECRET: self.password if password is None else password}
+
+
+def _settings_from_script() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
+    ).stdout
+    values: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            for pair in line.removeprefix("export ").split():
+                key, _, value = pair.partition("=")
+                values[key] = value
+    return values
+
+
+@pytest.fixture(scope="session")
+def pg() -> PgServer:
+    values = {key: os.environ[key] for key in ENV_KEYS if os.environ.get(key)}
+    if len(values) < len(ENV_KEYS):
+        values = _settings_from_script()
+    return PgServer(
+        host=values["CDI_PG_HOST"],
+        port=int(values["CDI_PG_PORT"]),
+        user=values["CDI_PG_USER"],
+        password=values["CDI_PG_PASSWORD"],
+        database=values["CDI_PG_DATABASE"],
+    )
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class PgSchema:
+    """A schema of its own for one test, with helpers to fill it."""
+
+    def __init__(self, server: PgServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.roles: list[str] = []
+
+    def create_table(self, table: str, columns: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        """`columns` is the column list as in CREATE TABLE; `table` is quoted as given."""
+        qualified = f'"{self.name}"."{table}"'
+        conn = self.server.connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(f"CREATE TABLE {qualified} ({columns})")
+            if rows:
+                marks = ", ".join(["%s"] * len(rows[0]))
+                cursor.executemany(f"INSERT INTO {qualified} VALUES ({marks})", [list(r) for r in rows])
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.server.execute(sql, params)
+
+    def role_without_select(self) -> tuple[str, str]:
+        """A login role that may use the schema but read none of its tables: (name, password)."""
+        role, password = f"cdi_reader_{uuid.uuid4().hex[:8]}", "reader-secret-" + uuid.uuid4().hex[:6]
+        self.execute(f"CREATE ROLE {role} LOGIN PASSWORD {sql_literal(password)}")
+        self.execute(f'GRANT USAGE ON SCHEMA "{self.name}" TO {role}')
+        self.roles.append(role)
+        return role, password
+
+
+@pytest.fixture
+def pg_schema(pg: PgServer) -> Iterator[PgSchema]:
+    schema = PgSchema(pg, f"t_{uuid.uuid4().hex[:12]}")
+    pg.execute(f'CREATE SCHEMA "{schema.name}"')
+    yield schema
+    pg.execute(f'DROP SCHEMA "{schema.name}" CASCADE')
+    for role in schema.roles:
+        pg.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+class DuckDBFile:
+    """A DuckDB database file for one test, with the same helpers as PgSchema (tables in schema `main`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = "main"
+
+    def create_table(self, table: str, columns: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        qualified = '"main"."' + table.replace('"', '""') + '"'
+        with duckdb.connect(str(self.path)) as con:
+            con.execute(f"CREATE TABLE {qualified} ({columns})")
+            if rows:
+                marks = ", ".join(["?"] * len(rows[0]))
+                con.executemany(f"INSERT INTO {qualified} VALUES ({marks})", [list(r) for r in rows])
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(self.path)) as con:
+            result = con.execute(sql, params)
+            return result.fetchall() if result.description else []
+
+
+@pytest.fixture
+def duckdb_path(tmp_path: Path) -> Path:
+    """A fresh DuckDB file (it exists, with no tables)."""
+    path = tmp_path / "source.duckdb"
+    duckdb.connect(str(path)).close()
+    return path
+
+
+@pytest.fixture
+def duckdb_file(duckdb_path: Path) -> DuckDBFile:
+    return DuckDBFile(duckdb_path)
+
+
+# The runner's tests (sources.py) build on these: a `Source` per warehouse, as its manifest needs it.
+
+
+@pytest.fixture
+def pg_source(pg: PgServer, pg_schema: PgSchema) -> Any:
+    from sources import Source
+
+    settings = {
+        "host": pg.host,
+        "port": pg.port,
+        "user": pg.user,
+        "password": pg.password,
+        "database": pg.database,
+        "schema": pg_schema.name,
+    }
+    return Source("postgres", settings)
+
+
+@pytest.fixture
+def duckdb_source(duckdb_path: Path) -> Any:
+    from sources import Source
+
+    return Source("duckdb", {"path": str(duckdb_path), "schema": "main"})

@@ -1,0 +1,362 @@
+"""`cdi sync` end to end: a real warehouse (PostgreSQL through redshift_connector, or DuckDB) to the Braze emulator.
+
+What a user relies on: every data type and identifier kind arrives as Braze expects it; invalid rows are reported,
+never lost and never fatal; the watermark neither skips nor repeats rows (ties, late rows at the boundary, rows
+dated in the future, updated rows); a second run sends nothing; faults from Braze lose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, run_cdi, sync, user_row
+
+from cdi_operator.braze.emulator import BrazeEmulator
+
+
+@pytest.fixture
+def braze() -> Iterator[BrazeEmulator]:
+    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+        yield emulator
+
+
+def external_ids(objects: list[dict[str, Any]]) -> list[str]:
+    return [o["external_id"] for o in objects if "external_id" in o]
+
+
+# --- every data type and identifier kind ---------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_attributes_for_every_identifier_kind(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    pg_source.create_table(
+        "users",
+        ATTRIBUTE_COLUMNS,
+        [
+            (at(1), "u-1", None, None, None, None, None, '{"plan": "pro", "nickname": null}'),
+            (at(2), None, "anon-7", "web_session", None, None, None, '{"plan": "free"}'),
+            (at(3), None, None, None, "5f2a9c0d1e", None, None, '{"plan": "plus"}'),
+            (at(4), None, None, None, None, "ada@example.com", None, '{"plan": "pro"}'),
+            (at(5), None, None, None, None, None, "+14155550100", '{"plan": "free"}'),
+            (at(6), None, None, None, None, "both@example.com", "+14155550101", '{"plan": "plus"}'),
+        ],
+    )
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0, result.stdout
+    assert (result.record["rowsRead"], result.record["rowsSynced"], result.record["rowsFailed"]) == (6, 6, 0)
+    sent = braze.tracked("attributes")
+    assert sent[0] == {"external_id": "u-1", "plan": "pro", "nickname": None}
+    assert sent[1] == {
+        "user_alias": {"alias_name": "anon-7", "alias_label": "web_session"},
+        "_update_existing_only": False,
+        "plan": "free",
+    }
+    assert sent[2] == {"braze_id": "5f2a9c0d1e", "plan": "plus"}
+    assert sent[3] == {"email": "ada@example.com", "_update_existing_only": False, "plan": "pro"}
+    assert sent[4] == {"phone": "+14155550100", "_update_existing_only": False, "plan": "free"}
+    assert sent[5]["email"] == "both@example.com" and "phone" not in sent[5]
+
+
+@pytest.mark.postgres
+def test_custom_events_default_their_time_to_updated_at(
+    pg_source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    pg_source.create_table(
+        "events",
+        ATTRIBUTE_COLUMNS,
+        [
+            (at(1), "u-1", None, None, None, None, None, '{"name": "login", "properties": {"via": "sso"}}'),
+            (
+                at(2),
+                None,
+                "anon-7",
+                "web_session",
+                None,
+                None,
+                None,
+                '{"name": "viewed", "time": "2026-02-01T10:00:00Z"}',
+            ),
+        ],
+    )
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "events", "customEvents", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0 and result.record["rowsSynced"] == 2, result.stdout
+    first, second = braze.tracked("events")
+    assert first["external_id"] == "u-1" and first["name"] == "login" and first["properties"] == {"via": "sso"}
+    assert datetime.fromisoformat(first["time"].replace("Z", "+00:00")) == at(1).replace(tzinfo=UTC)
+    assert second["user_alias"] == {"alias_name": "anon-7", "alias_label": "web_session"}
+    assert datetime.fromisoformat(second["time"].replace("Z", "+00:00")) == datetime(2026, 2, 1, 10, tzinfo=UTC)
+
+
+@pytest.mark.postgres
+def test_purchases(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    pg_source.create_table(
+        "purchases",
+        ATTRIBUTE_COLUMNS,
+        [
+            user_row(1, "u-1", {"product_id": "sku-1", "currency": "usd", "price": 9.99, "quantity": 2}),
+            (
+                at(2),
+                None,
+                None,
+                None,
+                "5f2a9c0d1e",
+                None,
+                None,
+                '{"product_id": "sku-2", "currency": "EUR", "price": 0}',
+            ),
+        ],
+    )
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "purchases", "purchaseEvents", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0 and result.record["rowsSynced"] == 2, result.stdout
+    first, second = braze.tracked("purchases")
+    assert (first["external_id"], first["product_id"], first["currency"], first["price"], first["quantity"]) == (
+        "u-1",
+        "sku-1",
+        "USD",
+        9.99,
+        2,
+    )
+    assert "time" in first and second["braze_id"] == "5f2a9c0d1e"
+
+
+@pytest.mark.postgres
+def test_user_deletes_group_identifier_types(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    rows = [(at(i), f"gone-{i}", None, None, None) for i in range(60)]
+    rows += [(at(100), None, "anon-1", "web_session", None), (at(101), None, None, None, "5f2a9c0d1e")]
+    pg_source.create_table(
+        "deletes",
+        "UPDATED_AT TIMESTAMP, EXTERNAL_ID VARCHAR(64), ALIAS_NAME VARCHAR(64), ALIAS_LABEL VARCHAR(64), "
+        "BRAZE_ID VARCHAR(64)",
+        rows,
+    )
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "deletes", "userDeletes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0 and result.record["rowsSynced"] == 62, result.stdout
+    deleted = braze.deleted()
+    assert sorted(d for d in deleted if isinstance(d, str) and d.startswith("gone-")) == sorted(
+        f"gone-{i}" for i in range(60)
+    )
+    assert {"alias_name": "anon-1", "alias_label": "web_session"} in deleted
+    assert "5f2a9c0d1e" in deleted
+
+
+@pytest.mark.postgres
+def test_user_deletes_table_with_payload_is_a_sync_level_error(
+    pg_source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    pg_source.create_table("deletes", ATTRIBUTE_COLUMNS, [user_row(1, "u-1", {})])
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "deletes", "userDeletes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 1
+    assert "PAYLOAD" in result.record["message"]
+    assert braze.deleted() == []
+
+
+# --- row errors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_invalid_rows_are_reported_and_the_rest_delivered(
+    pg_source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    bad = {
+        "INVALID_PAYLOAD_JSON": '{"plan": "pro"',
+        "PAYLOAD_NOT_OBJECT": "[1, 2]",
+        "INVALID_KEY": '{"favorite color": "teal"}',
+        "KEY_TOO_LONG": json.dumps({"k" * 256: 1}),
+        "VALUE_TOO_LONG": json.dumps({"bio": "x" * 256}),
+        "TOO_MANY_ATTRIBUTES": json.dumps({f"a{i}": i for i in range(251)}),
+        "PAYLOAD_TOO_LARGE": json.dumps({f"n{i}": {"v": "x" * 200} for i in range(6000)}),
+    }
+    rows = [user_row(i, f"bad-{reason}", payload) for i, (reason, payload) in enumerate(bad.items())]
+    rows.append((at(50), None, None, None, None, None, None, '{"plan": "pro"}'))  # MISSING_IDENTIFIER
+    rows.append((at(51), None, "anon-1", None, None, None, None, '{"plan": "pro"}'))  # ALIAS_INCOMPLETE
+    rows += [user_row(60 + i, f"good-{i}", {"plan": "pro"}) for i in range(5)]
+    # Redshift's VARCHAR(MAX) holds 64 KB; PostgreSQL's TEXT lets the 1 MB limit be reached.
+    pg_source.create_table("users", ATTRIBUTE_COLUMNS.replace("VARCHAR(65535)", "TEXT"), rows)
+    braze.reject_external_ids = {"good-4"}
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0, "row errors never fail the sync as a whole"
+    assert result.record["result"] == "Partial"
+    assert (result.record["rowsRead"], result.record["rowsSynced"], result.record["rowsFailed"]) == (14, 4, 10)
+    reasons = {e["reason"]: e for e in result.record["rowErrors"]}
+    assert set(reasons) == {*bad, "MISSING_IDENTIFIER", "ALIAS_INCOMPLETE", "BRAZE_REJECTED"}
+    assert reasons["INVALID_KEY"]["identifier"] == "external_id=bad-INVALID_KEY"
+    assert "favorite color" in reasons["INVALID_KEY"]["message"]
+    assert reasons["BRAZE_REJECTED"]["identifier"] == "external_id=good-4"
+    assert external_ids(braze.tracked("attributes")) == ["good-0", "good-1", "good-2", "good-3"]
+    # The watermark passes the invalid rows: fixing a row means updating it, which gives it a new UPDATED_AT.
+    again = sync(manifest, tmp_path / "state.json")
+    assert (again.record["rowsRead"], again.record["rowsFailed"]) == (1, 0)
+
+
+# --- the watermark -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgres", "duckdb"])
+def source(request: pytest.FixtureRequest) -> Source:
+    fixture = "pg_source" if request.param == "postgres" else "duckdb_source"
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
+
+
+def test_ties_late_rows_updates_and_reruns(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    source.create_table(
+        "users",
+        ATTRIBUTE_COLUMNS,
+        [
+            user_row(1, "a", {"v": 1}),
+            user_row(2, "b", {"v": 1}),
+            user_row(2, "c", {"v": 1}),
+            user_row(2, "d", {"v": 1}),
+        ],
+    )
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+    state = tmp_path / "state.json"
+
+    first = sync(manifest, state)
+    assert first.record["rowsSynced"] == 4
+    assert datetime.fromisoformat(first.record["watermark"]) == at(2).replace(tzinfo=UTC)
+
+    second = sync(manifest, state)
+    assert (second.record["rowsSynced"], second.record["rowsSkipped"]) == (0, 3), "the tie is read, not re-sent"
+    assert len(braze.tracked("attributes")) == 4
+
+    # A writer commits a row dated exactly at the watermark after the sync (Braze's CDI would skip it for good),
+    # and user a is updated.
+    source.insert("users", [user_row(2, "late", {"v": 1}), user_row(3, "a", {"v": 2})])
+    third = sync(manifest, state)
+    assert third.record["rowsSynced"] == 2
+    assert external_ids(braze.tracked("attributes"))[4:] == ["late", "a"]
+    assert braze.profiles["a"]["v"] == 2
+
+    fourth = sync(manifest, state)
+    assert fourth.record["rowsSynced"] == 0
+
+
+def test_a_row_dated_in_the_future_does_not_freeze_the_sync(
+    source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    source.create_table(
+        "users",
+        ATTRIBUTE_COLUMNS,
+        [
+            (now - timedelta(hours=2), "past", None, None, None, None, None, "{}"),
+            (now + timedelta(days=365), "future", None, None, None, None, None, "{}"),
+            (now - timedelta(seconds=5), "settling", None, None, None, None, None, "{}"),
+        ],
+    )
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url, settle=60)
+    state = tmp_path / "state.json"
+
+    first = sync(manifest, state)
+    assert first.record["futureRows"] == 1
+    assert external_ids(braze.tracked("attributes")) == ["past"]
+
+    source.insert("users", [(now - timedelta(hours=1), "written-later", None, None, None, None, None, "{}")])
+    second = sync(manifest, state)
+    assert second.record["rowsSynced"] == 1, "rows older than the future one still flow"
+    assert external_ids(braze.tracked("attributes")) == ["past", "written-later"]
+
+
+def test_rows_of_one_user_arrive_in_order(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    rows = [user_row(i, f"u-{i % 7}", {"seq": i}) for i in range(2000)]
+    source.create_table("users", ATTRIBUTE_COLUMNS, rows)
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url, max_in_flight=8)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.record["rowsSynced"] == 2000
+    for user in range(7):
+        seqs = [o["seq"] for o in braze.tracked("attributes") if o["external_id"] == f"u-{user}"]
+        assert seqs == sorted(seqs) and len(seqs) == len(range(user, 2000, 7))
+        assert braze.profiles[f"u-{user}"]["seq"] == max(range(user, 2000, 7))
+
+
+# --- sync-level outcomes and the command line ----------------------------------------------------------------------
+
+
+def test_dry_run_sends_nothing_and_keeps_the_watermark(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(1, "a", {"v": 1}), user_row(2, "b", "{bad")])
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+    state = tmp_path / "state.json"
+
+    result = sync(manifest, state, "--dry-run")
+
+    assert result.exit_code == 0
+    assert result.record["dryRun"]["objects"] == {"attributes": 1}
+    assert result.record["dryRun"]["sample"] == [{"attributes": {"external_id": "a", "v": 1}}]
+    assert result.record["rowsFailed"] == 1
+    assert braze.tracked("attributes") == [] and not state.exists()
+
+
+def test_wrong_braze_key_fails_the_sync_without_leaking_it(
+    source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(1, "a", {"v": 1})])
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+    manifest.write_text(manifest.read_text().replace(f"api-key: {BRAZE_KEY}", "api-key: sk-wrong-key-123"))
+    state = tmp_path / "state.json"
+
+    result = sync(manifest, state)
+
+    assert result.exit_code == 1
+    assert result.record["result"] == "Error" and "401" in result.record["message"]
+    assert "sk-wrong-key-123" not in result.stdout
+    assert json.loads(state.read_text())["integrations"]["default/it"].get("watermark") is None
+
+
+def test_bad_input_exits_2_naming_the_field(source: Source, tmp_path: Path) -> None:
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", "http://127.0.0.1:9")
+    manifest.write_text(manifest.read_text().replace('schedule: "0 * * * *"', 'schedule: "*/5 * * * *"'))
+
+    result = run_cdi("sync", "-f", str(manifest), "--state", str(tmp_path / "s.json"))
+
+    assert result.exit_code == 2
+
+
+@pytest.mark.postgres
+def test_missing_table_fails_the_sync(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "no_such_table", "customAttributes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 1
+    assert "TableMissing" in result.record["message"]
+
+
+# --- faults --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_429s_5xx_and_dropped_connections_lose_nothing(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    pg_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(3000)])
+    braze.set_random_faults({"http429": 0.05, "http500": 0.05, "http503": 0.05, "drop": 0.05}, seed=11)
+    manifest = pg_source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url, max_in_flight=8)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0 and result.record["rowsSynced"] == 3000, result.stdout
+    assert set(external_ids(braze.tracked("attributes"))) == {f"u-{i}" for i in range(3000)}
+    assert sum(braze.status_counts.get(code, 0) for code in (429, 500, 503)) > 0
