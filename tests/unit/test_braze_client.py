@@ -71,6 +71,8 @@ async def test_oversized_batches_are_refused_before_sending(emu: BrazeEmulator) 
             await client.track("attributes", batch(51, "x"))
         with pytest.raises(ValueError, match="50"):
             await client.delete("external_ids", [str(i) for i in range(51)])
+        with pytest.raises(ValueError, match="empty"):
+            await client.track("events", [])
     assert emu.status_counts == {}
 
 
@@ -222,7 +224,7 @@ async def test_retries_exhausted(emu: BrazeEmulator) -> None:
     async with BrazeClient(settings(emu.url, max_attempts=3)) as client:
         with pytest.raises(BrazeError) as caught:
             await client.track("attributes", batch(1, "x"))
-    assert caught.value.reason == "RetriesExhausted" and "503" in str(caught.value)
+    assert caught.value.reason == "RetriesExhausted" and caught.value.status == 503 and "503" in str(caught.value)
     assert emu.status_counts == {503: 3}
 
 

@@ -200,6 +200,8 @@ class BrazeClient:
         """Send `objects` as the `array` of one `/users/track` request (at most max_objects_per_request)."""
         if array not in _TRACK_ARRAYS:
             raise ValueError(f"array must be one of attributes, events, purchases, got {array!r}")
+        if not objects:
+            raise ValueError("an empty batch: send at least one object")
         if len(objects) > self.settings.max_objects_per_request:
             raise ValueError(
                 f"{len(objects)} objects exceed max_objects_per_request={self.settings.max_objects_per_request}"
@@ -211,6 +213,8 @@ class BrazeClient:
         """Delete the users named by `identifiers` (at most 50, all of `id_type`) with one `/users/delete` request."""
         if id_type not in _DELETE_ID_TYPES:
             raise ValueError(f"id_type must be one of external_ids, user_aliases, braze_ids, got {id_type!r}")
+        if not identifiers:
+            raise ValueError("an empty batch: send at least one identifier")
         if len(identifiers) > DELETE_LIMIT:
             raise ValueError(f"{len(identifiers)} identifiers exceed the /users/delete limit of {DELETE_LIMIT}")
         body = orjson.dumps({id_type: identifiers}, default=_plain)
@@ -225,7 +229,7 @@ class BrazeClient:
         attempts = 0  # attempts that count against max_attempts
         rate_limited = 0
         total = 0
-        last_problem = ""
+        last_status: int | None = None
         while True:
             total += 1
             try:
@@ -234,8 +238,7 @@ class BrazeClient:
                 code = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
                 self._hook(path, code)
                 attempts += 1
-                last_problem = f"{code} ({type(exc).__name__})"
-                await self._back_off(path, attempts, last_problem)
+                await self._back_off(path, attempts, f"{code} ({type(exc).__name__})", last_status)
                 continue
             self._hook(path, str(status))
             if 200 <= status < 300:
@@ -248,8 +251,8 @@ class BrazeClient:
                 continue
             if status >= 500 or status == 408:
                 attempts += 1
-                last_problem = f"HTTP {status} {self._quote(payload)}".rstrip()
-                await self._back_off(path, attempts, last_problem)
+                last_status = status
+                await self._back_off(path, attempts, f"HTTP {status} {self._quote(payload)}".rstrip(), status)
                 continue
             raise self._fatal(path, status, payload)
 
@@ -266,13 +269,14 @@ class BrazeClient:
                 payload = await resp.read()
                 return resp.status, resp.headers, payload
 
-    async def _back_off(self, path: str, attempts: int, problem: str) -> None:
+    async def _back_off(self, path: str, attempts: int, problem: str, status: int | None) -> None:
         settings = self.settings
         if attempts >= settings.max_attempts:
             raise BrazeError(
                 "RetriesExhausted",
                 f"POST {path} failed {attempts} times in a row, the last with {problem}; check that restEndpoint "
                 f"{settings.rest_endpoint} is reachable from the runner and Braze's status page",
+                status,
             )
         ceiling = min(settings.backoff_max, settings.backoff_initial * (2 ** (attempts - 1)))
         await asyncio.sleep(self._random.uniform(0, ceiling))
