@@ -1,7 +1,8 @@
 """End-to-end sync throughput and peak memory: PostgreSQL -> `cdi sync` -> Braze emulator, all on loopback.
 
 The runner and the emulator run as separate processes, as they would in production, so the figure is the runner's
-own. The baseline is the same runner held to one request at a time (`maxInFlight: 1`).
+own. Every emulator response takes `--latency` seconds (default 0.05), as a round trip to Braze does; without it
+loopback would hide what concurrency is for. The baseline is benchmarks/naive_baseline.py: one request at a time.
 
     eval "$(bash hack/postgres.sh)"
     .venv/bin/python benchmarks/bench_sync.py --rows 100000 --rows 1000000
@@ -106,9 +107,12 @@ def create_table(pg: dict[str, str], table: str, rows: int) -> None:
     con.close()
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
+def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cdi_operator.braze.emulator", "--port", "0", "--api-key", "bench-key", "--no-record"],
+        [
+            *(sys.executable, "-m", "cdi_operator.braze.emulator", "--port", "0", "--api-key", "bench-key"),
+            *("--no-record", "--latency", str(latency)),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -117,27 +121,28 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def run(pg: dict[str, str], rows: int, in_flight: int, mode: str, workdir: Path) -> Result:
+def run(pg: dict[str, str], rows: int, mode: str, latency: float, in_flight: int, workdir: Path) -> Result:
     table = f"users_{rows}"
-    emulator, url = start_emulator()
+    emulator, url = start_emulator(latency)
     try:
-        manifest = workdir / f"{table}-{mode}.yaml"
-        manifest.write_text(MANIFEST.format(table=table, endpoint=url, in_flight=in_flight, **pg))
-        state = workdir / f"{table}-{mode}.state.json"
-        cdi = Path(sys.executable).with_name("cdi")
+        if mode == "baseline":
+            command = [sys.executable, str(Path(__file__).with_name("naive_baseline.py")), f"bench.{table}", url]
+            command.append("bench-key")
+        else:
+            manifest = workdir / f"{table}.yaml"
+            manifest.write_text(MANIFEST.format(table=table, endpoint=url, in_flight=in_flight, **pg))
+            state = workdir / f"{table}.state.json"
+            state.unlink(missing_ok=True)
+            cdi = Path(sys.executable).with_name("cdi")
+            command = [str(cdi), "sync", "-f", str(manifest), "--state", str(state), "--output", "json"]
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(cdi), "sync", "-f", str(manifest), "--state", str(state), "--output", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         assert proc.stdout is not None
         record = json.loads(proc.stdout.read().strip().splitlines()[-1])
         if status != 0 or record["rowsSynced"] != rows:
-            raise SystemExit(f"sync failed: exit status {status}, {record}")
+            raise SystemExit(f"{mode} failed: exit status {status}, {record}")
         return Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024)
     finally:
         emulator.terminate()
@@ -148,15 +153,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, action="append", help="table sizes (default 100000 and 1000000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-request-at-a-time baseline")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds each emulator response takes")
+    parser.add_argument("--in-flight", type=int, default=32, help="spec.braze.maxInFlight of the runner")
     args = parser.parse_args()
     pg = pg_settings()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="cdi-bench-") as tmp:
         for rows in args.rows or [100_000, 1_000_000]:
             create_table(pg, f"users_{rows}", rows)
-            modes = [("runner", 8)] + ([] if args.no_baseline else [("baseline", 1)])
-            for mode, in_flight in modes:
-                result = run(pg, rows, in_flight, mode, Path(tmp))
+            for mode in ["runner"] + ([] if args.no_baseline else ["baseline"]):
+                result = run(pg, rows, mode, args.latency, args.in_flight, Path(tmp))
                 results.append(result)
                 print(
                     f"{rows:>9,} rows  {mode:<8}  {result.seconds:7.1f} s  {result.rows_per_second:9,.0f} rows/s  "

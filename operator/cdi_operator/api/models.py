@@ -258,7 +258,13 @@ class BrazeSpec(Model):
         alias="requestsPerSecond",
         description="Request budget of this sync; Braze allows 3,000 per 3 s per workspace, shared by all clients.",
     )
-    max_in_flight: int = Field(default=8, ge=1, le=64, alias="maxInFlight", description="Concurrent requests.")
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        le=64,
+        alias="maxInFlight",
+        description="Requests in flight at once; a Braze round trip takes tens of ms.",
+    )
 
 
 class SyncOptions(Model):

@@ -69,7 +69,7 @@ class BrazeSettings:
     rest_endpoint: str
     api_key: str = field(repr=False)
     max_objects_per_request: int = 75
-    max_in_flight: int = 8
+    max_in_flight: int = 32
     requests_per_second: float = 1000.0
     request_timeout: float = 30.0
     max_attempts: int = 8

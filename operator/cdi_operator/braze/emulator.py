@@ -329,6 +329,7 @@ class BrazeEmulator:
         delete_rate_window: float = 60.0,
         retry_after: bool = False,
         slow_delay: float = 2.0,
+        latency: float = 0.0,
         seed: int | None = None,
         request_log_size: int = 100_000,
     ) -> None:
@@ -342,6 +343,7 @@ class BrazeEmulator:
         self.limit_mode: LimitMode = limit_mode
         self.retry_after = retry_after
         self.slow_delay = slow_delay
+        self.latency = latency  # every response waits this long: a real Braze round trip is tens of milliseconds
         self._auth = f"Bearer {api_key}"
         self._lock = threading.Lock()
         self._track_window = _Window(track_rate_limit, track_rate_window)
@@ -605,6 +607,8 @@ class BrazeEmulator:
             body = await request.read()
             if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
+            elif self.latency:
+                await asyncio.sleep(self.latency)
         except Exception:  # the client went away mid-body
             with self._lock:
                 self._finish(path, 0, 0, fault)
@@ -826,6 +830,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--delete-rate-window", type=float, default=60.0)
     parser.add_argument("--retry-after", action="store_true", help="send Retry-After with 429s")
     parser.add_argument("--slow-delay", type=float, default=2.0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every response takes (default 0)")
     parser.add_argument("--seed", type=int, default=None)
     return parser
 
@@ -844,6 +849,7 @@ def from_args(args: argparse.Namespace) -> BrazeEmulator:
         delete_rate_window=args.delete_rate_window,
         retry_after=args.retry_after,
         slow_delay=args.slow_delay,
+        latency=args.latency,
         seed=args.seed,
     )
 

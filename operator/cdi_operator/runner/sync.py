@@ -237,12 +237,8 @@ class SyncRun:
             row_errors=self.row_errors,
         )
         if self.braze is not None:
-            await self._in_reader_or_inline(self.store.record_run, summary)
+            await asyncio.to_thread(self.store.record_run, summary)
         return summary
-
-    async def _in_reader_or_inline(self, fn: Callable[[Any], None], arg: Any) -> None:
-        # The reader pool is shut down by now; state writes at the end go through the default pool.
-        await asyncio.to_thread(fn, arg)
 
     async def _plan(self) -> ColumnPlan:
         description = await self._in_reader(self.warehouse.describe, self.job.table)
