@@ -1,0 +1,64 @@
+"""The same adversarial table (contract_rows.py) gives the same objects at Braze from every warehouse."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, normalise
+from sources import BRAZE_KEY, Source, sync
+
+from cdi_operator.braze.emulator import BrazeEmulator
+
+
+@pytest.fixture
+def braze() -> Iterator[BrazeEmulator]:
+    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+        yield emulator
+
+
+def _payload_text(row: tuple[object, ...]) -> list[object]:
+    return [*row[:-1], json.dumps(row[-1], ensure_ascii=False)]
+
+
+def create_in_duckdb(source: Source) -> None:
+    with duckdb.connect(source.settings["path"]) as con:
+        con.execute(
+            "CREATE TABLE contract (UPDATED_AT TIMESTAMPTZ, EXTERNAL_ID VARCHAR, ALIAS_NAME VARCHAR, "
+            "ALIAS_LABEL VARCHAR, BRAZE_ID VARCHAR, EMAIL VARCHAR, PHONE VARCHAR, PAYLOAD JSON)"
+        )
+        con.executemany("INSERT INTO contract VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [_payload_text(r) for r in ROWS])
+
+
+def create_in_postgres(source: Source) -> None:
+    source.create_table(
+        "contract",
+        "UPDATED_AT TIMESTAMPTZ, EXTERNAL_ID VARCHAR(64), ALIAS_NAME VARCHAR(64), ALIAS_LABEL VARCHAR(64), "
+        "BRAZE_ID VARCHAR(64), EMAIL VARCHAR(128), PHONE VARCHAR(32), PAYLOAD VARCHAR(65535)",
+        [_payload_text(r) for r in ROWS],
+    )
+
+
+def assert_contract_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    manifest = source.manifest(tmp_path / "m.yaml", "contract", "customAttributes", braze.url)
+
+    result = sync(manifest, tmp_path / "state.json")
+
+    assert result.exit_code == 0, result.stdout
+    assert normalise(braze.tracked("attributes")) == normalise(EXPECTED_ATTRIBUTES)
+    assert {(e["reason"], e["identifier"]) for e in result.record["rowErrors"]} == EXPECTED_ROW_ERRORS
+    assert braze.profiles["u-1"]["plan"] == "enterprise", "the later row of u-1 wins"
+
+
+def test_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_in_duckdb(duckdb_source)
+    assert_contract_delivered(duckdb_source, braze, tmp_path)
+
+
+@pytest.mark.postgres
+def test_redshift(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_in_postgres(pg_source)
+    assert_contract_delivered(pg_source, braze, tmp_path)
