@@ -86,9 +86,14 @@ class ProgressView:
         self._last = now
         rate = progress.rows_read / max(now - self._started, 1e-6)
         if self.interactive:
-            spinner = "|/-\\"[int(now * 8) % 4] if not progress.finished else "✓"
+            total = progress.rows_total
+            if total:
+                done = min(progress.rows_read / total, 1.0)
+                bar = f"[{'#' * round(done * 30):<30}] {done:4.0%} "
+            else:
+                bar = "✓ " if progress.finished else "|/-\\"[int(now * 8) % 4] + " "
             line = (
-                f"\r{spinner} {progress.rows_read:,} rows read · {progress.rows_synced:,} synced · "
+                f"\r{bar}{progress.rows_read:,} rows read · {progress.rows_synced:,} synced · "
                 f"{progress.rows_failed:,} failed · {progress.rows_skipped:,} already sent · {rate:,.0f} rows/s"
             )
             self.stream.write(line + ("\n" if progress.finished else ""))
@@ -175,11 +180,12 @@ async def sync_command(args: argparse.Namespace, out: IO[str]) -> int:
         _print_result(out, args.output, job.key, None, None, failure=str(exc))
         return EXIT_FAILED
     try:
+        estimate = view.interactive
         if settings is None or args.dry_run:
-            summary, run = await run_sync(job, warehouse, None, store, on_progress=view)
+            summary, run = await run_sync(job, warehouse, None, store, on_progress=view, estimate_total=estimate)
         else:
             async with BrazeClient(settings) as client:
-                summary, run = await run_sync(job, warehouse, client, store, on_progress=view)
+                summary, run = await run_sync(job, warehouse, client, store, on_progress=view, estimate_total=estimate)
     finally:
         await asyncio.to_thread(warehouse.close)
     _print_result(out, args.output, job.key, summary, run.dry_run_report)

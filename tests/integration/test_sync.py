@@ -7,6 +7,8 @@ dated in the future, updated rows); a second run sends nothing; faults from Braz
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,10 @@ import pytest
 from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, run_cdi, sync, user_row
 
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.cli import ProgressView, open_warehouse
+from cdi_operator.manifests import load_manifests
+from cdi_operator.runner.state import JsonFileStore
+from cdi_operator.runner.sync import Progress, SyncJob, run_sync
 
 
 @pytest.fixture
@@ -360,3 +366,29 @@ def test_429s_5xx_and_dropped_connections_lose_nothing(pg_source: Source, braze:
     assert result.exit_code == 0 and result.record["rowsSynced"] == 3000, result.stdout
     assert set(external_ids(braze.tracked("attributes"))) == {f"u-{i}" for i in range(3000)}
     assert sum(braze.status_counts.get(code, 0) for code in (429, 500, 503)) > 0
+
+
+def test_progress_counts_the_rows_to_read_for_its_bar(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i // 2, f"u-{i}", {"i": i}) for i in range(10)])
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+    state = tmp_path / "state.json"
+    sync(manifest, state)
+    source.insert("users", [user_row(4, "late", {}), user_row(100, "new", {})])  # at the watermark, and after it
+
+    manifests = load_manifests([manifest])
+    integration = manifests.integration(None)
+    credential = manifests.credential_for(integration)
+    job = SyncJob.for_integration(integration, credential)
+    warehouse = open_warehouse(credential, manifests)
+    seen: list[Progress] = []
+    try:
+        summary, _ = asyncio.run(
+            run_sync(job, warehouse, None, JsonFileStore(state, job.key), on_progress=seen.append, estimate_total=True)
+        )
+    finally:
+        warehouse.close()
+
+    assert seen[-1].rows_total == summary.rows_read == 4, "the two rows at the watermark, the late one and the new one"
+    view = ProgressView(io.StringIO(), interactive=True)
+    view(Progress(rows_read=2, rows_total=4, finished=True))
+    assert "[###############               ]  50%" in view.stream.getvalue()  # type: ignore[attr-defined]

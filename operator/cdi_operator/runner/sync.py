@@ -85,6 +85,7 @@ class Progress:
     rows_synced: int = 0
     rows_failed: int = 0
     rows_skipped: int = 0
+    rows_total: int | None = None  # rows in the read window, when the caller asked for an estimate
     requests: int = 0
     watermark: datetime | None = None
     finished: bool = False
@@ -157,6 +158,7 @@ class SyncRun:
         trigger: Trigger,
         on_progress: Callable[[Progress], None] | None,
         now: Callable[[], datetime],
+        estimate_total: bool = False,
     ) -> None:
         self.job = job
         self.warehouse = warehouse
@@ -165,6 +167,7 @@ class SyncRun:
         self.trigger: Trigger = trigger
         self.on_progress = on_progress
         self.now = now
+        self.estimate_total = estimate_total
         self.progress = Progress()
         self.dry_run_report = DryRunReport() if braze is None else None
         self.row_errors: list[RowErrorSample] = []
@@ -209,6 +212,8 @@ class SyncRun:
                 )
             since = watermark_before.updated_at if watermark_before else None
             if since is None or since <= until:
+                if self.estimate_total:
+                    self.progress.rows_total = await self._count_window(plan.columns[0], since, until)
                 await self._stream(plan, ReadWindow(since=since, until=until))
             result = self._result()
             message = self._message()
@@ -239,6 +244,13 @@ class SyncRun:
         if self.braze is not None:
             await asyncio.to_thread(self.store.record_run, summary)
         return summary
+
+    async def _count_window(self, updated_at: str, since: datetime | None, until: datetime) -> int:
+        """Rows in the read window, for a progress bar: two counts, since the protocol counts rows after a time."""
+        after = since - timedelta(microseconds=1) if since is not None else datetime(1, 1, 2, tzinfo=UTC)
+        from_since = await self._in_reader(self.warehouse.count_after, self.job.table, updated_at, after)
+        beyond = await self._in_reader(self.warehouse.count_after, self.job.table, updated_at, until)
+        return max(from_since - beyond, 0)
 
     async def _plan(self) -> ColumnPlan:
         description = await self._in_reader(self.warehouse.describe, self.job.table)
@@ -499,9 +511,15 @@ async def run_sync(
     trigger: Trigger = "local",
     on_progress: Callable[[Progress], None] | None = None,
     now: Callable[[], datetime] = utc_now,
+    estimate_total: bool = False,
 ) -> tuple[RunSummary, SyncRun]:
-    """Run one sync. `braze=None` is a dry run: everything is read and validated, nothing sent or saved."""
-    run = SyncRun(job, warehouse, braze, store, trigger=trigger, on_progress=on_progress, now=now)
+    """Run one sync. `braze=None` is a dry run: everything is read and validated, nothing sent or saved.
+
+    `estimate_total` counts the rows to read first (two COUNT queries), so that progress can show a bar.
+    """
+    run = SyncRun(
+        job, warehouse, braze, store, trigger=trigger, on_progress=on_progress, now=now, estimate_total=estimate_total
+    )
     start = time.monotonic()
     summary = await run.execute()
     log.info(
