@@ -24,7 +24,6 @@ from cdi_operator.api.models import (
     RowErrorSample,
     RunResult,
     RunSummary,
-    SourceTable,
     SyncOptions,
     WarehouseCredential,
 )
@@ -37,6 +36,8 @@ from cdi_operator.runner.rows import (
     RowError,
     RowErrorReason,
     SourceColumnsError,
+    mask_email,
+    mask_phone,
     plan_columns,
 )
 from cdi_operator.runner.state import StateStore
@@ -57,7 +58,6 @@ class SyncJob:
     key: str  # namespace/name, for logs
     data_type: DataType
     table: tuple[str, ...]  # qualified name parts for the warehouse
-    source: SourceTable
     options: SyncOptions
     max_objects_per_request: int = 75
 
@@ -73,7 +73,6 @@ class SyncJob:
             key=f"{integration.metadata.namespace}/{integration.metadata.name}",
             data_type=integration.spec.data_type,
             table=integration.spec.source.qualified_parts(warehouse),
-            source=integration.spec.source,
             options=integration.spec.sync,
             max_objects_per_request=braze.max_objects_per_request if braze else 75,
         )
@@ -138,9 +137,9 @@ def _identifier_of(body: Any) -> str:
         if isinstance(alias, dict):
             return f"alias={alias.get('alias_label')}:{alias.get('alias_name')}"
         if "email" in body:
-            return "email=(masked)"
+            return f"email={mask_email(str(body['email']))}"
         if "phone" in body:
-            return "phone=(masked)"
+            return f"phone={mask_phone(str(body['phone']))}"
         return ""
     return f"id={body}"
 
