@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -62,6 +62,13 @@ class ReadWindow:
 
     since: datetime | None  # aware UTC; inclusive, so rows at the watermark itself are seen again
     until: datetime  # aware UTC; inclusive
+
+
+def bound_for_column(value: datetime, naive_column: bool) -> datetime:
+    """A window bound typed like the UPDATED_AT column, so the column is compared as stored (sort keys and zone
+    maps still prune): naive UTC for a TIMESTAMP without time zone, aware UTC otherwise."""
+    utc = value.astimezone(UTC)
+    return utc.replace(tzinfo=None) if naive_column else utc
 
 
 class Warehouse(Protocol):

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from cdi_operator.api.models import DuckDBSpec
-from cdi_operator.warehouses.base import Column, FailureReason, ReadWindow, TableDescription, WarehouseError
+from cdi_operator.warehouses.base import (
+    Column,
+    FailureReason,
+    ReadWindow,
+    TableDescription,
+    WarehouseError,
+    bound_for_column,
+)
 
 _AWARE_TYPES = frozenset({"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"})
 _NAIVE_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME", "DATE"})
@@ -94,10 +101,10 @@ class DuckDBWarehouse:
         with self.connection() as con:
             kind = _timestamp_kind(_describe(con, table), updated_at)
             ua = quote_ident(updated_at)
-            where, params = [f"{ua} <= ?"], [_bound(window.until, kind)]
+            where, params = [f"{ua} <= ?"], [bound_for_column(window.until, kind == "naive")]
             if window.since is not None:
                 where.insert(0, f"{ua} >= ?")
-                params.insert(0, _bound(window.since, kind))
+                params.insert(0, bound_for_column(window.since, kind == "naive"))
             sql = (
                 f"SELECT {_select_list(columns, updated_at, kind)} FROM {qualified(table)} "
                 f"WHERE {' AND '.join(where)} ORDER BY {ua}"
@@ -110,7 +117,7 @@ class DuckDBWarehouse:
         with self.connection() as con:
             kind = _timestamp_kind(_describe(con, table), updated_at)
             sql = f"SELECT count(*) FROM {qualified(table)} WHERE {quote_ident(updated_at)} > ?"
-            row = con.execute(sql, [_bound(after, kind)]).fetchone()
+            row = con.execute(sql, [bound_for_column(after, kind == "naive")]).fetchone()
             return int(row[0]) if row else 0
 
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
@@ -165,12 +172,6 @@ def _select_list(columns: Sequence[str], updated_at: str | None, kind: str | Non
             quoted = f"timezone('UTC', CAST({quoted} AS TIMESTAMP))"
         exprs.append(quoted)
     return ", ".join(exprs)
-
-
-def _bound(value: datetime, kind: str) -> datetime:
-    """A window bound typed like the column, so the column is compared as stored (zone maps still prune)."""
-    utc = value.astimezone(UTC)
-    return utc.replace(tzinfo=None) if kind == "naive" else utc
 
 
 def _failure(exc: BaseException, path: Path) -> WarehouseError:

@@ -22,7 +22,7 @@ import itertools
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redshift_connector
@@ -32,7 +32,14 @@ from redshift_connector.error import InterfaceError, OperationalError
 
 from cdi_operator.api.models import RedshiftSpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.base import Column, FailureReason, ReadWindow, TableDescription, WarehouseError
+from cdi_operator.warehouses.base import (
+    Column,
+    FailureReason,
+    ReadWindow,
+    TableDescription,
+    WarehouseError,
+    bound_for_column,
+)
 
 CONNECT_TIMEOUT_SECONDS = 30
 # The most rows one FETCH may ask for: Redshift's limit on single-node clusters, and (measured on
@@ -160,10 +167,10 @@ class RedshiftWarehouse:
     ) -> Iterator[list[tuple[Any, ...]]]:
         resolved = self._table(table)
         kind, ua = _timestamp_kind(resolved, updated_at)
-        where, params = [f"{quote_ident(ua)} <= %s"], [_bound(window.until, kind)]
+        where, params = [f"{quote_ident(ua)} <= %s"], [bound_for_column(window.until, kind == "naive")]
         if window.since is not None:
             where.insert(0, f"{quote_ident(ua)} >= %s")
-            params.insert(0, _bound(window.since, kind))
+            params.insert(0, bound_for_column(window.since, kind == "naive"))
         sql = (
             f"SELECT {_select_list(resolved, columns, ua, kind)} FROM {resolved.sql} "
             f"WHERE {' AND '.join(where)} ORDER BY {quote_ident(ua)}"
@@ -174,7 +181,7 @@ class RedshiftWarehouse:
         resolved = self._table(table)
         kind, ua = _timestamp_kind(resolved, updated_at)
         sql = f"SELECT count(*) FROM {resolved.sql} WHERE {quote_ident(ua)} > %s"
-        rows = self._run(resolved, sql, [_bound(after, kind)])
+        rows = self._run(resolved, sql, [bound_for_column(after, kind == "naive")])
         return int(rows[0][0])
 
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
@@ -344,12 +351,6 @@ def _select_list(table: _Table, columns: Sequence[str], updated_at: str | None, 
             quoted = f"(CAST({quoted} AS TIMESTAMP) AT TIME ZONE 'UTC')"
         exprs.append(quoted)
     return ", ".join(exprs)
-
-
-def _bound(value: datetime, kind: str) -> datetime:
-    """A window bound typed like the column, so the column is compared as stored (sort keys still prune)."""
-    utc = value.astimezone(UTC)
-    return utc.replace(tzinfo=None) if kind == "naive" else utc
 
 
 # --- errors -------------------------------------------------------------------------------------------------
