@@ -7,8 +7,12 @@ hack/postgres.sh itself, so that a bare `pytest` works on a developer's machine 
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -206,3 +210,60 @@ def duckdb_source(duckdb_path: Path) -> Any:
     from sources import Source
 
     return Source("duckdb", {"path": str(duckdb_path), "schema": "main"})
+
+
+@dataclass(frozen=True)
+class SshBastion:
+    """A real OpenSSH server on loopback that forwards TCP, like the bastion host of a private Redshift cluster."""
+
+    host: str
+    port: int
+    user: str
+    private_key: str  # the client's key, as a Secret would hold it
+    host_key: str  # the server's public host key line
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ssh_bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBastion]:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd):
+        raise RuntimeError("sshd is missing: apt-get install -y openssh-server (.ci/run installs it)")
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
+    port = _free_port()
+    (home / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {home / 'host_key'}\n"
+        f"AuthorizedKeysFile {home / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nPidFile none\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    log = (home / "sshd.log").open("w")
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(home / "sshd_config")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start: {(home / 'sshd.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield SshBastion(
+            host="127.0.0.1",
+            port=port,
+            user=getpass.getuser(),
+            private_key=(home / "client_key").read_text(),
+            host_key=(home / "host_key.pub").read_text().strip(),
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()

@@ -32,6 +32,7 @@ from redshift_connector.error import InterfaceError, OperationalError
 
 from cdi_operator.api.models import RedshiftSpec
 from cdi_operator.warehouses import secret_value
+from cdi_operator.warehouses.ssh_tunnel import SshTunnel
 from cdi_operator.warehouses.base import (
     Column,
     FailureReason,
@@ -86,17 +87,16 @@ _cursor_ids = itertools.count(1)
 
 def connect(settings: RedshiftSpec, secrets: Mapping[tuple[str, str], str]) -> RedshiftWarehouse:
     """Open a connection; raises WarehouseError with the reason and what to do, never with the password."""
-    if settings.ssh_tunnel is not None:
-        raise WarehouseError(
-            FailureReason.UNREACHABLE,
-            "spec.redshift.sshTunnel is not supported yet; make the cluster reachable from the runner "
-            "(e.g. VPC peering) or remove sshTunnel",
-        )
     password = secret_value(secrets, settings.password_secret_ref)
+    host, port, tunnel = settings.host, settings.port, None
+    if settings.ssh_tunnel is not None:
+        key = secret_value(secrets, settings.ssh_tunnel.private_key_secret_ref)
+        tunnel = SshTunnel(settings.ssh_tunnel, key, settings.host, settings.port)
+        host, port = "127.0.0.1", tunnel.local_port
     try:
         conn = redshift_connector.connect(
-            host=settings.host,
-            port=settings.port,
+            host=host,
+            port=port,
             database=settings.database,
             user=settings.user,
             password=password,
@@ -106,8 +106,10 @@ def connect(settings: RedshiftSpec, secrets: Mapping[tuple[str, str], str]) -> R
             tcp_keepalive=True,
         )
     except (DriverError, OSError) as exc:
+        if tunnel is not None:
+            tunnel.close()
         raise _failure(exc, settings, password) from None
-    warehouse = RedshiftWarehouse(conn, settings, password)
+    warehouse = RedshiftWarehouse(conn, settings, password, tunnel)
     warehouse.prepare_session()
     return warehouse
 
@@ -134,8 +136,11 @@ class _Table:
 
 
 class RedshiftWarehouse:
-    def __init__(self, conn: Connection, settings: RedshiftSpec, password: str) -> None:
+    def __init__(
+        self, conn: Connection, settings: RedshiftSpec, password: str, tunnel: SshTunnel | None = None
+    ) -> None:
         self._conn = conn
+        self._tunnel = tunnel
         self._settings = settings
         self._password = password
         self._tables: dict[tuple[str, ...], _Table] = {}
@@ -201,6 +206,8 @@ class RedshiftWarehouse:
     def close(self) -> None:
         with contextlib.suppress(DriverError, OSError):  # a broken connection has nothing left to save
             self._conn.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
 
     # --- helpers --------------------------------------------------------------------------------------------
 
