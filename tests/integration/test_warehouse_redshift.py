@@ -234,14 +234,6 @@ def test_closed_port_and_unknown_host(pg: PgServer) -> None:
     )
 
 
-def test_ssh_tunnel_is_not_supported_yet(pg: PgServer) -> None:
-    tunnel = {"host": "bastion", "user": "u", "privateKeySecretRef": {"name": "k", "key": "id"}}
-    error = expect_failure(
-        FailureReason.UNREACHABLE, pg.password, lambda: connect(pg.spec(sshTunnel=tunnel), pg.secrets())
-    )
-    assert "not supported yet" in error.message
-
-
 def test_connect_by_type_and_missing_secret(pg: PgServer) -> None:
     spec = WarehouseCredentialSpec.model_validate({"type": "redshift", "redshift": pg.spec().model_dump(by_alias=True)})
     opened = connect_any(spec, pg.secrets())
