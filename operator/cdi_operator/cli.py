@@ -244,16 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sync = commands.add_parser("sync", help="run one sync from the YAML you would kubectl apply")
-    sync.add_argument("-f", "--file", action="append", required=True, metavar="FILE.yaml", help="repeatable")
+    sync.add_argument("-f", "--file", action="append", metavar="FILE.yaml", help="repeatable; or --in-cluster")
     sync.add_argument("--integration", metavar="NAME", help="NAME or NAMESPACE/NAME when the files hold several")
     sync.add_argument(
         "--state", default=".cdi-state.json", metavar="PATH", help="watermark file (default: %(default)s)"
     )
     sync.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
-    sync.add_argument("--output", choices=("text", "json"), default="text")
+    sync.add_argument("--output", choices=("text", "json"), help="default: text, json with --in-cluster")
     sync.add_argument(
         "--braze-endpoint", metavar="URL", help=f"overrides spec.braze.restEndpoint and ${ENV_BRAZE_ENDPOINT}"
     )
+    sync.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="in a pod: read the CdiIntegration NAMESPACE/NAME (--integration) from the API server and keep the "
+        "watermark in its status",
+    )
+    sync.add_argument("--trigger", choices=("schedule", "syncNow"), default="schedule", help="with --in-cluster")
 
     demo = commands.add_parser("demo", help="sync an embedded DuckDB table of users to a local Braze emulator")
     demo.add_argument("--rows", type=int, default=5000, help="users in the demo table (default: %(default)s)")
@@ -272,6 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) and EXIT_BAD_INPUT
     setup_logging(args.verbose)
     if args.command == "sync":
+        if bool(args.file) == bool(args.in_cluster):
+            print("error: give exactly one of -f FILE.yaml (local run) or --in-cluster (in a pod)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if args.output is None:
+            args.output = "json" if args.in_cluster else "text"
+        if args.in_cluster:
+            from cdi_operator.runner.in_cluster import in_cluster_sync_command
+
+            return asyncio.run(in_cluster_sync_command(args, sys.stdout))
         return asyncio.run(sync_command(args, sys.stdout))
     if args.command == "demo":
         from cdi_operator.demo import run_demo

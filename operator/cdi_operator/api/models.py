@@ -368,6 +368,13 @@ class RunSummary(Model):
     watermark: datetime | None = None
     message: str = ""
     row_errors: list[RowErrorSample] = Field(default_factory=list, alias="rowErrors", max_length=20)
+    braze_requests: dict[str, int] | None = Field(
+        default=None,
+        alias="brazeRequests",
+        max_length=64,
+        description="Braze responses of this run by 'ENDPOINT:CODE' (e.g. '/users/track:201'), for the operator's "
+        "cdi_braze_requests_total.",
+    )
 
 
 class Condition(Model):
@@ -386,6 +393,12 @@ class ConnectionTest(Model):
     message: str = ""
     columns: list[str] = Field(default_factory=list)
     preview: list[dict[str, Any]] = Field(default_factory=list, max_length=5)
+    fingerprint: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Set by the operator: a hash of what was tested (credential and its generation, source, data "
+        "type); a change of any of them re-runs the test.",
+    )
 
 
 class CdiIntegrationStatus(Model):
@@ -397,6 +410,7 @@ class CdiIntegrationStatus(Model):
     last_sync: RunSummary | None = Field(default=None, alias="lastSync")
     runs: list[RunSummary] = Field(default_factory=list, max_length=10)
     last_handled_sync_now: str | None = Field(default=None, alias="lastHandledSyncNow")
+    last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
 
 
 class WarehouseCredentialStatus(Model):
@@ -405,6 +419,7 @@ class WarehouseCredentialStatus(Model):
     connection_test: ConnectionTest | None = Field(default=None, alias="connectionTest")
     public_key: str | None = Field(default=None, alias="publicKey")
     alter_user_statement: str | None = Field(default=None, alias="alterUserStatement")
+    last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
 
 
 # --- Resources -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,209 @@
+"""`cdi sync --in-cluster --integration NAMESPACE/NAME [--trigger schedule|syncNow]`: one sync in a runner pod.
+
+The runner reads its CdiIntegration and WarehouseCredential from the API server, the Secrets these two reference
+(only those), and keeps its watermark and last run in the CdiIntegration's status (see status_store.py). It needs
+`get` on cdiintegrations and warehousecredentials, `patch` on cdiintegrations/status and `get` on the referenced
+Secrets, nothing more.
+
+Exit status as for `cdi sync -f`: 0 completed (row errors included), 1 failed as a whole, 2 bad input (a field of
+the objects, a missing Secret or key, access the ServiceAccount lacks, a missing setting). Every failure after the
+CdiIntegration was read is also written to `status.lastSync` (result Error, message), best effort.
+
+`$CDI_JOB_NAME`, when set (e.g. from the pod label `job-name` by the downward API), is recorded as the run's `job`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from cdi_operator.api.models import CdiIntegration, RunResult, RunSummary, WarehouseCredential
+from cdi_operator.braze.client import BrazeClient
+from cdi_operator.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInput,
+    ProgressView,
+    _print_result,
+    braze_settings,
+    open_warehouse,
+)
+from cdi_operator.kube import CDI_PLURAL, WHC_PLURAL, Kube, KubeError, load_config
+from cdi_operator.manifests import ManifestError, Manifests, format_validation_error
+from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
+from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
+from cdi_operator.warehouses.base import WarehouseError
+
+log = logging.getLogger("cdi")
+JOB_NAME_ENV = "CDI_JOB_NAME"
+
+
+class _Failed(Exception):
+    """A failure before the sync started: message and exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def _kube_failure(exc: KubeError) -> _Failed:
+    # Not found, forbidden, a missing key: fixed by the user (an object, a reference, the Role), so bad input.
+    bad_input = exc.status in (None, 403, 404)
+    return _Failed(exc.message, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
+
+
+def _validated(model: type[CdiIntegration] | type[WarehouseCredential], obj: dict[str, Any], where: str) -> Any:
+    # The status is not the runner's input (and partly the operator's); the spec is.
+    fields = {k: v for k, v in obj.items() if k != "status"}
+    metadata = obj.get("metadata") or {}
+    fields["metadata"] = {k: metadata[k] for k in ("name", "namespace", "annotations", "labels") if k in metadata}
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise _Failed(format_validation_error(exc, where), EXIT_BAD_INPUT) from None
+
+
+def _split_key(value: str | None, default_namespace: str | None) -> tuple[str, str]:
+    if not value:
+        raise _Failed("--in-cluster needs --integration NAMESPACE/NAME", EXIT_BAD_INPUT)
+    namespace, _, name = value.rpartition("/")
+    namespace = namespace or default_namespace or ""
+    if not namespace or not name:
+        raise _Failed(f"--integration {value}: write it as NAMESPACE/NAME", EXIT_BAD_INPUT)
+    return namespace, name
+
+
+def _secrets(kube: Kube, integration: CdiIntegration, credential: WarehouseCredential) -> Manifests:
+    """The Secret values the two objects reference (only those), as `cdi sync -f` would find them in its files."""
+    namespace = integration.metadata.namespace
+    refs = list(credential.spec.secret_refs())
+    braze = integration.spec.braze
+    if braze is not None and braze.api_key_secret_ref is not None:
+        refs.append(braze.api_key_secret_ref)
+    manifests = Manifests()
+    for ref in refs:
+        try:
+            value = kube.get_secret_value(namespace, ref.name, ref.key)
+        except KubeError as exc:
+            raise _kube_failure(exc) from None
+        manifests.secrets.setdefault((namespace, ref.name), {})[ref.key] = value
+    return manifests
+
+
+def _record_failure(store: CrStatusStore, trigger: Trigger, started: datetime, message: str) -> None:
+    summary = RunSummary(
+        trigger=trigger,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        result=RunResult.ERROR,
+        message=message,
+    )
+    try:
+        store.record_run(summary)
+    except (KubeError, StatusStoreError) as exc:
+        log.error("%s: cannot record the failure in status.lastSync: %s", store.key, exc)
+    except Exception as exc:  # the failure itself is what matters; never hide it behind this one
+        log.error("%s: cannot record the failure in status.lastSync: %s", store.key, type(exc).__name__)
+
+
+async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int:
+    started = datetime.now(UTC)
+    trigger: Trigger = args.trigger
+    key = args.integration or "?"
+    store: CrStatusStore | None = None
+    try:
+        if not args.integration:
+            raise _Failed("--in-cluster needs --integration NAMESPACE/NAME", EXIT_BAD_INPUT)
+        try:
+            cfg = load_config()
+        except Exception as exc:
+            raise _Failed(f"cannot load the Kubernetes client configuration: {exc}", EXIT_BAD_INPUT) from None
+        kube = Kube(cfg.api_client)
+        namespace, name = _split_key(args.integration, cfg.namespace)
+        key = f"{namespace}/{name}"
+        try:
+            raw = await asyncio.to_thread(kube.get_custom, CDI_PLURAL, namespace, name)
+        except KubeError as exc:
+            raise _kube_failure(exc) from None
+        store = CrStatusStore(
+            kube,
+            namespace,
+            name,
+            resource_version=raw["metadata"].get("resourceVersion"),
+            job=os.environ.get(JOB_NAME_ENV) or None,
+        )
+        integration: CdiIntegration = _validated(CdiIntegration, raw, f"CdiIntegration {key}")
+        credential_name = integration.spec.credential_ref.name
+        try:
+            raw_credential = await asyncio.to_thread(kube.get_custom, WHC_PLURAL, namespace, credential_name)
+        except KubeError as exc:
+            raise _kube_failure(exc) from None
+        credential: WarehouseCredential = _validated(
+            WarehouseCredential, raw_credential, f"WarehouseCredential {namespace}/{credential_name}"
+        )
+        try:
+            job = SyncJob.for_integration(integration, credential)
+        except SyncFailed as exc:
+            raise _Failed(f"CdiIntegration {key}: {exc.message}", EXIT_BAD_INPUT) from None
+        manifests = await asyncio.to_thread(_secrets, kube, integration, credential)
+        try:
+            settings = braze_settings(integration, manifests, args.braze_endpoint, required=not args.dry_run)
+        except (BadInput, ManifestError) as exc:
+            raise _Failed(str(exc), EXIT_BAD_INPUT) from None
+        try:
+            await asyncio.to_thread(store.load_watermark)  # an unusable watermark is found before anything is sent
+            if not args.dry_run:
+                running = RunSummary(trigger=trigger, started_at=started, result=RunResult.RUNNING)
+                await asyncio.to_thread(store.mark_running, running)
+        except StatusStoreError as exc:
+            raise _Failed(str(exc), EXIT_BAD_INPUT) from None
+        except KubeError as exc:
+            raise _kube_failure(exc) from None
+        try:
+            warehouse = await asyncio.to_thread(open_warehouse, credential, manifests)
+        except ManifestError as exc:
+            raise _Failed(str(exc), EXIT_BAD_INPUT) from None
+        except WarehouseError as exc:
+            raise _Failed(f"cannot connect to the warehouse: {exc}", EXIT_FAILED) from None
+    except _Failed as failure:
+        print(f"error: {failure.message}", file=sys.stderr)
+        if store is not None and not args.dry_run:
+            await asyncio.to_thread(_record_failure, store, trigger, started, failure.message)
+        _print_result(out, args.output, key, None, None, failure=failure.message)
+        return failure.exit_code
+
+    view = ProgressView(sys.stderr, interactive=False)
+    braze_requests: dict[str, int] = {}
+    store.braze_requests = braze_requests
+
+    def count_response(endpoint: str, code: str) -> None:
+        label = f"{endpoint}:{code}"
+        braze_requests[label] = braze_requests.get(label, 0) + 1
+
+    try:
+        if settings is None or args.dry_run:
+            summary, run = await run_sync(job, warehouse, None, store, trigger=trigger, on_progress=view)
+        else:
+            async with BrazeClient(settings, on_response=count_response) as client:
+                summary, run = await run_sync(job, warehouse, client, store, trigger=trigger, on_progress=view)
+    except (KubeError, StatusStoreError) as exc:
+        message = f"cannot save progress in the CdiIntegration's status: {exc}"
+        print(f"error: {message}", file=sys.stderr)
+        await asyncio.to_thread(_record_failure, store, trigger, started, message)
+        _print_result(out, args.output, key, None, None, failure=message)
+        return EXIT_FAILED
+    finally:
+        await asyncio.to_thread(warehouse.close)
+    if braze_requests and summary.braze_requests is None:
+        summary = summary.model_copy(update={"braze_requests": dict(braze_requests)})
+    _print_result(out, args.output, key, summary, run.dry_run_report)
+    return EXIT_FAILED if summary.result is RunResult.ERROR else EXIT_OK

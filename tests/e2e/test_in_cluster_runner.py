@@ -1,0 +1,371 @@
+"""`cdi sync --in-cluster` in a Job's pod on the real control plane, with no operator: the runner reads its
+CdiIntegration, WarehouseCredential and Secrets through its ServiceAccount (least privilege), syncs PostgreSQL (the
+Redshift stand-in of hack/postgres.sh) to the Braze emulator in this process, and keeps its watermark and last run
+in the CR's status. Also the status store's optimistic concurrency against the real apiserver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redshift_connector
+from harness import LocalKubelet
+from harness.controlplane import REPO_ROOT
+from harness.helpers import pod_logs, wait_until
+from kubernetes import client
+from test_crds_apiserver import install_crds
+
+from cdi_operator.api.models import RunResult, RunSummary, Watermark
+from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.kube import Kube
+from cdi_operator.runner.status_store import CrStatusStore
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION, CDI = "cdi.ingest.dev", "v1alpha1", "cdiintegrations"
+PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
+BRAZE_KEY = "e2e-braze-rest-key"
+COLUMNS = "UPDATED_AT TIMESTAMP, EXTERNAL_ID VARCHAR(64), PAYLOAD VARCHAR(65535)"
+
+
+@pytest.fixture(scope="module")
+def pg() -> dict[str, str]:
+    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
+    if len(values) == len(PG_KEYS):
+        return values
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("export "):
+            for pair in line.removeprefix("export ").split():
+                key, _, value = pair.partition("=")
+                values[key] = value
+    return values
+
+
+def _execute(pg: dict[str, str], sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:
+    conn = redshift_connector.connect(
+        host=pg["CDI_PG_HOST"],
+        port=int(pg["CDI_PG_PORT"]),
+        user=pg["CDI_PG_USER"],
+        password=pg["CDI_PG_PASSWORD"],
+        database=pg["CDI_PG_DATABASE"],
+        ssl=False,
+    )
+    conn.autocommit = True
+    try:
+        cursor = conn.cursor()
+        if rows:
+            cursor.executemany(sql, [list(r) for r in rows])
+        else:
+            cursor.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def schema(pg: dict[str, str]) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _execute(pg, f'CREATE SCHEMA "{name}"')
+    yield name
+    _execute(pg, f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture
+def braze() -> Iterator[BrazeEmulator]:
+    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def crds(kube_api: client.ApiClient) -> list[str]:
+    return install_crds(kube_api)
+
+
+def _create_objects(
+    api: client.ApiClient, namespace: str, pg: dict[str, str], schema: str, braze_url: str
+) -> dict[str, Any]:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "pg"},
+            "stringData": {"password": pg["CDI_PG_PASSWORD"]},
+        },
+    )
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "warehousecredentials",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WarehouseCredential",
+            "metadata": {"name": "wh"},
+            "spec": {
+                "type": "redshift",
+                "redshift": {
+                    "host": pg["CDI_PG_HOST"],
+                    "port": int(pg["CDI_PG_PORT"]),
+                    "database": pg["CDI_PG_DATABASE"],
+                    "user": pg["CDI_PG_USER"],
+                    "ssl": False,
+                    "passwordSecretRef": {"name": "pg", "key": "password"},
+                },
+            },
+        },
+    )
+    return custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
+        GROUP,
+        VERSION,
+        namespace,
+        CDI,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CdiIntegration",
+            "metadata": {"name": "users"},
+            "spec": {
+                "credentialRef": {"name": "wh"},
+                "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": "users"},
+                "dataType": "customAttributes",
+                "schedule": "0 * * * *",
+                "braze": {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
+                "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
+            },
+        },
+    )
+
+
+def _runner_account(api: client.ApiClient, namespace: str, name: str, secrets: list[str]) -> None:
+    """A ServiceAccount with what the runner needs and nothing more; `secrets` are the Secrets it may read."""
+    client.CoreV1Api(api).create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": [GROUP], "resources": [CDI], "verbs": ["get"], "resourceNames": ["users"]},
+        {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["patch"], "resourceNames": ["users"]},
+        {"apiGroups": [GROUP], "resources": ["warehousecredentials"], "verbs": ["get"], "resourceNames": ["wh"]},
+    ]
+    if secrets:
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": secrets})
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
+
+
+def _run_job(
+    api: client.ApiClient, kubelet: LocalKubelet | None, namespace: str, job: str, account: str
+) -> tuple[bool, int | None, str]:
+    """Run the runner in a Job; (succeeded, the container's exit code, its log)."""
+    batch = client.BatchV1Api(api)
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": job},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "spec": {
+                        "serviceAccountName": account,
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {
+                                "name": "runner",
+                                "image": "cdi-operator:e2e",
+                                "args": [
+                                    "sync",
+                                    "--in-cluster",
+                                    "--integration",
+                                    f"{namespace}/users",
+                                    "--trigger",
+                                    "syncNow",
+                                ],
+                            }
+                        ],
+                    }
+                },
+            },
+        },
+    )
+
+    def finished() -> str | None:
+        status = batch.read_namespaced_job(job, namespace).status
+        for condition in status.conditions or []:
+            if condition.type in ("Complete", "Failed") and condition.status == "True":
+                return str(condition.type)
+        return None
+
+    pods = client.CoreV1Api(api)
+
+    def state() -> str:
+        items = pods.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        return "\n".join(pod_logs(api, kubelet, namespace, p.metadata.name) for p in items)
+
+    outcome = wait_until(finished, 120, f"Job {job} to finish", interval=0.5, details=state)
+    pod = pods.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items[0]
+    terminated = pod.status.container_statuses[0].state.terminated
+    return outcome == "Complete", terminated.exit_code if terminated else None, state()
+
+
+def _status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, "users")
+    return obj.get("status") or {}
+
+
+def _summary_line(log: str) -> dict[str, Any]:
+    lines = [line for line in log.splitlines() if line.startswith("{")]
+    assert lines, log
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def test_runner_job_syncs_and_keeps_its_state_in_the_status(
+    kube_api: client.ApiClient,
+    local_kubelet: LocalKubelet | None,
+    namespace: str,
+    crds: list[str],
+    pg: dict[str, str],
+    schema: str,
+    braze: BrazeEmulator,
+) -> None:
+    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
+    _execute(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    _create_objects(kube_api, namespace, pg, schema, braze.url)
+    _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
+    # The operator's fields, which the runner must leave alone.
+    operator_status = {
+        "phase": "Active",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Scheduled", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ],
+        "runs": [{"trigger": "schedule", "startedAt": "2026-01-01T00:00:00Z", "result": "Success"}],
+        "lastHandledSyncNow": "1",
+    }
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, CDI, "users", {"status": operator_status}
+    )
+    before = _status(kube_api, namespace)  # as the apiserver stored it, with its defaults
+
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-1", "runner")
+
+    assert ok and code == 0, log
+    assert [o["external_id"] for o in braze.tracked("attributes")] == [f"u-{i}" for i in range(5)]
+    record = _summary_line(log)
+    assert (record["rowsRead"], record["rowsSynced"], record["rowsFailed"], record["result"]) == (5, 5, 0, "Success")
+    assert BRAZE_KEY not in log and pg["CDI_PG_PASSWORD"] not in log
+    status = _status(kube_api, namespace)
+    watermark = Watermark.model_validate(status["watermark"])
+    assert watermark.updated_at == (base + timedelta(seconds=4)).replace(tzinfo=UTC)
+    last = RunSummary.model_validate(status["lastSync"])
+    assert (last.result, last.trigger, last.rows_synced, last.rows_read) == (RunResult.SUCCESS, "syncNow", 5, 5)
+    assert last.finished_at is not None and last.braze_requests == {"/users/track:201": 1}
+    for key in operator_status:
+        assert status[key] == before[key], key
+
+    # A second run finds nothing new and sends nothing.
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-2", "runner")
+
+    assert ok and code == 0, log
+    assert len(braze.tracked("attributes")) == 5
+    assert braze.counts.get("requests", 0) == 1
+    status = _status(kube_api, namespace)
+    last = RunSummary.model_validate(status["lastSync"])
+    # the boundary row is read again (UPDATED_AT >= watermark) and skipped as already sent
+    assert (last.result, last.rows_synced, last.rows_skipped) == (RunResult.SUCCESS, 0, last.rows_read)
+    assert last.braze_requests is None and "brazeRequests" not in status["lastSync"]
+    assert Watermark.model_validate(status["watermark"]) == watermark
+
+
+def test_runner_without_access_to_the_secrets_fails_and_says_why(
+    kube_api: client.ApiClient,
+    local_kubelet: LocalKubelet | None,
+    namespace: str,
+    crds: list[str],
+    pg: dict[str, str],
+    schema: str,
+    braze: BrazeEmulator,
+) -> None:
+    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    _create_objects(kube_api, namespace, pg, schema, braze.url)
+    _runner_account(kube_api, namespace, "no-secrets", [])
+
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-denied", "no-secrets")
+
+    assert not ok and code in (1, 2), log
+    assert "Secret" in log and "forbidden" in log, log
+    last = _status(kube_api, namespace)["lastSync"]
+    assert last["result"] == "Error"
+    assert f"Secret {namespace}/pg: forbidden" in last["message"]
+    assert "grant the runner's ServiceAccount" in last["message"]
+    assert braze.counts.get("requests", 0) == 0
+    assert "watermark" not in _status(kube_api, namespace)
+
+
+def test_status_store_retries_a_stale_resource_version_and_keeps_other_fields(
+    kube_api: client.ApiClient, namespace: str, crds: list[str], pg: dict[str, str], tmp_path: Path
+) -> None:
+    obj = _create_objects(kube_api, namespace, pg, "public", "http://127.0.0.1:9")
+    stale = obj["metadata"]["resourceVersion"]
+    custom = client.CustomObjectsApi(kube_api)
+    # Another writer (the operator) changes the status after the runner read the object.
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, CDI, "users", {"status": {"phase": "Active", "lastHandledSyncNow": "x"}}
+    )
+    store = CrStatusStore(Kube(kube_api), namespace, "users", resource_version=stale, job="sync-7")
+    mark = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    store.save_watermark(Watermark(updatedAt=mark, boundaryFingerprints=["ab", "cd"]))
+
+    assert store.conflicts == 1
+    status = _status(kube_api, namespace)
+    assert status["phase"] == "Active" and status["lastHandledSyncNow"] == "x"
+    assert status["watermark"] == {"updatedAt": "2026-01-02T03:04:05Z", "boundaryFingerprints": ["ab", "cd"]}
+    assert store.load_watermark() == Watermark(updatedAt=mark, boundaryFingerprints=["ab", "cd"])
+
+    # A list is replaced, not merged; a finished run's fields do not survive into the next lastSync.
+    store.save_watermark(Watermark(updatedAt=mark, boundaryFingerprints=["ef"]))
+    finished = RunSummary(
+        trigger="schedule",
+        started_at=mark,
+        finished_at=mark + timedelta(seconds=3),
+        result=RunResult.PARTIAL,
+        message="row errors by reason: X: 1",
+    )
+    store.record_run(finished)
+    store.mark_running(RunSummary(trigger="syncNow", started_at=mark + timedelta(hours=1), result=RunResult.RUNNING))
+    status = _status(kube_api, namespace)
+    assert status["watermark"]["boundaryFingerprints"] == ["ef"]
+    assert status["lastSync"]["result"] == "Running" and status["lastSync"]["job"] == "sync-7"
+    assert "finishedAt" not in status["lastSync"] and status["lastSync"].get("message", "") == ""
+
+    # Conflicts on every attempt: the store gives up with a message after its retries.
+    class AlwaysStale(Kube):
+        def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+            found = super().get_custom(plural, namespace, name)
+            found["metadata"]["resourceVersion"] = stale
+            return found
+
+    from cdi_operator.runner.status_store import StatusStoreError
+
+    stubborn = CrStatusStore(AlwaysStale(kube_api), namespace, "users", resource_version=stale, retries=2)
+    with pytest.raises(StatusStoreError, match="gave up after 3 conflicts"):
+        stubborn.save_watermark(Watermark(updatedAt=mark))

@@ -1,0 +1,46 @@
+"""`cdi sync` flags: exactly one of -f and --in-cluster; --in-cluster needs --integration and a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdi_operator.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sync"],
+        ["sync", "-f", "examples/x.yaml", "--in-cluster", "--integration", "ns/a"],
+        ["sync", "--in-cluster"],
+        ["sync", "--in-cluster", "--integration", "ns/a", "--trigger", "cron"],
+    ],
+)
+def test_bad_combinations_are_bad_input(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_in_cluster_without_any_cluster_configuration_is_bad_input(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CDI_SERVICEACCOUNT_DIR", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert main(["sync", "--in-cluster", "--integration", "ns/a"]) == 2
+    captured = capsys.readouterr()
+    assert "cannot load the Kubernetes client configuration" in captured.err
+    assert '"result": "Error"' in captured.out  # the JSON summary line, as with --output json
+
+
+def test_serviceaccount_dir_without_the_service_address_is_bad_input(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_text("c")
+    monkeypatch.setenv("CDI_SERVICEACCOUNT_DIR", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["sync", "--in-cluster", "--integration", "ns/a"]) == 2
+    assert f"cannot load in-cluster credentials from {tmp_path}" in capsys.readouterr().err
