@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=5000, help="users in the demo table (default: %(default)s)")
     demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here instead of a temporary folder")
 
+    commands.add_parser("operator", help="run the operator (settings from $CDI_* variables: controller/settings.py)")
+
     emulator = commands.add_parser("emulator", help="serve the Braze API emulator on loopback")
     emulator.add_argument("emulator_args", nargs=argparse.REMAINDER, help="see `cdi emulator -- --help`")
     return parser
@@ -289,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(in_cluster_sync_command(args, sys.stdout))
         return asyncio.run(sync_command(args, sys.stdout))
+    if args.command == "operator":
+        from cdi_operator.controller.main import run as run_operator
+
+        return run_operator()
     if args.command == "demo":
         from cdi_operator.demo import run_demo
 

@@ -1,0 +1,213 @@
+"""Connection tests: of an integration (its table, columns and a preview) and of a credential (reach + log in).
+
+The tests are blocking (warehouse client libraries are); `run_test` runs one in a worker thread with a timeout.
+Every failure becomes a reason a user can act on; messages come from WarehouseError / SourceColumnsError, which
+never hold a secret value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from cdi_operator import warehouses
+from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.controller.conditions import shorten, timestamp
+from cdi_operator.runner.rows import SourceColumnsError, plan_columns
+from cdi_operator.warehouses import MissingSecretError, WarehouseError
+
+log = logging.getLogger(__name__)
+
+PREVIEW_ROWS = 3
+PREVIEW_VALUE_CHARS = 64
+PASSED, FAILED, TESTING = "Passed", "Failed", "Testing"
+SECRET_MISSING = "SecretMissing"
+TIMEOUT = "Timeout"
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    result: str  # Passed / Failed
+    reason: str
+    message: str
+    columns: list[str] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.result == PASSED
+
+    def status(self, fingerprint: str | None, now: datetime | None = None) -> dict[str, Any]:
+        """status.connectionTest."""
+        record: dict[str, Any] = {
+            "time": timestamp(now),
+            "result": self.result,
+            "reason": self.reason,
+            "message": shorten(self.message),
+            "columns": self.columns,
+            "preview": self.preview,
+        }
+        if fingerprint is not None:
+            record["fingerprint"] = fingerprint
+        return record
+
+
+def testing_status(fingerprint: str | None, message: str, now: datetime | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {"time": timestamp(now), "result": TESTING, "reason": TESTING, "message": message}
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    return record
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of what a test covers (JSON-able parts)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def preview_value(value: Any) -> Any:
+    """A JSON-safe, short rendering of one value for status."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(bytes(value))} bytes>"
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= PREVIEW_VALUE_CHARS else text[: PREVIEW_VALUE_CHARS - 1] + "…"
+
+
+def preview_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{str(k): preview_value(v) for k, v in row.items()} for row in rows[:PREVIEW_ROWS]]
+
+
+def _failure(exc: BaseException) -> Outcome:
+    if isinstance(exc, WarehouseError):
+        return Outcome(FAILED, exc.reason.value, exc.message)
+    if isinstance(exc, MissingSecretError):
+        return Outcome(FAILED, SECRET_MISSING, str(exc))
+    if isinstance(exc, SourceColumnsError):
+        return Outcome(FAILED, "ColumnMissing", "; ".join(exc.problems))
+    raise exc
+
+
+def check_integration(
+    credential: WarehouseCredentialSpec, secrets: Mapping[tuple[str, str], str], spec: CdiIntegrationSpec
+) -> Outcome:
+    """Open the warehouse, describe the source, check its columns, preview a few rows (blocking)."""
+    table = spec.source.qualified_parts(credential.type)
+    try:
+        warehouse = warehouses.connect(credential, secrets)
+    except (WarehouseError, MissingSecretError) as exc:
+        return _failure(exc)
+    try:
+        description = warehouse.describe(table)
+        columns = [c.name for c in description.columns]
+        try:
+            plan = plan_columns(spec.data_type, columns)
+        except SourceColumnsError as exc:
+            outcome = _failure(exc)
+            outcome.columns = columns
+            return outcome
+        rows = warehouse.preview(table, list(plan.columns), PREVIEW_ROWS)
+        return Outcome(
+            PASSED,
+            PASSED,
+            f"{description.name}: {len(columns)} columns, the source contract is met",
+            columns=columns,
+            preview=preview_rows(rows),
+        )
+    except WarehouseError as exc:
+        return _failure(exc)
+    finally:
+        try:
+            warehouse.close()
+        except Exception:
+            log.debug("closing the warehouse failed", exc_info=True)
+
+
+def check_credential(credential: WarehouseCredentialSpec, secrets: Mapping[tuple[str, str], str]) -> Outcome:
+    """Reach the warehouse and log in (blocking). Every adapter's connect() authenticates and runs a statement
+    (Redshift sets up its session, DuckDB opens the file), so a successful connect is the check."""
+    try:
+        warehouse = warehouses.connect(credential, secrets)
+    except (WarehouseError, MissingSecretError) as exc:
+        return _failure(exc)
+    try:
+        warehouse.close()
+    except Exception:
+        log.debug("closing the warehouse failed", exc_info=True)
+    return Outcome(PASSED, PASSED, f"reached the {credential.type.value} warehouse and logged in")
+
+
+async def run_test(test: Callable[[], Outcome], timeout: float) -> Outcome:  # noqa: ASYNC109
+    """Run a blocking test in a worker thread; a Timeout outcome after `timeout` seconds (the thread is left to
+    finish on its own: a client library call cannot be interrupted)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(test), timeout)
+    except TimeoutError:
+        return Outcome(
+            FAILED,
+            TIMEOUT,
+            f"the connection test took longer than {timeout:g} s; check that the warehouse is reachable from the "
+            "cluster (network policy, firewall, allow-listed IPs) and resumed",
+        )
+    except Exception as exc:
+        log.exception("connection test crashed")
+        return Outcome(FAILED, "QueryFailed", f"the connection test failed unexpectedly: {type(exc).__name__}")
+
+
+def spec_error(exc: ValidationError) -> str:
+    """A message naming the fields, e.g. `spec.schedule: runs 5 minutes apart; ...`."""
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(["spec", *(str(p) for p in error["loc"])])
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    more = len(exc.errors()) - 3
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def test_wanted(
+    obj: JSON, fingerprint: str, retest_failed_seconds: float, now: datetime | None = None
+) -> tuple[bool, bool, str | None]:
+    """(test now?, is the last passing test still valid for the current spec?, requested annotation value)."""
+    status = obj.get("status") or {}
+    test = status.get("connectionTest") or None
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    requested = annotations.get(TEST_CONNECTION_ANNOTATION) or None
+    if requested is not None and requested == status.get("lastHandledTestConnection"):
+        requested = None
+    if not isinstance(test, dict) or test.get("fingerprint") != fingerprint:
+        return True, False, requested
+    if test.get("result") == TESTING:  # interrupted (operator restarted mid-test)
+        return True, False, requested
+    if requested is not None:
+        return True, test.get("result") == PASSED, requested
+    if test.get("result") == FAILED:
+        tested = _parse_time(test.get("time"))
+        now = now or datetime.now(UTC)
+        if tested is None or (now - tested).total_seconds() >= retest_failed_seconds:
+            return True, False, None
+    return False, test.get("result") == PASSED, None

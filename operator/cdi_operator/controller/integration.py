@@ -1,0 +1,385 @@
+"""CdiIntegration: plain decisions (spec check, duplicate tables, when to test, the CronJob) and the reconcile.
+
+The reconcile is level-triggered: it reads the object, its credential, CronJob and Jobs, decides, and writes only
+what differs, so running it again (after a restart, on every watch event, on the periodic resync) is harmless.
+
+Phases: Failed (spec invalid: Stalled=True InvalidSpec), Draft (waiting for a passing connection test, or stalled on
+CredentialNotFound / CredentialInvalid / InvalidSource / DuplicateTable / the test's reason), Active (CronJob
+scheduled), Suspended (CronJob suspended by spec.suspend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import partial
+from typing import Any
+
+from pydantic import ValidationError
+
+from cdi_operator.api.models import (
+    CdiIntegrationSpec,
+    Phase,
+    SourceTable,
+    WarehouseCredentialSpec,
+)
+from cdi_operator.controller import conditions, connection, sync_now
+from cdi_operator.controller.connection import spec_error, test_wanted
+from cdi_operator.controller.credential import ensure_in_use_finalizer
+from cdi_operator.controller.history import runs_with_last_sync
+from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, suspend_cronjob
+from cdi_operator.controller.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+INTEGRATION_LABEL = "cdi.ingest.dev/integration"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "cdi-operator"
+CRONJOB_NAME_MAX = 52  # the CronJob controller appends "-<minutes>" (11 characters) for its Jobs
+LABEL_VALUE_MAX = 63
+RUNNER_CONTAINER = "runner"
+ENV_BRAZE_ENDPOINT = "CDI_BRAZE_REST_ENDPOINT"
+ENV_BRAZE_API_KEY = "CDI_BRAZE_API_KEY"
+ENV_JOB_NAME = "CDI_JOB_NAME"
+
+JSON = dict[str, Any]
+
+
+def _shorten_name(name: str, limit: int) -> str:
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - 11].rstrip('-.')}-{digest}"
+
+
+def cronjob_name(integration: str) -> str:
+    return _shorten_name(integration, CRONJOB_NAME_MAX)
+
+
+def label_value(integration: str) -> str:
+    return _shorten_name(integration, LABEL_VALUE_MAX)
+
+
+def selector(integration: str) -> str:
+    return f"{INTEGRATION_LABEL}={label_value(integration)}"
+
+
+def parse_spec(obj: JSON) -> CdiIntegrationSpec | str:
+    """The validated spec, or a message naming what is wrong."""
+    try:
+        return CdiIntegrationSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as exc:
+        return spec_error(exc)
+
+
+def _source_key(obj: JSON) -> tuple[str, str] | None:
+    spec = obj.get("spec") or {}
+    try:
+        source = SourceTable.model_validate(spec.get("source") or {})
+        credential = str((spec.get("credentialRef") or {})["name"])
+    except (ValidationError, KeyError, TypeError):
+        return None
+    return credential, source.display().lower()
+
+
+def _age_key(obj: JSON) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
+def find_duplicate(obj: JSON, others: list[JSON]) -> str | None:
+    """The name of an older integration of the namespace on the same credential and table, or None. The oldest
+    (by creation time, then name) keeps the table; the others are rejected."""
+    key = _source_key(obj)
+    if key is None:
+        return None
+    name = (obj.get("metadata") or {}).get("name")
+    for other in sorted(others, key=_age_key):
+        meta = other.get("metadata") or {}
+        if meta.get("name") == name or meta.get("deletionTimestamp"):
+            continue
+        if _source_key(other) == key and _age_key(other) < _age_key(obj):
+            return str(meta.get("name"))
+    return None
+
+
+def test_fingerprint(spec: CdiIntegrationSpec, credential: JSON) -> str:
+    meta = credential.get("metadata") or {}
+    return connection.fingerprint(
+        meta.get("uid"),
+        meta.get("generation"),
+        spec.credential_ref.name,
+        spec.source.model_dump(mode="json", by_alias=True, exclude_none=True),
+        spec.data_type.value,
+    )
+
+
+def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSettings, *, suspend: bool) -> JSON:
+    """The CronJob of an integration (applied server-side; every field here is owned by the operator)."""
+    meta = obj["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    labels = {INTEGRATION_LABEL: label_value(name), MANAGED_BY_LABEL: MANAGED_BY}
+    env: list[JSON] = [
+        {"name": ENV_JOB_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
+    ]
+    braze = spec.braze
+    if (braze is None or braze.rest_endpoint is None) and settings.braze_default_endpoint:
+        env.append({"name": ENV_BRAZE_ENDPOINT, "value": settings.braze_default_endpoint})
+    if (braze is None or braze.api_key_secret_ref is None) and settings.braze_default_secret_name:
+        env.append(
+            {
+                "name": ENV_BRAZE_API_KEY,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": settings.braze_default_secret_name,
+                        "key": settings.braze_default_secret_key,
+                    }
+                },
+            }
+        )
+    container: JSON = {
+        "name": RUNNER_CONTAINER,
+        "image": settings.runner_image,
+        "imagePullPolicy": settings.runner_image_pull_policy,
+        "args": ["sync", "--in-cluster", "--integration", f"{namespace}/{name}", "--trigger", "schedule"],
+        "env": env,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": cronjob_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": obj.get("apiVersion", "cdi.ingest.dev/v1alpha1"),
+                    "kind": "CdiIntegration",
+                    "name": name,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "schedule": spec.schedule,
+            "timeZone": spec.time_zone,
+            "suspend": suspend,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "backoffLimit": 2,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "serviceAccountName": settings.runner_service_account,
+                            "restartPolicy": "Never",
+                            "containers": [container],
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def status_patch(current: JSON, updates: JSON) -> JSON:
+    """The keys of `updates` whose value differs from `current` (lists and objects compared whole)."""
+    return {k: v for k, v in updates.items() if current.get(k) != v}
+
+
+class IntegrationReconciler:
+    def __init__(self, kube: KubeApi, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        obj = await self.kube.get(CDI, namespace, name)
+        if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        run = _Run(self, obj)
+        await run.go()
+
+
+class _Run:
+    """One reconcile of one integration."""
+
+    def __init__(self, reconciler: IntegrationReconciler, obj: JSON) -> None:
+        self.kube = reconciler.kube
+        self.settings = reconciler.settings
+        self.obj = obj
+        meta = obj["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta["namespace"]
+        self.generation: int | None = meta.get("generation")
+        self.status: JSON = dict(obj.get("status") or {})
+        self.updates: JSON = {}
+        self.tested = False
+
+    @property
+    def where(self) -> str:
+        return f"CdiIntegration {self.namespace}/{self.name}"
+
+    async def write(self) -> None:
+        patch = status_patch(self.status, self.updates)
+        if patch:
+            await self.kube.patch_status(CDI, self.namespace, self.name, patch)
+            self.status.update(patch)
+        self.updates = {}
+
+    def set(self, phase: Phase | None, wants: list[conditions.Want], **extra: Any) -> None:
+        self.updates["observedGeneration"] = self.generation
+        if phase is not None:
+            self.updates["phase"] = phase.value
+        self.updates["conditions"] = conditions.apply(
+            self.updates.get("conditions", self.status.get("conditions")), wants, self.generation
+        )
+        self.updates.update(extra)
+
+    async def stop(self, phase: Phase, reason: str, message: str, connection_status: str | None = None) -> None:
+        """Not schedulable: suspend the CronJob if there is one, write the status, refuse a sync-now."""
+        await suspend_cronjob(self.kube, self.namespace, cronjob_name(self.name))
+        self.set(phase, conditions.stalled(reason, message, connection=connection_status))  # type: ignore[arg-type]
+        changed = self.status.get("phase") != phase.value or _reason(self.status, conditions.STALLED) != reason
+        if changed and not self.tested:  # a test that just failed has had its own Event
+            await self.kube.event(self.obj, "Warning", reason, message)
+        await self.handle_sync_now(phase, None)
+        await self.write()
+
+    async def go(self) -> None:
+        runs = runs_with_last_sync(self.status)
+        if runs is not None:
+            self.updates["runs"] = runs
+
+        spec = parse_spec(self.obj)
+        if isinstance(spec, str):
+            await self.stop(Phase.FAILED, "InvalidSpec", f"{self.where}: {spec}")
+            return
+        others = await self.kube.list_objects(CDI, self.namespace)
+        duplicate = find_duplicate(self.obj, others)
+        if duplicate is not None:
+            await self.stop(
+                Phase.DRAFT,
+                "DuplicateTable",
+                f"CdiIntegration {duplicate} already syncs {spec.source.display()} with credential "
+                f"{spec.credential_ref.name}; two integrations on one table would send each row twice. Delete this "
+                f"one or {duplicate}",
+            )
+            return
+        credential = await self.kube.get(WHC, self.namespace, spec.credential_ref.name)
+        if credential is None:
+            await self.stop(
+                Phase.DRAFT,
+                "CredentialNotFound",
+                f"WarehouseCredential {spec.credential_ref.name!r} does not exist in namespace {self.namespace}; "
+                "create it or fix spec.credentialRef.name",
+            )
+            return
+        try:
+            credential_spec = WarehouseCredentialSpec.model_validate(credential.get("spec") or {})
+        except ValidationError as exc:
+            await self.stop(
+                Phase.DRAFT,
+                "CredentialInvalid",
+                f"WarehouseCredential {spec.credential_ref.name}: {spec_error(exc)}",
+            )
+            return
+        problems = spec.source.problems_for(credential_spec.type)
+        if problems:
+            await self.stop(Phase.DRAFT, "InvalidSource", "; ".join(problems))
+            return
+
+        fingerprint = test_fingerprint(spec, credential)
+        wanted, still_valid, requested = test_wanted(self.obj, fingerprint, self.settings.retest_failed_seconds)
+        if wanted:
+            await self.test(spec, credential_spec, fingerprint, live=still_valid, requested=requested)
+        test = self.updates.get("connectionTest", self.status.get("connectionTest")) or {}
+        if test.get("result") != connection.PASSED:
+            await self.stop(
+                Phase.DRAFT,
+                str(test.get("reason") or "ConnectionTestFailed"),
+                str(test.get("message") or "the connection test failed"),
+                connection_status="False",
+            )
+            return
+
+        phase = Phase.SUSPENDED if spec.suspend else Phase.ACTIVE
+        manifest = build_cronjob(self.obj, spec, self.settings, suspend=spec.suspend)
+        await self.kube.apply_cronjob(manifest)
+        await ensure_in_use_finalizer(self.kube, credential, self.where)
+        message = (
+            "scheduled syncs are paused (spec.suspend)"
+            if spec.suspend
+            else f"syncing on {spec.schedule!r} ({spec.time_zone})"
+        )
+        self.set(phase, conditions.ready(phase.value, message))
+        if self.status.get("phase") != phase.value:
+            await self.kube.event(self.obj, "Normal", phase.value, f"{self.where} is {phase.value}: {message}")
+        await self.handle_sync_now(phase, manifest)
+        await self.write()
+
+    async def test(
+        self,
+        spec: CdiIntegrationSpec,
+        credential_spec: WarehouseCredentialSpec,
+        fingerprint: str,
+        *,
+        live: bool,
+        requested: str | None,
+    ) -> None:
+        message = f"testing the connection to {spec.source.display()}"
+        extra: JSON = {"connectionTest": connection.testing_status(fingerprint, message)}
+        if requested is not None:
+            extra["lastHandledTestConnection"] = requested
+        if not live:
+            await suspend_cronjob(self.kube, self.namespace, cronjob_name(self.name))
+        self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **extra)
+        await self.write()
+        secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())
+        outcome = await connection.run_test(
+            partial(connection.check_integration, credential_spec, secrets, spec),
+            self.settings.connection_test_timeout,
+        )
+        self.updates["connectionTest"] = outcome.status(fingerprint)
+        if outcome.passed:
+            await self.kube.event(self.obj, "Normal", "ConnectionTestPassed", outcome.message)
+        else:
+            await self.kube.event(self.obj, "Warning", "ConnectionTestFailed", f"{outcome.reason}: {outcome.message}")
+        self.tested = True
+
+    async def handle_sync_now(self, phase: Phase, manifest: JSON | None) -> None:
+        decision = sync_now.decide(self.obj, phase.value, [])
+        if decision.decision is sync_now.Decision.NOTHING:
+            return
+        value = decision.value
+        assert value is not None
+        if phase is Phase.ACTIVE:
+            jobs = await self.kube.list_jobs(self.namespace, selector(self.name))
+            decision = sync_now.decide(self.obj, phase.value, jobs)
+        if decision.decision is sync_now.Decision.CREATE:
+            cronjob = await self.kube.get_cronjob(self.namespace, cronjob_name(self.name))
+            if cronjob is None:  # just applied; cannot happen unless deleted in between: try again later
+                return
+            job = sync_now.build_job(cronjob, value)
+            created = await self.kube.create_job(job)
+            if created:
+                await self.kube.event(
+                    self.obj,
+                    "Normal",
+                    "SyncNow",
+                    f"sync-now {decision.value!r}: started Job {job['metadata']['name']}",
+                )
+        else:
+            await self.kube.event(self.obj, "Warning", "SyncNowRefused", decision.message)
+        self.updates["lastHandledSyncNow"] = decision.value
+
+
+def _reason(status: JSON, type_: str) -> str | None:
+    condition = conditions.find(status.get("conditions"), type_)
+    return None if condition is None else condition.get("reason")

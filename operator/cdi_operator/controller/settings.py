@@ -1,0 +1,111 @@
+"""The operator's settings, from its environment (the Helm chart sets them); a bad value is a clear error."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_RUNNER_IMAGE = "CDI_RUNNER_IMAGE"
+ENV_RUNNER_IMAGE_PULL_POLICY = "CDI_RUNNER_IMAGE_PULL_POLICY"
+ENV_RUNNER_SERVICE_ACCOUNT = "CDI_RUNNER_SERVICE_ACCOUNT"
+ENV_WATCH_NAMESPACES = "CDI_WATCH_NAMESPACES"
+ENV_BRAZE_DEFAULT_ENDPOINT = "CDI_BRAZE_DEFAULT_REST_ENDPOINT"
+ENV_BRAZE_DEFAULT_SECRET_NAME = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME"
+ENV_BRAZE_DEFAULT_SECRET_KEY = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_KEY"
+ENV_CONNECTION_TEST_TIMEOUT = "CDI_CONNECTION_TEST_TIMEOUT_SECONDS"
+ENV_RESYNC_SECONDS = "CDI_RESYNC_SECONDS"
+ENV_RETEST_FAILED_SECONDS = "CDI_RETEST_FAILED_SECONDS"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_ENDPOINT = re.compile(r"^https?://[^\s/]+(:[0-9]+)?/?$")
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    runner_image: str
+    runner_service_account: str = "cdi-runner"
+    runner_image_pull_policy: str = "IfNotPresent"
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    braze_default_endpoint: str | None = None
+    braze_default_secret_name: str | None = None
+    braze_default_secret_key: str = "api-key"
+    connection_test_timeout: float = 300.0
+    resync_seconds: float = 60.0
+    retest_failed_seconds: float = 600.0
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        image = get(ENV_RUNNER_IMAGE)
+        if image is None:
+            raise SettingsError(f"${ENV_RUNNER_IMAGE} is not set; set it to the runner image, e.g. cdi-operator:0.1.0")
+        if any(c.isspace() for c in image):
+            raise SettingsError(f"${ENV_RUNNER_IMAGE} {image!r} holds whitespace; give an image reference")
+        account = get(ENV_RUNNER_SERVICE_ACCOUNT) or "cdi-runner"
+        if not _DNS_SUBDOMAIN.match(account):
+            raise SettingsError(f"${ENV_RUNNER_SERVICE_ACCOUNT} {account!r} is not a valid ServiceAccount name")
+        policy = get(ENV_RUNNER_IMAGE_PULL_POLICY) or "IfNotPresent"
+        if policy not in _PULL_POLICIES:
+            raise SettingsError(f"${ENV_RUNNER_IMAGE_PULL_POLICY} {policy!r} is not one of {', '.join(_PULL_POLICIES)}")
+        namespaces = tuple(n.strip() for n in (get(ENV_WATCH_NAMESPACES) or "").split(",") if n.strip())
+        for namespace in namespaces:
+            if not _DNS_LABEL.match(namespace):
+                raise SettingsError(
+                    f"${ENV_WATCH_NAMESPACES}: {namespace!r} is not a namespace name; give a comma-separated list, "
+                    "or leave it empty to watch every namespace"
+                )
+        endpoint = get(ENV_BRAZE_DEFAULT_ENDPOINT)
+        if endpoint is not None and not _ENDPOINT.match(endpoint):
+            raise SettingsError(
+                f"${ENV_BRAZE_DEFAULT_ENDPOINT} {endpoint!r} is not a REST endpoint URL such as "
+                "https://rest.iad-01.braze.com"
+            )
+        secret_name = get(ENV_BRAZE_DEFAULT_SECRET_NAME)
+        if secret_name is not None and not _DNS_SUBDOMAIN.match(secret_name):
+            raise SettingsError(f"${ENV_BRAZE_DEFAULT_SECRET_NAME} {secret_name!r} is not a valid Secret name")
+        secret_key = get(ENV_BRAZE_DEFAULT_SECRET_KEY) or "api-key"
+        if not _SECRET_KEY.match(secret_key):
+            raise SettingsError(f"${ENV_BRAZE_DEFAULT_SECRET_KEY} {secret_key!r} is not a valid Secret key")
+        return cls(
+            runner_image=image,
+            runner_service_account=account,
+            runner_image_pull_policy=policy,
+            namespaces=namespaces,
+            braze_default_endpoint=endpoint,
+            braze_default_secret_name=secret_name,
+            braze_default_secret_key=secret_key,
+            connection_test_timeout=_seconds(env, ENV_CONNECTION_TEST_TIMEOUT, 300.0, minimum=1.0),
+            resync_seconds=_seconds(env, ENV_RESYNC_SECONDS, 60.0, minimum=0.5),
+            retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"${name} {raw!r} is not a number of seconds") from None
+    if not minimum <= value <= 86400:
+        raise SettingsError(f"${name} {raw!r} is out of range; give {minimum:g} to 86400 seconds")
+    return value
