@@ -1,5 +1,5 @@
-"""Source tables for the runner's integration tests, in the real PostgreSQL server or an embedded DuckDB file,
-with the manifest a user would write for them."""
+"""Source tables for the runner's integration tests, in the real PostgreSQL server, an embedded DuckDB file or the
+BigQuery stand-in (bigquery_standin.py), with the manifest a user would write for them."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ spec:
   redshift: {{host: "{host}", port: {port}, database: {database}, user: {user}, ssl: false,
              passwordSecretRef: {{name: creds, key: password}}}}
 """,
+    "databricks": """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{token: "{token}", api-key: {api_key}}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: WarehouseCredential
+metadata: {{name: wh}}
+spec:
+  type: databricks
+  databricks: {{serverHostname: "127.0.0.1", httpPath: "{http_path}", catalog: {catalog},
+               accessTokenSecretRef: {{name: creds, key: token}}}}
+""",
     "duckdb": """\
 apiVersion: v1
 kind: Secret
@@ -64,7 +78,39 @@ spec:
   type: duckdb
   duckdb: {{path: "{path}"}}
 """,
+    # `key_json` is the service-account key as a YAML (JSON) string literal; the stand-in's URL comes from
+    # CDI_BIGQUERY_API_ENDPOINT, which the test sets.
+    "bigquery": """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{api-key: {api_key}, key.json: {key_json}}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: WarehouseCredential
+metadata: {{name: wh}}
+spec:
+  type: bigquery
+  bigquery: {{project: {project}, serviceAccountKeySecretRef: {{name: creds, key: key.json}}}}
+""",
 }
+
+# The Snowflake stand-in (snowflake_standin.py) is reached through CDI_SNOWFLAKE_ENDPOINT, which the test sets;
+# `private_key` is the PEM as a YAML (JSON) string literal.
+SECRET_AND_CREDENTIAL["snowflake"] = """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{private-key: {private_key}, api-key: {api_key}}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: WarehouseCredential
+metadata: {{name: wh}}
+spec:
+  type: snowflake
+  snowflake: {{account: {account}, user: {user}, role: {role}, warehouse: {warehouse},
+              privateKeySecretRef: {{name: creds, key: private-key}}}}
+"""
 
 INTEGRATION = """\
 ---
@@ -93,6 +139,34 @@ class Source:
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:
+        if self.kind == "snowflake":  # a session in the test's database of the Snowflake stand-in
+            import snowflake.connector
+
+            sf = snowflake.connector.connect(
+                account=self.settings["account"],
+                user="ADMIN",
+                password="unused",  # the stand-in ignores credentials
+                database=self.settings["database"],
+                schema=self.schema,
+                host="127.0.0.1",
+                port=int(self.settings["port"]),
+                protocol="http",
+                paramstyle="qmark",
+                platform_detection_timeout_seconds=0.0,
+                session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False, "TIMEZONE": "UTC"},
+            )
+            try:
+                yield sf.cursor()
+            finally:
+                sf.close()
+            return
+        if self.kind == "databricks":  # the DuckDB database behind the Databricks stand-in, in its catalog
+            yield self.settings["standin"].cursor()
+            return
+        if self.kind == "bigquery":  # the DuckDB database behind the BigQuery stand-in; schemas are datasets
+            with self.settings["standin"].cursor() as con:
+                yield con
+            return
         if self.kind == "duckdb":
             con = duckdb.connect(self.settings["path"])
             try:
@@ -134,6 +208,10 @@ class Source:
             cur.executemany(f"INSERT INTO {self.schema}.{table} VALUES ({marks})", [list(r) for r in rows])
 
     def source_yaml(self, table: str) -> str:
+        if self.kind == "databricks":
+            return f"{{catalog: {self.settings['catalog']}, schema: {self.schema}, table: {table}}}"
+        if self.kind == "bigquery":
+            return f"{{project: {self.settings['project']}, dataset: {self.schema}, table: {table}}}"
         if self.kind == "duckdb":
             return f"{{schema: {self.schema}, table: {table}}}"
         return f"{{database: {self.settings['database']}, schema: {self.schema}, table: {table}}}"

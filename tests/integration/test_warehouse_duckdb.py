@@ -157,5 +157,5 @@ def test_connect_by_type(duckdb_file: DuckDBFile) -> None:
     snowflake = WarehouseCredentialSpec.model_validate(
         {"type": "snowflake", "snowflake": {"account": "a-b", "user": "u", "role": "r", "warehouse": "w"}}
     )
-    with pytest.raises(WarehouseError, match="not supported by this version"):
+    with pytest.raises(WarehouseError, match="privateKeySecretRef"):
         connect_any(snowflake, {})

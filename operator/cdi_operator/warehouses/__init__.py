@@ -35,8 +35,11 @@ __all__ = [
 
 # Adapter module and the pip package its client library comes from.
 _ADAPTERS: dict[WarehouseType, tuple[str, str]] = {
+    WarehouseType.SNOWFLAKE: ("cdi_operator.warehouses.snowflake", "snowflake-connector-python"),
     WarehouseType.REDSHIFT: ("cdi_operator.warehouses.redshift", "redshift_connector"),
     WarehouseType.DUCKDB: ("cdi_operator.warehouses.duckdb", "duckdb"),
+    WarehouseType.DATABRICKS: ("cdi_operator.warehouses.databricks", "databricks-sql-connector"),
+    WarehouseType.BIGQUERY: ("cdi_operator.warehouses.bigquery", "google-cloud-bigquery"),
 }
 
 

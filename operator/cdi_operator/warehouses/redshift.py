@@ -32,7 +32,6 @@ from redshift_connector.error import InterfaceError, OperationalError
 
 from cdi_operator.api.models import RedshiftSpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.ssh_tunnel import SshTunnel
 from cdi_operator.warehouses.base import (
     Column,
     FailureReason,
@@ -41,6 +40,7 @@ from cdi_operator.warehouses.base import (
     WarehouseError,
     bound_for_column,
 )
+from cdi_operator.warehouses.ssh_tunnel import SshTunnel
 
 CONNECT_TIMEOUT_SECONDS = 30
 # The most rows one FETCH may ask for: Redshift's limit on single-node clusters, and (measured on

@@ -1,0 +1,476 @@
+"""Google BigQuery through the official `google-cloud-bigquery` client (REST API v2).
+
+Credentials: the service-account JSON key from `spec.bigquery.serviceAccountKeySecretRef`, through
+`google.oauth2.service_account` (scope `…/auth/bigquery`); queries run as jobs in `spec.bigquery.project` (the
+billing project) and `spec.bigquery.location` when set. The key needs roles/bigquery.jobUser on that project and
+roles/bigquery.dataViewer on the source dataset (or table/view).
+
+Tests and local runs point the client at a stand-in with `CDI_BIGQUERY_API_ENDPOINT=http://host:port`. The key is
+still parsed and checked (a malformed key fails with AuthFailed exactly as in production), but requests then go
+out with anonymous credentials: service-account credentials fetch their token from oauth2.googleapis.com, which a
+stand-in cannot play.
+
+Reading: one query job per read, `SELECT <columns> FROM <table> WHERE UPDATED_AT >= @since AND UPDATED_AT <= @until
+ORDER BY UPDATED_AT`, the bounds as typed query parameters (TIMESTAMP, or DATETIME / DATE
+for such a column), never text in the SQL. Results are streamed page by page through jobs.getQueryResults
+(`result(page_size=chunk_rows).pages`), so memory holds one page; BigQuery itself may return fewer rows than asked
+(it caps a page at about 10 MB). The BigQuery Storage Read API (faster, gRPC) is not used: it needs the optional
+`google-cloud-bigquery-storage` package and cannot be exercised offline.
+
+Types: UPDATED_AT of type TIMESTAMP arrives as aware UTC; DATETIME and DATE (no zone) are taken as UTC. PAYLOAD of
+type JSON arrives as the parsed value (a dict for an object; older clients give the JSON text, which is passed on
+as text), STRUCT/RECORD as a dict, STRING as JSON text. Identifiers are quoted with backticks, each part of the
+table path on its own (domain-scoped projects like `example.com:proj` included).
+
+Costs: BigQuery bills the bytes of the selected columns of the whole table (or of the partitions a filter on the
+partitioning column prunes). `preview` reads the newest rows with ORDER BY … LIMIT, which is billed like a scan.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.api_core.client_info import ClientInfo
+from google.api_core.client_options import ClientOptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_RETRY
+from google.oauth2 import service_account
+
+from cdi_operator.api.models import BigQuerySpec
+from cdi_operator.warehouses import secret_value
+from cdi_operator.warehouses.base import (
+    Column,
+    FailureReason,
+    ReadWindow,
+    TableDescription,
+    WarehouseError,
+    bound_for_column,
+)
+
+ENDPOINT_ENV = "CDI_BIGQUERY_API_ENDPOINT"
+SCOPES = ("https://www.googleapis.com/auth/bigquery",)
+# How long one API call is retried on transient errors (5xx, rate limits, dropped connections) before the sync
+# fails with the reason; the client's own default is ten minutes.
+RETRY_SECONDS = 60.0
+HTTP_TIMEOUT_SECONDS = 120.0
+# How long a query job may run before the read gives up and cancels it (BigQuery also stops it then, through the
+# job's jobTimeoutMs). Jobs are polled with jobs.get, so HTTP_TIMEOUT_SECONDS stays a per-request bound.
+QUERY_TIMEOUT_SECONDS = 3600.0
+POLL_SECONDS = (0.1, 1.0)  # first and longest pause between polls of a running job
+# The most rows one page of results asks for: BigQuery answers at most ~10 MB per page anyway.
+MAX_PAGE_ROWS = 20_000
+USER_AGENT = "cdi-operator"
+
+_KEY_FIELDS = ("type", "project_id", "private_key", "client_email", "token_uri")
+
+
+def connect(settings: BigQuerySpec, secrets: Mapping[tuple[str, str], str]) -> BigQueryWarehouse:
+    """A client for `settings.project`; raises WarehouseError(AuthFailed) for a malformed key. No request is made
+    here: the first describe or query shows whether BigQuery accepts the key."""
+    key_text = secret_value(secrets, settings.service_account_key_secret_ref)
+    info = _parse_key(key_text, settings)
+    try:
+        sa_credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=SCOPES
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WarehouseError(
+            FailureReason.AUTH_FAILED,
+            f"{_key_where(settings)} is not a usable service-account key ({type(exc).__name__}: its "
+            f"private_key could not be read); download a new JSON key for the service account",
+        ) from None
+    endpoint = os.environ.get(ENDPOINT_ENV, "").strip() or None
+    anonymous: Credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    credentials: Credentials = anonymous if endpoint else sa_credentials
+    client = bigquery.Client(
+        project=settings.project,
+        credentials=credentials,
+        location=settings.location,
+        client_info=ClientInfo(user_agent=USER_AGENT),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=endpoint) if endpoint else None,
+    )
+    return BigQueryWarehouse(client, settings, info, endpoint or "https://bigquery.googleapis.com")
+
+
+def quote_ident(name: str) -> str:
+    """One identifier quoted by GoogleSQL's rules: in backticks, with backslashes and backticks escaped."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    project: str
+    dataset: str
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def sql(self) -> str:
+        return ".".join(quote_ident(p) for p in (self.project, self.dataset, self.name))
+
+    @property
+    def display(self) -> str:
+        return f"{self.project}.{self.dataset}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        return TableDescription(self.display, self.columns).column(name)
+
+
+# UPDATED_AT column types the adapter reads → the type of the window-bound query parameters (BigQuery compares
+# TIMESTAMP only with TIMESTAMP, DATETIME with DATETIME)
+_TIMESTAMP_KINDS = {"TIMESTAMP": "TIMESTAMP", "DATETIME": "DATETIME", "DATE": "DATE"}
+
+
+class BigQueryWarehouse:
+    def __init__(self, client: bigquery.Client, settings: BigQuerySpec, key: Mapping[str, Any], endpoint: str) -> None:
+        self._client = client
+        self._settings = settings
+        self._key = key
+        self._endpoint = endpoint
+        self._retry = DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
+        self._tables: dict[tuple[str, ...], _Table] = {}
+
+    # --- the protocol ---------------------------------------------------------------------------------------
+
+    def describe(self, table: Sequence[str]) -> TableDescription:
+        resolved = self._resolve(table)
+        self._tables[tuple(table)] = resolved
+        return TableDescription(name=resolved.display, columns=resolved.columns)
+
+    def read_changes(
+        self,
+        table: Sequence[str],
+        columns: Sequence[str],
+        updated_at: str,
+        window: ReadWindow,
+        chunk_rows: int,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        resolved = self._table(table)
+        kind, ua = _timestamp_kind(resolved, updated_at)
+        quoted = quote_ident(ua)
+        where = [f"{quoted} <= @until"]
+        params = [_bound("until", kind, window.until)]
+        if window.since is not None:
+            where.insert(0, f"{quoted} >= @since")
+            params.insert(0, _bound("since", kind, window.since))
+        sql = (
+            f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} "
+            f"WHERE {' AND '.join(where)} ORDER BY {quoted}"
+        )
+        index = _index_of(columns, ua)
+        page_rows = max(1, min(chunk_rows, MAX_PAGE_ROWS))
+        try:
+            rows = self._finished(self._query(sql, params), resolved).result(
+                page_size=page_rows, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS
+            )
+            for page in rows.pages:
+                chunk = [row[:] for row in page]  # a Row's slice is its plain tuple of values
+                if index is not None and kind != "TIMESTAMP":
+                    chunk = [_utc_at(row, index) for row in chunk]
+                for start in range(0, len(chunk), page_rows):  # pages never exceed maxResults; this is a guard
+                    yield chunk[start : start + page_rows]
+        except _CLIENT_ERRORS as exc:
+            raise self._failure(exc, resolved) from None
+
+    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
+        resolved = self._table(table)
+        kind, ua = _timestamp_kind(resolved, updated_at)
+        sql = f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} > @after"
+        rows = self._rows(resolved, sql, [_bound("after", kind, after)])
+        return int(rows[0][0]) if rows else 0
+
+    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        resolved = self._table(table)
+        updated = resolved.column("UPDATED_AT")
+        limit = max(0, int(limit))
+        if updated is None or updated.type not in _TIMESTAMP_KINDS:
+            sql = f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} LIMIT {limit}"
+            index = None
+        else:
+            sql = (
+                f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} "
+                f"ORDER BY {quote_ident(updated.name)} DESC NULLS LAST LIMIT {limit}"
+            )
+            index = _index_of(columns, updated.name) if updated.type != "TIMESTAMP" else None
+        rows = self._rows(resolved, sql, [])
+        if index is not None:
+            rows = [_utc_at(row, index) for row in rows]
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _table(self, table: Sequence[str]) -> _Table:
+        key = tuple(table)
+        if key not in self._tables:
+            self._tables[key] = self._resolve(table)
+        return self._tables[key]
+
+    def _resolve(self, table: Sequence[str]) -> _Table:
+        parts = list(table)
+        if len(parts) == 2:
+            parts.insert(0, self._settings.project)
+        if len(parts) != 3:
+            raise WarehouseError(
+                FailureReason.TABLE_MISSING,
+                f"name the BigQuery table as project/dataset/table (spec.source.project is optional), "
+                f"not {'.'.join(parts)!r}",
+            )
+        project, dataset, name = parts
+        probe = _Table(project, dataset, name, ())
+        reference = bigquery.DatasetReference(project, dataset).table(name)
+        try:
+            found = self._client.get_table(reference, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
+        except _CLIENT_ERRORS as exc:
+            raise self._failure(exc, probe) from None
+        columns = tuple(Column(f.name, _type_name(f)) for f in found.schema)
+        return _Table(project, dataset, name, columns)
+
+    def _query(self, sql: str, params: list[bigquery.ScalarQueryParameter]) -> bigquery.QueryJob:
+        config = bigquery.QueryJobConfig(query_parameters=params, use_legacy_sql=False, labels={"app": "cdi-operator"})
+        config.job_timeout_ms = int(QUERY_TIMEOUT_SECONDS * 1000)
+        return self._client.query(sql, job_config=config, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
+
+    def _finished(self, job: bigquery.QueryJob, table: _Table) -> bigquery.QueryJob:
+        """`job` once it is DONE (failed or not), polled through jobs.get: `result(timeout=…)` would bound the
+        whole wait and each HTTP request by the same number. Cancels the job after QUERY_TIMEOUT_SECONDS."""
+        deadline = time.monotonic() + QUERY_TIMEOUT_SECONDS
+        pause = POLL_SECONDS[0]
+        while not job.done(retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS):
+            if time.monotonic() + pause > deadline:
+                with contextlib.suppress(*_CLIENT_ERRORS):
+                    job.cancel(retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
+                raise WarehouseError(
+                    FailureReason.QUERY_FAILED,
+                    f"the query on {table.display} ran longer than {QUERY_TIMEOUT_SECONDS:g} s and was cancelled "
+                    f"(job {job.job_id}); partition or cluster the table on UPDATED_AT, or sync more often",
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_SECONDS[1])
+        return job
+
+    def _rows(self, table: _Table, sql: str, params: list[bigquery.ScalarQueryParameter]) -> list[tuple[Any, ...]]:
+        try:
+            job = self._finished(self._query(sql, params), table)
+            result = job.result(retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
+            return [row[:] for row in result]
+        except _CLIENT_ERRORS as exc:
+            raise self._failure(exc, table) from None
+
+    def _failure(self, exc: BaseException, table: _Table) -> WarehouseError:
+        reason, advice = _classify(exc, table, self._settings, str(self._key.get("client_email", "?")), self._endpoint)
+        detail = _detail(exc)
+        message = f"{advice} ({detail})" if detail else advice
+        return WarehouseError(reason, _scrub(message, self._key))
+
+
+_CLIENT_ERRORS = (
+    api_exceptions.GoogleAPIError,
+    auth_exceptions.GoogleAuthError,
+    requests.exceptions.RequestException,
+    concurrent.futures.TimeoutError,
+    OSError,
+)
+
+
+def _parse_key(text: str, settings: BigQuerySpec) -> dict[str, Any]:
+    """The key's JSON object; WarehouseError(AuthFailed) naming what is wrong, never quoting the key."""
+    try:
+        info = json.loads(text)
+    except ValueError as exc:
+        raise WarehouseError(
+            FailureReason.AUTH_FAILED,
+            f"{_key_where(settings)} is not JSON (line {exc.lineno if hasattr(exc, 'lineno') else '?'}); put the "
+            f"service account's JSON key file there whole, e.g. kubectl create secret generic "
+            f"{settings.service_account_key_secret_ref.name} --from-file="
+            f"{settings.service_account_key_secret_ref.key}=key.json",
+        ) from None
+    if not isinstance(info, dict):
+        raise WarehouseError(
+            FailureReason.AUTH_FAILED, f"{_key_where(settings)} is JSON but not an object; use the JSON key file"
+        )
+    missing = [name for name in _KEY_FIELDS if not isinstance(info.get(name), str) or not info[name]]
+    if missing:
+        raise WarehouseError(
+            FailureReason.AUTH_FAILED,
+            f"{_key_where(settings)} lacks {', '.join(missing)}; it must be a service-account JSON key "
+            f"(IAM → Service accounts → Keys → Add key → JSON)",
+        )
+    if info["type"] != "service_account":
+        raise WarehouseError(
+            FailureReason.AUTH_FAILED,
+            f"{_key_where(settings)} is a {info['type']!r} credential; only service-account JSON keys "
+            f"(type 'service_account') are supported",
+        )
+    return info
+
+
+def _key_where(settings: BigQuerySpec) -> str:
+    ref = settings.service_account_key_secret_ref
+    return f"the value of Secret {ref.name!r} key {ref.key!r}"
+
+
+def _scrub(text: str, key: Mapping[str, Any]) -> str:
+    for name in ("private_key", "private_key_id"):
+        value = key.get(name)
+        if isinstance(value, str) and len(value) >= 8:
+            text = text.replace(value, "***")
+    return text
+
+
+def _type_name(field: bigquery.SchemaField) -> str:
+    kind = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}.get(
+        field.field_type, field.field_type
+    )
+    return f"ARRAY<{kind}>" if field.mode == "REPEATED" else kind
+
+
+def _timestamp_kind(table: _Table, updated_at: str) -> tuple[str, str]:
+    """(TIMESTAMP, DATETIME or DATE, the column's real spelling); WarehouseError when it is not one of those."""
+    column = table.column(updated_at)
+    if column is None:
+        raise WarehouseError(
+            FailureReason.COLUMN_MISSING,
+            f"{table.display} has no column {updated_at!r}; add an UPDATED_AT column (TIMESTAMP)",
+        )
+    kind = _TIMESTAMP_KINDS.get(column.type)
+    if kind is None:
+        raise WarehouseError(
+            FailureReason.COLUMN_TYPE,
+            f"{table.display}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP (or DATETIME in UTC)",
+        )
+    return kind, column.name
+
+
+def _bound(name: str, kind: str, value: datetime) -> bigquery.ScalarQueryParameter:
+    """A window bound typed like the column: BigQuery does not compare TIMESTAMP with DATETIME implicitly."""
+    if kind == "TIMESTAMP":
+        return bigquery.ScalarQueryParameter(name, "TIMESTAMP", bound_for_column(value, naive_column=False))
+    naive = bound_for_column(value, naive_column=True)
+    if kind == "DATE":
+        return bigquery.ScalarQueryParameter(name, "DATE", naive.date())
+    return bigquery.ScalarQueryParameter(name, "DATETIME", naive)
+
+
+def _index_of(columns: Sequence[str], name: str) -> int | None:
+    wanted = name.upper()
+    return next((i for i, c in enumerate(columns) if c.upper() == wanted), None)
+
+
+def _utc_at(row: tuple[Any, ...], index: int) -> tuple[Any, ...]:
+    """The row with its DATETIME / DATE value at `index` made aware UTC."""
+    value = row[index]
+    if isinstance(value, datetime):
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    elif isinstance(value, date):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    else:
+        return row
+    return (*row[:index], value, *row[index + 1 :])
+
+
+def _select_list(table: _Table, columns: Sequence[str]) -> str:
+    """The columns by their real spelling (BigQuery column names are case-insensitive, but be exact)."""
+    exprs = []
+    for name in columns:
+        column = table.column(name)
+        exprs.append(quote_ident(column.name if column else name))
+    return ", ".join(exprs)
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc.message or "") if isinstance(exc, api_exceptions.GoogleAPICallError) else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first[:500] or type(exc).__name__
+
+
+def _api_reason(exc: BaseException) -> str:
+    errors = getattr(exc, "errors", None) or []
+    if errors and isinstance(errors[0], dict):
+        return str(errors[0].get("reason", ""))
+    return ""
+
+
+def _classify(
+    exc: BaseException, table: _Table, settings: BigQuerySpec, email: str, endpoint: str
+) -> tuple[FailureReason, str]:
+    if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
+        exc = exc.cause
+    ref = settings.service_account_key_secret_ref
+    text = str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, auth_exceptions.RefreshError):
+        return FailureReason.AUTH_FAILED, (
+            f"Google refused the service-account key of {email}: the key may be deleted or disabled, or the "
+            f"account removed; create a new JSON key and put it in Secret {ref.name!r} key {ref.key!r}"
+        )
+    # A 401 makes the transport refresh the token and retry; a 401 after that is Unauthorized. (Anonymous
+    # credentials, with a stand-in, cannot refresh: InvalidOperation.)
+    unauthorized = isinstance(exc, auth_exceptions.GoogleAuthError) and not isinstance(
+        exc, auth_exceptions.TransportError
+    )
+    if isinstance(exc, api_exceptions.Unauthorized) or unauthorized:
+        return FailureReason.AUTH_FAILED, (
+            f"BigQuery did not accept the credentials of {email}; check the key in Secret {ref.name!r} key {ref.key!r}"
+        )
+    if isinstance(exc, api_exceptions.Forbidden):
+        reason = _api_reason(exc)
+        if reason in ("accessDenied", "") or "Access Denied" in text or "permission" in text.lower():
+            return FailureReason.PERMISSION_DENIED, (
+                f"{email} may not read {table.display}: grant it roles/bigquery.dataViewer on dataset "
+                f"{table.project}.{table.dataset} (or the table) and roles/bigquery.jobUser on project "
+                f"{settings.project}"
+            )
+        return FailureReason.QUERY_FAILED, f"BigQuery refused the query on {table.display} ({reason})"
+    if isinstance(exc, api_exceptions.NotFound):
+        where = f" in location {settings.location}" if settings.location else ""
+        if "Not found: Dataset" in text:
+            return FailureReason.DATABASE_MISSING, (
+                f"dataset {table.project}:{table.dataset} does not exist{where} or {email} cannot see it: check "
+                f"spec.source.dataset/project and spec.bigquery.location"
+            )
+        if "Not found: Project" in text:
+            return FailureReason.DATABASE_MISSING, (
+                f"project {table.project} does not exist or {email} cannot see it: check spec.source.project "
+                f"and spec.bigquery.project"
+            )
+        if "Not found: Table" in text:
+            return FailureReason.TABLE_MISSING, (
+                f"table or view {table.display} does not exist{where}: check spec.source.table"
+            )
+        return FailureReason.QUERY_FAILED, f"a BigQuery call for {table.display} found nothing"
+    if isinstance(exc, api_exceptions.BadRequest):
+        if "Unrecognized name" in text or ("Name " in text and "not found" in text):
+            return FailureReason.COLUMN_MISSING, f"a column is missing from {table.display}"
+        return FailureReason.QUERY_FAILED, f"BigQuery rejected the query on {table.display}"
+    if isinstance(
+        exc,
+        requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout
+        | auth_exceptions.TransportError
+        | concurrent.futures.TimeoutError
+        | OSError,
+    ):
+        return FailureReason.UNREACHABLE, (
+            f"cannot reach BigQuery at {endpoint}: let the runner reach bigquery.googleapis.com and "
+            f"oauth2.googleapis.com on port 443 (egress rules, proxy settings)"
+        )
+    if isinstance(exc, api_exceptions.ServiceUnavailable | api_exceptions.InternalServerError):
+        return FailureReason.UNREACHABLE, "BigQuery is unavailable right now; the next sync tries again"
+    return FailureReason.QUERY_FAILED, f"a BigQuery call for {table.display} failed"

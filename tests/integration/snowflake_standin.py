@@ -1,0 +1,147 @@
+"""The Snowflake stand-in for the integration tests and the benchmark: fakesnow's HTTP server (DuckDB underneath) in
+a process of its own on loopback, which the official `snowflake-connector-python` talks to over HTTP exactly as it
+talks to Snowflake (login request, query requests, Arrow result sets).
+
+The server keeps every database in memory, shared by all sessions; each test makes a database of its own.
+It accepts any credentials: the adapter's key handling is tested on its own (see test_warehouse_snowflake.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import snowflake.connector
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cdi_operator.api.models import SnowflakeSpec
+
+SECRET = ("snowflake-key", "private-key")
+ACCOUNT, USER, ROLE, WAREHOUSE = "myorg-standin", "CDI_RUNNER", "CDI_READER", "CDI_WH"
+
+
+@cache
+def private_key_pem() -> str:
+    """An unencrypted PKCS#8 RSA key, as the operator generates it (made once per test process)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SnowflakeStandIn:
+    """A running fakesnow server; `endpoint` is what CDI_SNOWFLAKE_ENDPOINT must hold to reach it."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    databases: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self) -> Any:
+        """A session for setting tests up (the stand-in ignores the credentials)."""
+        return snowflake.connector.connect(
+            account=ACCOUNT,
+            user="ADMIN",
+            password="unused",
+            host="127.0.0.1",
+            port=self.port,
+            protocol="http",
+            paramstyle="qmark",
+            platform_detection_timeout_seconds=0.0,
+            session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False, "TIMEZONE": "UTC"},
+        )
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with contextlib.closing(self.connect()) as con:
+            cursor = con.cursor()
+            cursor.execute(sql, params)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with contextlib.closing(self.connect()) as con:
+            cursor = con.cursor()
+            for row in rows:  # one statement per row: the stand-in runs array bindings row by row anyway
+                cursor.execute(sql, list(row))
+
+    def new_database(self, prefix: str = "CDI_T") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10].upper()}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        self.execute(f'CREATE SCHEMA "{name}"."PUBLIC"')
+        self.databases.append(name)
+        return name
+
+    def spec(self, **overrides: Any) -> SnowflakeSpec:
+        fields: dict[str, Any] = {
+            "account": ACCOUNT,
+            "user": USER,
+            "role": ROLE,
+            "warehouse": WAREHOUSE,
+            "privateKeySecretRef": {"name": SECRET[0], "key": SECRET[1]},
+        }
+        fields.update(overrides)
+        return SnowflakeSpec.model_validate(fields)
+
+    def secrets(self, pem: str | None = None) -> dict[tuple[str, str], str]:
+        return {SECRET: private_key_pem() if pem is None else pem}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def running_standin(timeout: float = 60) -> Iterator[SnowflakeStandIn]:
+    """Start `python -m fakesnow -s` on a free loopback port, wait until it serves, and stop it afterwards."""
+    port = _free_port()
+    log = Path(tempfile.mkstemp(prefix="fakesnow-", suffix=".log")[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fakesnow", "-s", "--host", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    standin = SnowflakeStandIn(port, process, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"fakesnow exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"fakesnow did not listen on {port}: {log.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        yield standin
+    finally:
+        standin.stop()
+        log.unlink(missing_ok=True)
