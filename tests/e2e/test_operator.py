@@ -113,6 +113,7 @@ class OperatorProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
             "KUBECONFIG": kubeconfig,
             "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
+            "CDI_METRICS_PORT": "0",  # no fixed port that another operator on this machine may hold
             "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
             "CDI_RESYNC_SECONDS": "2",
             "CDI_RETEST_FAILED_SECONDS": "3600",

@@ -89,8 +89,8 @@ class SnowflakeSpec(Model):
     private_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         alias="privateKeySecretRef",
-        description="Set by the operator to the Secret holding the key pair it generated; set it yourself only to "
-        "bring your own key (e.g. for `cdi sync -f`).",
+        description="Leave unset: the operator generates a key pair into the Secret <credential>-snowflake-key "
+        "and uses it. Set it only to bring your own key (e.g. for `cdi sync -f`).",
     )
 
 
@@ -411,6 +411,30 @@ class CdiIntegrationStatus(Model):
     runs: list[RunSummary] = Field(default_factory=list, max_length=10)
     last_handled_sync_now: str | None = Field(default=None, alias="lastHandledSyncNow")
     last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
+    last_notified_failure: str | None = Field(
+        default=None,
+        alias="lastNotifiedFailure",
+        max_length=1024,
+        description="Set by the operator: the key of the last sync-level failure e-mailed to spec.contactEmails, so "
+        "that it is told once, also across restarts.",
+    )
+
+
+class KeyRotation(Model):
+    """A Snowflake key rotation (`cdi.ingest.dev/rotate-key`), set by the operator."""
+
+    phase: Literal["AwaitingNewKey", "Completed"]
+    statement: str = Field(description="The ALTER USER statement to run now.")
+    message: str = ""
+    next_public_key: str | None = Field(default=None, alias="nextPublicKey")
+    next_key_fingerprint: str | None = Field(default=None, alias="nextKeyFingerprint")
+    next_key_slot: Literal[1, 2] | None = Field(default=None, alias="nextKeySlot")
+    requested_by: str | None = Field(
+        default=None, alias="requestedBy", description="The cdi.ingest.dev/rotate-key value that started it."
+    )
+    checked_at: datetime | None = Field(
+        default=None, alias="checkedAt", description="When a login with the new key was last tried."
+    )
 
 
 class WarehouseCredentialStatus(Model):
@@ -419,6 +443,16 @@ class WarehouseCredentialStatus(Model):
     connection_test: ConnectionTest | None = Field(default=None, alias="connectionTest")
     public_key: str | None = Field(default=None, alias="publicKey")
     alter_user_statement: str | None = Field(default=None, alias="alterUserStatement")
+    key_fingerprint: str | None = Field(
+        default=None,
+        alias="keyFingerprint",
+        description="Set by the operator: SHA256 fingerprint of publicKey, as DESC USER shows RSA_PUBLIC_KEY_FP.",
+    )
+    key_slot: Literal[1, 2] | None = Field(
+        default=None, alias="keySlot", description="The user's key slot (1: RSA_PUBLIC_KEY, 2: RSA_PUBLIC_KEY_2)."
+    )
+    rotation: KeyRotation | None = None
+    last_handled_rotate_key: str | None = Field(default=None, alias="lastHandledRotateKey")
     last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
 
 

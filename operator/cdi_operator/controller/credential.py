@@ -7,15 +7,26 @@ Warning Event naming the integrations; once none is left, the finalizer is remov
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from cdi_operator.api.models import WarehouseCredentialSpec
-from cdi_operator.controller import conditions, connection
+from cdi_operator.api.models import (
+    API_VERSION,
+    ROTATE_KEY_ANNOTATION,
+    TEST_CONNECTION_ANNOTATION,
+    SecretKeyRef,
+    WarehouseCredentialSpec,
+)
+from cdi_operator.controller import conditions, connection, snowflake_keys
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi
 from cdi_operator.controller.settings import OperatorSettings
@@ -25,6 +36,10 @@ log = logging.getLogger(__name__)
 IN_USE_FINALIZER = "cdi.ingest.dev/in-use"
 IN_USE_PHASES = ("Active", "Suspended")
 IN_USE = "InUse"
+KEY_CONFLICT = "KeyConflict"  # condition: another credential manages the same Snowflake user's key slots
+# How often a pending rotation tries to log in with the new key (also on each new test-connection value).
+NEXT_KEY_CHECK_SECONDS = 300.0
+KEY_STATUS_FIELDS = ("publicKey", "keyFingerprint", "keySlot", "alterUserStatement", "rotation", "lastHandledRotateKey")
 
 JSON = dict[str, Any]
 
@@ -84,9 +99,12 @@ def credential_fingerprint(obj: JSON) -> str:
 
 
 class CredentialReconciler:
-    def __init__(self, kube: KubeApi, settings: OperatorSettings) -> None:
+    def __init__(
+        self, kube: KubeApi, settings: OperatorSettings, on_test: Callable[[str, str], None] | None = None
+    ) -> None:
         self.kube = kube
         self.settings = settings
+        self.on_test = on_test  # (warehouse type, result) after each connection test: the metrics
 
     async def reconcile(self, namespace: str, name: str) -> None:
         obj = await self.kube.get(WHC, namespace, name)
@@ -133,6 +151,18 @@ class CredentialReconciler:
         fingerprint = credential_fingerprint(obj)
         test = status.get("connectionTest") or {}
         wanted, _, requested = test_wanted(obj, fingerprint, self.settings.retest_failed_seconds)
+        key_updates, key_wants = await self._keys(obj, status, spec, requested is not None)
+        if key_updates is None:  # the owned Secret is not usable: said in the conditions, nothing to test with
+            await self._write(
+                obj,
+                status,
+                {
+                    "observedGeneration": generation,
+                    "conditions": conditions.apply(status.get("conditions"), key_wants, generation),
+                },
+            )
+            return
+        spec = snowflake_keys.resolved_spec(spec, name)
         if wanted:
             message = f"testing the connection to the {spec.type.value} warehouse"
             testing = {
@@ -150,6 +180,8 @@ class CredentialReconciler:
                 partial(connection.check_credential, spec, secrets), self.settings.connection_test_timeout
             )
             test = outcome.status(fingerprint)
+            if self.on_test is not None:
+                self.on_test(spec.type.value, outcome.result)
             if outcome.passed:
                 await self.kube.event(obj, "Normal", "ConnectionTestPassed", outcome.message)
             else:
@@ -163,11 +195,258 @@ class CredentialReconciler:
             obj,
             status,
             {
+                **key_updates,
                 "observedGeneration": generation,
                 "connectionTest": test,
-                "conditions": conditions.apply(status.get("conditions"), wants, generation),
+                "conditions": conditions.apply(status.get("conditions"), [*wants, *key_wants], generation),
             },
         )
+
+    # --- the Snowflake key pair (see snowflake_keys.py) ---
+
+    async def _keys(
+        self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec, test_requested: bool
+    ) -> tuple[JSON | None, list[conditions.Want]]:
+        """Create the owned key Secret, advance a rotation, flag another credential for the same user.
+
+        Returns the status fields to write (None when the Secret is unusable) and conditions to set."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        rotate_value = ((meta.get("annotations") or {}).get(ROTATE_KEY_ANNOTATION)) or None
+        if not snowflake_keys.managed(spec):
+            updates: JSON = {k: None for k in KEY_STATUS_FIELDS if status.get(k) is not None}
+            if rotate_value and rotate_value != status.get("lastHandledRotateKey"):
+                await self.kube.event(
+                    obj,
+                    "Warning",
+                    "KeyRotationIgnored",
+                    f"{ROTATE_KEY_ANNOTATION} applies only to a snowflake credential whose key the operator "
+                    "generates (no spec.snowflake.privateKeySecretRef); rotate your own key yourself",
+                )
+                updates["lastHandledRotateKey"] = rotate_value
+            wants = []
+            if conditions.find(status.get("conditions"), KEY_CONFLICT) is not None:
+                wants.append(conditions.Want(KEY_CONFLICT, "False", "NotManaged"))
+            return updates, wants
+        assert spec.snowflake is not None
+        user = spec.snowflake.user
+        wants = await self._conflicts(obj, status, spec)
+        secret_name = snowflake_keys.secret_name(name)
+        secret = await self._read_secret(namespace, secret_name)
+        if secret is None:
+            state = snowflake_keys.initial_state(rotate_value)
+            await self._create_secret(obj, state)
+            public = snowflake_keys.public_key(state.active_pem)
+            await self.kube.event(
+                obj,
+                "Normal",
+                "KeyPairGenerated",
+                f"generated a key pair in Secret {secret_name} (public key {snowflake_keys.fingerprint(public)}); "
+                f"let Snowflake know it: {snowflake_keys.set_statement(user, public, state.slot)}",
+            )
+        else:
+            owner_uids = [r.get("uid") for r in secret.get("ownerReferences") or []]
+            found = snowflake_keys.from_secret(secret["data"], secret["annotations"])
+            problem = reason = None
+            if meta.get("uid") not in owner_uids:
+                reason = "KeySecretConflict"
+                problem = (
+                    f"Secret {secret_name} exists but is not owned by this credential (no ownerReference to it); "
+                    "the operator keeps its generated key there: delete or rename that Secret, or set "
+                    "spec.snowflake.privateKeySecretRef to bring your own key"
+                )
+            elif found is None:
+                reason = "KeySecretInvalid"
+                problem = (
+                    f"Secret {secret_name} has no key {snowflake_keys.ACTIVE_KEY!r}; delete the Secret to have a "
+                    "new key pair generated (and run the new ALTER USER statement from status)"
+                )
+            if found is None or problem is not None or reason is not None:
+                reason = reason or "KeySecretInvalid"
+                message = problem or reason
+                current = conditions.find(status.get("conditions"), conditions.STALLED) or {}
+                if current.get("message") != message:
+                    await self.kube.event(obj, "Warning", reason, message)
+                return None, [*wants, *conditions.stalled(reason, message, connection="Unknown")]
+            state = found
+            if snowflake_keys.rotation_wanted(state, rotate_value):
+                assert rotate_value is not None
+                was_rotating = state.rotating
+                state = snowflake_keys.start_rotation(state, rotate_value)
+                await self._patch_secret(namespace, secret_name, secret["resourceVersion"], state)
+                if was_rotating:
+                    message = (
+                        f"{ROTATE_KEY_ANNOTATION}={rotate_value!r}: a rotation is already waiting for its statement; "
+                        "keeping its new key (status.rotation.statement)"
+                    )
+                    await self.kube.event(obj, "Normal", "KeyRotationPending", message)
+                else:
+                    fields = snowflake_keys.status_fields(state, user)
+                    await self.kube.event(
+                        obj,
+                        "Normal",
+                        "KeyRotationStarted",
+                        f"generated a new key ({fields['rotation']['nextKeyFingerprint']}); syncs keep using the "
+                        f"current key until a login with the new one passes. Run: {fields['rotation']['statement']}",
+                    )
+                secret = await self._read_secret(namespace, secret_name) or secret
+            elif state.rotating and self._next_key_check_due(status, state, test_requested):
+                state, checked = await self._check_next_key(obj, spec, state, secret)
+                return self._key_status(status, state, user, checked), wants
+        return self._key_status(status, state, user, None), wants
+
+    def _key_status(self, status: JSON, state: snowflake_keys.KeyState, user: str, checked: JSON | None) -> JSON:
+        fields = snowflake_keys.status_fields(state, user)
+        rotation = fields.get("rotation")
+        old = status.get("rotation") or {}
+        if rotation is not None and rotation.get("phase") == snowflake_keys.PHASE_PENDING:
+            if checked is not None:
+                rotation.update(checked)
+            elif old.get("nextKeyFingerprint") == rotation.get("nextKeyFingerprint"):
+                rotation["checkedAt"] = old.get("checkedAt")
+                rotation["message"] = old.get("message") or rotation["message"]
+            else:
+                rotation["checkedAt"] = conditions.timestamp()  # the first login is tried a full interval later
+        if rotation is not None:
+            rotation = {k: v for k, v in rotation.items() if v is not None}
+            # status is written by JSON merge patch: a field the new phase lacks must be deleted explicitly.
+            rotation.update({k: None for k in old if k not in rotation})
+            fields["rotation"] = rotation
+        return fields
+
+    def _next_key_check_due(self, status: JSON, state: snowflake_keys.KeyState, test_requested: bool) -> bool:
+        if test_requested:
+            return True
+        rotation = status.get("rotation") or {}
+        if rotation.get("nextKeyFingerprint") != snowflake_keys.fingerprint(
+            snowflake_keys.public_key(state.next_pem or "")
+        ):
+            return False
+        try:
+            checked = datetime.fromisoformat(str(rotation.get("checkedAt")).replace("Z", "+00:00"))
+        except ValueError:
+            return True
+        return (datetime.now(UTC) - checked).total_seconds() >= NEXT_KEY_CHECK_SECONDS
+
+    async def _check_next_key(
+        self, obj: JSON, spec: WarehouseCredentialSpec, state: snowflake_keys.KeyState, secret: JSON
+    ) -> tuple[snowflake_keys.KeyState, JSON | None]:
+        """Log in with the pending key; when it passes, switch the Secret's active key to it."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        assert spec.snowflake is not None and state.next_pem is not None
+        secret_name = snowflake_keys.secret_name(name)
+        ref = SecretKeyRef(name=secret_name, key=snowflake_keys.NEXT_KEY)
+        next_spec = spec.model_copy(
+            update={"snowflake": spec.snowflake.model_copy(update={"private_key_secret_ref": ref})}
+        )
+        outcome = await connection.run_test(
+            partial(connection.check_credential, next_spec, {(ref.name, ref.key): state.next_pem}),
+            self.settings.connection_test_timeout,
+        )
+        if not outcome.passed:
+            message = (
+                f"a login with the new key failed ({outcome.reason}); run status.rotation.statement, then set a new "
+                f"value of {TEST_CONNECTION_ANNOTATION} (or wait up to {NEXT_KEY_CHECK_SECONDS:g} s)"
+            )
+            return state, {"checkedAt": conditions.timestamp(), "message": message}
+        new_state = snowflake_keys.complete_rotation(state)
+        await self._patch_secret(namespace, secret_name, secret["resourceVersion"], new_state)
+        retired = new_state.retired_slot or 1
+        await self.kube.event(
+            obj,
+            "Normal",
+            "KeyRotated",
+            f"a login with the new key passed; it is now the active key. Retire the old one: "
+            f"{snowflake_keys.unset_statement(spec.snowflake.user, retired)}",
+        )
+        return new_state, None
+
+    async def _conflicts(self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec) -> list[conditions.Want]:
+        meta = obj["metadata"]
+        others = snowflake_keys.conflicting(meta["name"], spec, await self.kube.list_objects(WHC, meta["namespace"]))
+        current = conditions.find(status.get("conditions"), KEY_CONFLICT) or {}
+        if not others:
+            return [conditions.Want(KEY_CONFLICT, "False", "NoConflict")] if current else []
+        assert spec.snowflake is not None
+        message = (
+            f"WarehouseCredential {', '.join(others)} in this namespace also names Snowflake user "
+            f"{spec.snowflake.user!r} of account {spec.snowflake.account!r}: their ALTER USER statements would "
+            "overwrite each other's key slots; use one credential per Snowflake user"
+        )
+        if current.get("message") != message or current.get("status") != "True":
+            await self.kube.event(obj, "Warning", KEY_CONFLICT, message)
+        return [conditions.Want(KEY_CONFLICT, "True", "SameSnowflakeUser", message)]
+
+    # --- the owned Secret (its values never reach a log, an Event or the status) ---
+
+    async def _read_secret(self, namespace: str, name: str) -> JSON | None:
+        try:
+            secret = await asyncio.to_thread(self.kube.core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _secret_error("read", namespace, name, exc) from None
+        data: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                data[key] = base64.b64decode(value).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+        smeta = secret.metadata
+        owners = [{"uid": r.uid, "kind": r.kind} for r in (smeta.owner_references if smeta else None) or []]
+        return {
+            "data": data,
+            "annotations": dict((smeta.annotations if smeta else None) or {}),
+            "ownerReferences": owners,
+            "resourceVersion": smeta.resource_version if smeta else None,
+        }
+
+    async def _create_secret(self, obj: JSON, state: snowflake_keys.KeyState) -> None:
+        meta = obj["metadata"]
+        data, annotations = snowflake_keys.to_secret(state)
+        secret_name = snowflake_keys.secret_name(meta["name"])
+        body: JSON = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": secret_name,
+                "namespace": meta["namespace"],
+                "labels": {snowflake_keys.CREDENTIAL_LABEL: meta["name"]},
+                "annotations": {k: v for k, v in annotations.items() if v is not None},
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "WarehouseCredential",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "data": {k: _b64(v) for k, v in data.items() if v is not None},
+        }
+        try:
+            create: Any = self.kube.core.create_namespaced_secret
+            await asyncio.to_thread(create, meta["namespace"], body)
+        except ApiException as exc:
+            raise _secret_error("create", meta["namespace"], secret_name, exc) from None
+
+    async def _patch_secret(
+        self, namespace: str, name: str, resource_version: str, state: snowflake_keys.KeyState
+    ) -> None:
+        """Write `state` into the Secret, only over the version read (a concurrent change fails the reconcile,
+        which the next one redoes from the Secret)."""
+        data, annotations = snowflake_keys.to_secret(state)
+        patch = {
+            "metadata": {"annotations": annotations, "resourceVersion": resource_version},
+            "data": {k: None if v is None else _b64(v) for k, v in data.items()},
+        }
+        try:
+            await asyncio.to_thread(self.kube.core.patch_namespaced_secret, name, namespace, patch)
+        except ApiException as exc:
+            raise _secret_error("update", namespace, name, exc) from None
 
     async def _write(self, obj: JSON, status: JSON, updates: JSON) -> JSON:
         patch = {k: v for k, v in updates.items() if status.get(k) != v}
@@ -179,3 +458,12 @@ class CredentialReconciler:
                 if exc.status != 404:
                     raise
         return {**status, **patch}
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+def _secret_error(action: str, namespace: str, name: str, exc: ApiException) -> RuntimeError:
+    """An error without the API response body (which could echo what was sent)."""
+    return RuntimeError(f"cannot {action} Secret {namespace}/{name}: HTTP {exc.status} {exc.reason}")

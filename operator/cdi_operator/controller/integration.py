@@ -20,15 +20,18 @@ from pydantic import ValidationError
 from cdi_operator.api.models import (
     CdiIntegrationSpec,
     Phase,
+    RunResult,
     SourceTable,
     WarehouseCredentialSpec,
 )
-from cdi_operator.controller import conditions, connection, sync_now
+from cdi_operator.controller import conditions, connection, observability, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, suspend_cronjob
+from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.settings import OperatorSettings
+from cdi_operator.controller.snowflake_keys import resolved_spec
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +198,42 @@ def status_patch(current: JSON, updates: JSON) -> JSON:
 
 
 class IntegrationReconciler:
-    def __init__(self, kube: KubeApi, settings: OperatorSettings) -> None:
+    def __init__(
+        self, kube: KubeApi, settings: OperatorSettings, observer: observability.Observer | None = None
+    ) -> None:
         self.kube = kube
         self.settings = settings
+        self.observer = observer
+        self._by_source: SharedList[dict[tuple[str, str], list[JSON]]] = SharedList(self._list_by_source)
+
+    async def _list_by_source(self, namespace: str) -> dict[tuple[str, str], list[JSON]]:
+        index: dict[tuple[str, str], list[JSON]] = {}
+        for other in await self.kube.list_objects(CDI, namespace):
+            key = _source_key(other)
+            if key is not None:
+                index.setdefault(key, []).append(other)
+        return index
+
+    async def same_source(self, obj: JSON) -> list[JSON]:
+        """The integrations of obj's namespace on its credential and table (obj included), from a LIST at least as
+        fresh as this call, shared with concurrent reconciles (listing.py)."""
+        key = _source_key(obj)
+        if key is None:
+            return []
+        index = await self._by_source.get(str((obj.get("metadata") or {}).get("namespace")))
+        return index.get(key, [])
 
     async def reconcile(self, namespace: str, name: str) -> None:
         obj = await self.kube.get(CDI, namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+            if self.observer is not None:
+                self.observer.forget(namespace, name)
             return
         run = _Run(self, obj)
+        phase_before = run.status.get("phase")
         await run.go()
+        if self.observer is not None:
+            await run.observe(self.observer, phase_before)
 
 
 class _Run:
@@ -213,6 +242,8 @@ class _Run:
     def __init__(self, reconciler: IntegrationReconciler, obj: JSON) -> None:
         self.kube = reconciler.kube
         self.settings = reconciler.settings
+        self.observer = reconciler.observer
+        self.reconciler = reconciler
         self.obj = obj
         meta = obj["metadata"]
         self.name: str = meta["name"]
@@ -261,8 +292,7 @@ class _Run:
         if isinstance(spec, str):
             await self.stop(Phase.FAILED, "InvalidSpec", f"{self.where}: {spec}")
             return
-        others = await self.kube.list_objects(CDI, self.namespace)
-        duplicate = find_duplicate(self.obj, others)
+        duplicate = find_duplicate(self.obj, await self.reconciler.same_source(self.obj))
         if duplicate is not None:
             await self.stop(
                 Phase.DRAFT,
@@ -283,6 +313,7 @@ class _Run:
             return
         try:
             credential_spec = WarehouseCredentialSpec.model_validate(credential.get("spec") or {})
+            credential_spec = resolved_spec(credential_spec, spec.credential_ref.name)  # an operator-made key
         except ValidationError as exc:
             await self.stop(
                 Phase.DRAFT,
@@ -347,6 +378,8 @@ class _Run:
             self.settings.connection_test_timeout,
         )
         self.updates["connectionTest"] = outcome.status(fingerprint)
+        if self.observer is not None:
+            self.observer.connection_test(credential_spec.type.value, outcome.result)
         if outcome.passed:
             await self.kube.event(self.obj, "Normal", "ConnectionTestPassed", outcome.message)
         else:
@@ -378,6 +411,27 @@ class _Run:
         else:
             await self.kube.event(self.obj, "Warning", "SyncNowRefused", decision.message)
         self.updates["lastHandledSyncNow"] = decision.value
+
+    async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
+        """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py)."""
+        observer.observe(self.obj, self.status)
+        summary = observability.last_sync(self.status)
+        want = observability.synced_condition(summary)
+        if want is not None:
+            old = conditions.find(self.status.get("conditions"), want.type) or {}
+            if (old.get("status"), old.get("reason"), old.get("message")) != (want.status, want.reason, want.message):
+                self.set(None, [want])
+                if want.status == "False":
+                    await self.kube.event(self.obj, "Warning", want.reason, f"{self.where}: {want.message}")
+        failure = observability.stalled_failure(self.obj, self.status, phase_before)
+        if failure is None and summary is not None and summary.result is RunResult.ERROR:
+            failure = summary, observability.failure_reason(summary)
+        if failure is not None:
+            last_key = self.status.get("lastNotifiedFailure")
+            key = await observer.notify(self.obj, *failure, last_key, self.status.get("runs"))
+            if key is not None:
+                self.updates["lastNotifiedFailure"] = key
+        await self.write()
 
 
 def _reason(status: JSON, type_: str) -> str | None:

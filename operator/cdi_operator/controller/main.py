@@ -19,10 +19,13 @@ from typing import Any
 import kopf
 
 from cdi_operator.api.models import GROUP, VERSION
+from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
 from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, load_api_client
+from cdi_operator.controller.observability import Observer
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
+from cdi_operator.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ class Controller:
     def __init__(self, settings: OperatorSettings, kube: KubeApi) -> None:
         self.settings = settings
         self.kube = kube
-        self.integrations = IntegrationReconciler(kube, settings)
-        self.credentials = CredentialReconciler(kube, settings)
+        self.observer = Observer()  # metrics and failure e-mail (controller/observability.py)
+        self.integrations = IntegrationReconciler(kube, settings, self.observer)
+        self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def _locked(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[None]], *, wait: bool = True) -> None:
@@ -112,12 +116,16 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     async def credential_event(**kwargs: Any) -> None:
         await controller.credential(kwargs["namespace"], kwargs["name"])
 
+    admission.register(registry, controller.kube, controller.settings)  # validating webhook, if $CDI_WEBHOOK_MODE
     return registry
 
 
 async def operate(settings: OperatorSettings) -> None:
     kube = KubeApi(load_api_client())
     controller = Controller(settings, kube)
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port)
+        log.info("serving /metrics on port %d", settings.metrics_port)
     resync = asyncio.create_task(controller.resync_forever())
     try:
         await kopf.operator(

@@ -14,9 +14,16 @@ ENV_WATCH_NAMESPACES = "CDI_WATCH_NAMESPACES"
 ENV_BRAZE_DEFAULT_ENDPOINT = "CDI_BRAZE_DEFAULT_REST_ENDPOINT"
 ENV_BRAZE_DEFAULT_SECRET_NAME = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME"
 ENV_BRAZE_DEFAULT_SECRET_KEY = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_KEY"
+ENV_METRICS_PORT = "CDI_METRICS_PORT"  # /metrics on 0.0.0.0:PORT; 0 turns it off
 ENV_CONNECTION_TEST_TIMEOUT = "CDI_CONNECTION_TEST_TIMEOUT_SECONDS"
 ENV_RESYNC_SECONDS = "CDI_RESYNC_SECONDS"
 ENV_RETEST_FAILED_SECONDS = "CDI_RETEST_FAILED_SECONDS"
+ENV_WEBHOOK_MODE = "CDI_WEBHOOK_MODE"
+ENV_WEBHOOK_ADDR = "CDI_WEBHOOK_ADDR"
+ENV_WEBHOOK_HOST = "CDI_WEBHOOK_HOST"
+ENV_WEBHOOK_PORT = "CDI_WEBHOOK_PORT"
+ENV_WEBHOOK_CERT_DIR = "CDI_WEBHOOK_CERT_DIR"
+ENV_WEBHOOK_FAILURE_POLICY = "CDI_WEBHOOK_FAILURE_POLICY"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -29,6 +36,66 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
 
+WEBHOOK_MODES = ("off", "managed-local", "chart")
+WEBHOOK_FAILURE_POLICIES = ("Ignore", "Fail")
+WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE = "tls.crt", "tls.key"
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The validating admission webhook (controller/admission.py).
+
+    mode `off`: none (the status conditions still report a bad spec). `managed-local`: kopf serves it on
+    addr:port and keeps the ValidatingWebhookConfiguration `cdi.ingest.dev` pointing at https://host:port itself
+    (needs create/patch on admissionregistration.k8s.io); the certificate is self-signed unless cert_dir holds one.
+    `chart`: served on addr:port with cert_dir's tls.crt/tls.key (re-read when renewed); the chart owns the
+    configuration and the Service. failure_policy Ignore (default): an operator outage never blocks an apply.
+    """
+
+    mode: str = "off"
+    addr: str = "127.0.0.1"
+    host: str | None = None
+    port: int = 9443
+    cert_dir: str | None = None
+    failure_policy: str = "Ignore"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings:
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        mode = get(ENV_WEBHOOK_MODE) or "off"
+        if mode not in WEBHOOK_MODES:
+            raise SettingsError(f"${ENV_WEBHOOK_MODE} {mode!r} is not one of {', '.join(WEBHOOK_MODES)}")
+        policy = get(ENV_WEBHOOK_FAILURE_POLICY) or "Ignore"
+        if policy not in WEBHOOK_FAILURE_POLICIES:
+            raise SettingsError(
+                f"${ENV_WEBHOOK_FAILURE_POLICY} {policy!r} is not one of {', '.join(WEBHOOK_FAILURE_POLICIES)}"
+            )
+        raw_port = get(ENV_WEBHOOK_PORT) or "9443"
+        if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+            raise SettingsError(f"${ENV_WEBHOOK_PORT} {raw_port!r} is not a TCP port (1 to 65535)")
+        addr = get(ENV_WEBHOOK_ADDR) or ("0.0.0.0" if mode == "chart" else "127.0.0.1")
+        host = get(ENV_WEBHOOK_HOST)
+        for name, value in ((ENV_WEBHOOK_ADDR, addr), (ENV_WEBHOOK_HOST, host)):
+            if value is not None and not re.fullmatch(r"[-.:a-zA-Z0-9]{1,253}", value):
+                raise SettingsError(f"${name} {value!r} is not a host name or IP address")
+        cert_dir = get(ENV_WEBHOOK_CERT_DIR)
+        if mode == "chart" and cert_dir is None:
+            raise SettingsError(
+                f"${ENV_WEBHOOK_MODE} is chart but ${ENV_WEBHOOK_CERT_DIR} is not set; mount the webhook's TLS "
+                f"Secret ({WEBHOOK_CERT_FILE}, {WEBHOOK_KEY_FILE}) and point it there"
+            )
+        if mode != "off" and cert_dir is not None:
+            for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
+                if not os.path.isfile(os.path.join(cert_dir, file)):
+                    raise SettingsError(
+                        f"${ENV_WEBHOOK_CERT_DIR} {cert_dir!r} has no {file}; mount the webhook's TLS Secret there"
+                    )
+        return cls(mode=mode, addr=addr, host=host, port=int(raw_port), cert_dir=cert_dir, failure_policy=policy)
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     runner_image: str
@@ -38,9 +105,11 @@ class OperatorSettings:
     braze_default_endpoint: str | None = None
     braze_default_secret_name: str | None = None
     braze_default_secret_key: str = "api-key"
+    metrics_port: int = 8080
     connection_test_timeout: float = 300.0
     resync_seconds: float = 60.0
     retest_failed_seconds: float = 600.0
+    webhook: WebhookSettings = WebhookSettings()
 
     @property
     def clusterwide(self) -> bool:
@@ -92,9 +161,11 @@ class OperatorSettings:
             braze_default_endpoint=endpoint,
             braze_default_secret_name=secret_name,
             braze_default_secret_key=secret_key,
+            metrics_port=_port(env, ENV_METRICS_PORT, 8080),
             connection_test_timeout=_seconds(env, ENV_CONNECTION_TEST_TIMEOUT, 300.0, minimum=1.0),
             resync_seconds=_seconds(env, ENV_RESYNC_SECONDS, 60.0, minimum=0.5),
             retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
+            webhook=WebhookSettings.from_env(env),
         )
 
 
@@ -109,3 +180,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: floa
     if not minimum <= value <= 86400:
         raise SettingsError(f"${name} {raw!r} is out of range; give {minimum:g} to 86400 seconds")
     return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise SettingsError(f"${name} {raw!r} is not a TCP port; give 1 to 65535, or 0 to turn it off")
+    return int(raw)

@@ -36,6 +36,7 @@ from cdi_operator.cli import (
     braze_settings,
     open_warehouse,
 )
+from cdi_operator.controller.snowflake_keys import resolved_spec
 from cdi_operator.kube import CDI_PLURAL, WHC_PLURAL, Kube, KubeError, load_config
 from cdi_operator.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
@@ -150,6 +151,8 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
         credential: WarehouseCredential = _validated(
             WarehouseCredential, raw_credential, f"WarehouseCredential {namespace}/{credential_name}"
         )
+        # A snowflake key the operator generated: its owned Secret's active key (the operator never writes spec).
+        credential = credential.model_copy(update={"spec": resolved_spec(credential.spec, credential_name)})
         try:
             job = SyncJob.for_integration(integration, credential)
         except SyncFailed as exc:

@@ -1,0 +1,301 @@
+"""The operator at scale: N CdiIntegrations applied at once, time until all are Active, the operator's peak memory.
+
+A local control plane (etcd + kube-apiserver + kube-controller-manager from hack/controlplane, through the e2e
+harness), PostgreSQL as the warehouse (hack/postgres.sh, or $CDI_PG_*), one WarehouseCredential and N integrations,
+each on its own view of one small table (two integrations on one credential and table are rejected as
+DuplicateTable). `cdi operator` runs as a subprocess watching the benchmark's namespace; every integration needs a
+passing connection test (a real query against PostgreSQL) before it is Active and its CronJob exists.
+
+    KUBEBUILDER_ASSETS=$(bash hack/controlplane/build.sh | tail -1) \\
+        .venv/bin/python benchmarks/bench_operator_scale.py --integrations 1000
+
+Reports: the time to create the objects, the time from the first create until all are Active (and until half are),
+the operator's peak RSS (VmHWM of /proc/PID/status) and CPU time, after `--settle` more seconds (at least one periodic
+resync, which reconciles every integration again). Prints a JSON line and a Markdown row for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redshift_connector
+from kubernetes import client, config
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the e2e harness: a local control plane, the CRD installer
+harness: Any = importlib.import_module("harness")
+install_crds: Any = importlib.import_module("test_crds_apiserver").install_crds
+
+GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
+PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
+
+
+def pg_settings() -> dict[str, str]:
+    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
+    if len(values) == len(PG_KEYS):
+        return values
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("export "):
+            for pair in line.removeprefix("export ").split():
+                key, _, value = pair.partition("=")
+                values[key] = value
+    return values
+
+
+def pg_connect(pg: dict[str, str]) -> Any:
+    conn = redshift_connector.connect(
+        host=pg["CDI_PG_HOST"],
+        port=int(pg["CDI_PG_PORT"]),
+        user=pg["CDI_PG_USER"],
+        password=pg["CDI_PG_PASSWORD"],
+        database=pg["CDI_PG_DATABASE"],
+        ssl=False,
+    )
+    conn.autocommit = True
+    return conn
+
+
+def create_views(pg: dict[str, str], schema: str, count: int) -> None:
+    conn = pg_connect(pg)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f'CREATE SCHEMA "{schema}"')
+        cursor.execute(
+            f'CREATE TABLE "{schema}".users (UPDATED_AT TIMESTAMP, EXTERNAL_ID VARCHAR(64), PAYLOAD VARCHAR(1000))'
+        )
+        base = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+        cursor.executemany(
+            f'INSERT INTO "{schema}".users VALUES (%s, %s, %s)',
+            [[base + timedelta(seconds=i), f"user-{i}", "{}"] for i in range(5)],
+        )
+        for i in range(count):
+            cursor.execute(f'CREATE VIEW "{schema}".v{i:05d} AS SELECT * FROM "{schema}".users')
+    finally:
+        conn.close()
+
+
+def drop_schema(pg: dict[str, str], schema: str) -> None:
+    conn = pg_connect(pg)
+    try:
+        conn.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        parts = f.read().rpartition(")")[2].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def integration(name: str, pg: dict[str, str], schema: str, table: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CdiIntegration",
+        "metadata": {"name": name},
+        "spec": {
+            "credentialRef": {"name": "wh"},
+            "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": table},
+            "dataType": "customAttributes",
+            "schedule": "0 3 * * *",
+            "braze": {"restEndpoint": "http://127.0.0.1:9", "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
+        },
+    }
+
+
+def run(count: int, settle: float, timeout: float, resync: float, work: Path) -> dict[str, Any]:
+    pg = pg_settings()
+    schema = f"scale_{uuid.uuid4().hex[:10]}"
+    t = time.monotonic()
+    create_views(pg, schema, count)
+    print(f"created {count} views in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    try:
+        with harness.LocalControlPlane(base_dir=work / "controlplane", keep_dir=True) as cp:
+            return _run(cp, pg, schema, count, settle, timeout, resync, work)
+    finally:
+        drop_schema(pg, schema)
+
+
+def _run(
+    cp: Any,
+    pg: dict[str, str],
+    schema: str,
+    count: int,
+    settle: float,
+    timeout: float,
+    resync: float,
+    work: Path,
+) -> dict[str, Any]:
+    new_client: Any = config.new_client_from_config
+    api = new_client(config_file=str(cp.kubeconfig))
+    install_crds(api)
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    namespace = "bench-scale"
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
+    )
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": "bench"}})
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        WHC,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WarehouseCredential",
+            "metadata": {"name": "wh"},
+            "spec": {
+                "type": "redshift",
+                "redshift": {
+                    "host": pg["CDI_PG_HOST"],
+                    "port": int(pg["CDI_PG_PORT"]),
+                    "database": pg["CDI_PG_DATABASE"],
+                    "user": pg["CDI_PG_USER"],
+                    "ssl": False,
+                    "passwordSecretRef": {"name": "wh-password", "key": "password"},
+                },
+            },
+        },
+    )
+    metrics_port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
+        "KUBECONFIG": str(cp.kubeconfig),
+        "CDI_RUNNER_IMAGE": "cdi-operator:bench",
+        "CDI_WATCH_NAMESPACES": namespace,
+        "CDI_RESYNC_SECONDS": f"{resync:g}",
+        "CDI_METRICS_PORT": str(metrics_port),
+    }
+    log_path = work / "operator.log"
+    with log_path.open("wb") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "cdi_operator.cli", "operator"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        time.sleep(3)  # let it start watching (an empty namespace)
+        base_rss = int(proc_status(operator.pid)["VmRSS"].split()[0])
+        names = [f"it-{i:05d}" for i in range(count)]
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        GROUP, VERSION, namespace, CDI, integration(names[i], pg, schema, f"v{i:05d}")
+                    ),
+                    range(count),
+                )
+            )
+        applied = time.monotonic() - start
+        print(f"applied {count} CdiIntegrations in {applied:.1f} s", file=sys.stderr)
+        half = None
+        phases: dict[str, int] = {}
+        while True:
+            if operator.poll() is not None:
+                raise RuntimeError(f"the operator exited ({operator.returncode}); see {log_path}")
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, CDI)["items"]
+            phases = {}
+            for item in items:
+                phase = (item.get("status") or {}).get("phase") or "-"
+                phases[phase] = phases.get(phase, 0) + 1
+            active = phases.get("Active", 0)
+            elapsed = time.monotonic() - start
+            if half is None and active >= count / 2:
+                half = elapsed
+            if active == count:
+                break
+            if elapsed > timeout:
+                raise RuntimeError(f"not all Active after {timeout:g} s: {phases}; see {log_path}")
+            print(f"  {elapsed:6.1f} s: {phases}", file=sys.stderr)
+            time.sleep(2)
+        all_active = time.monotonic() - start
+        peak_active = int(proc_status(operator.pid)["VmHWM"].split()[0])
+        cpu_active = cpu_seconds(operator.pid)
+        print(f"all {count} Active after {all_active:.1f} s; settling {settle:g} s", file=sys.stderr)
+        time.sleep(settle)
+        status = proc_status(operator.pid)
+        cronjobs = len(client.BatchV1Api(api).list_namespaced_cron_job(namespace).items)
+        return {
+            "integrations": count,
+            "apply_seconds": round(applied, 1),
+            "half_active_seconds": round(half or 0.0, 1),
+            "all_active_seconds": round(all_active, 1),
+            "cronjobs": cronjobs,
+            "rss_before_kib": base_rss,
+            "peak_rss_when_active_kib": peak_active,
+            "peak_rss_kib": int(status["VmHWM"].split()[0]),
+            "rss_after_settle_kib": int(status["VmRSS"].split()[0]),
+            "cpu_seconds_until_active": round(cpu_active, 1),
+            "cpu_seconds_total": round(cpu_seconds(operator.pid), 1),
+            "settle_seconds": settle,
+            "resync_seconds": resync,
+            "threads": int(status["Threads"]),
+        }
+    finally:
+        if operator.poll() is None:
+            os.killpg(operator.pid, signal.SIGTERM)
+            try:
+                operator.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(operator.pid, signal.SIGKILL)
+                operator.wait(10)
+        api.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--integrations", type=int, default=1000)
+    parser.add_argument("--settle", type=float, default=75.0, help="seconds to keep running once all are Active")
+    parser.add_argument("--resync", type=float, default=60.0, help="the operator's $CDI_RESYNC_SECONDS")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cdi-bench-scale-") as tmp:
+        result = run(args.integrations, args.settle, args.timeout, args.resync, Path(tmp))
+    print(json.dumps(result))
+    print(
+        f"| {result['integrations']} | {result['apply_seconds']} | {result['half_active_seconds']} | "
+        f"{result['all_active_seconds']} | {result['peak_rss_kib'] / 1024:.0f} MiB | "
+        f"{result['rss_before_kib'] / 1024:.0f} MiB | {result['cpu_seconds_total']} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

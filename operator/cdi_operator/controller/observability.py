@@ -1,0 +1,248 @@
+"""What the operator tells about runs it did not do itself: Prometheus metrics and failure e-mail.
+
+Runner pods live for one sync, so the operator reads what they leave in status (`lastSync`, `watermark`) every time
+it reconciles an integration, and
+
+- feeds the metrics of DESIGN.md (`metrics.py`): each finished `lastSync` once (`observe_run`), the watermark, the
+  last success, the integrations by phase; the series of a deleted integration are dropped;
+- keeps the condition `Synced` (True after Success/Partial; False with the failure reason after Error or
+  LimitExceeded) and emits one Warning Event per failed run (when that condition changes, so never twice across a
+  restart);
+- sends one e-mail to `spec.contactEmails` per sync-level failure: a `lastSync` with result Error, or an integration
+  that had been syncing and is now stalled by a failed connection test (auth, permission, missing table…). Row
+  errors (Partial) are never e-mailed. The key of the last failure told is kept in `status.lastNotifiedFailure`, so
+  a restarted operator does not tell it again; a failure that lasts (the Job's retries, the next scheduled runs,
+  the same reason) is told once, until a run completes again (`already_told`).
+
+Everything here is a plain function of the object, apart from `Observer`, which holds the phases and the SMTP
+settings of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from cdi_operator import metrics, notify
+from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
+from cdi_operator.controller import conditions, connection
+
+log = logging.getLogger(__name__)
+
+SYNCED = "Synced"
+SYNC_FAILED = "SyncFailed"
+RETRY_SECONDS = 300.0  # after the SMTP server refused or could not be reached
+# Stalled reasons that are not about the sync itself: the user's spec or objects are wrong, nothing to e-mail.
+NOT_SYNC_LEVEL = frozenset(
+    {"InvalidSpec", "DuplicateTable", "CredentialNotFound", "CredentialInvalid", "InvalidSource"}
+)
+
+_PREFIXED = re.compile(r"^([A-Z][A-Za-z0-9]{2,63}): ")  # WarehouseError: "PermissionDenied: …"
+_BRAZE = re.compile(r"\bgot HTTP \d{3} ([A-Z][A-Za-z0-9]{1,63})\b")  # BrazeError: "POST /users/track got HTTP 401 …"
+
+JSON = dict[str, Any]
+
+
+def failure_reason(summary: RunSummary) -> str:
+    """The status reason of a failed run, read from its message (the runner writes the reason's name first for
+    warehouse failures, the HTTP status for Braze failures); `SyncFailed` when neither."""
+    if summary.result is RunResult.LIMIT_EXCEEDED:
+        return RunResult.LIMIT_EXCEEDED.value
+    message = summary.message or ""
+    match = _PREFIXED.match(message)
+    if match:
+        return match.group(1)
+    match = _BRAZE.search(message)
+    if match:
+        return f"Braze{match.group(1)}"
+    return SYNC_FAILED
+
+
+def last_sync(status: JSON) -> RunSummary | None:
+    raw = status.get("lastSync")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return RunSummary.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def synced_condition(summary: RunSummary | None) -> conditions.Want | None:
+    """The `Synced` condition a finished lastSync asks for; None while nothing has finished."""
+    if summary is None or summary.result is RunResult.RUNNING or summary.finished_at is None:
+        return None
+    started = conditions.timestamp(summary.started_at)
+    if summary.result in metrics.SUCCESSFUL:
+        message = f"the sync started {started} completed: {summary.rows_synced} row(s) synced"
+        if summary.rows_failed:
+            message += f", {summary.rows_failed} row error(s) (see status.runs)"
+        return conditions.Want(SYNCED, "True", summary.result.value, message)
+    reason = failure_reason(summary)
+    return conditions.Want(SYNCED, "False", reason, f"the sync started {started} failed: {summary.message or reason}")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def stalled_failure(obj: JSON, status: JSON, phase_before: str | None) -> tuple[RunSummary, str] | None:
+    """A sync-level stall of an integration that had been syncing, as a failed run for `notify`; else None.
+
+    Stalled by a failed connection test (the test's reason: Unauthorized, PermissionDenied, TableMissing…), when
+    the integration was Active or Suspended before this reconcile or has synced before (so also after a restart)."""
+    if status.get("phase") not in (Phase.DRAFT.value, Phase.FAILED.value):
+        return None
+    stalled = conditions.find(status.get("conditions"), conditions.STALLED)
+    if stalled is None or stalled.get("status") != "True":
+        return None
+    reason = str(stalled.get("reason") or "")
+    test = status.get("connectionTest") or {}
+    if reason in NOT_SYNC_LEVEL or test.get("result") != connection.FAILED or test.get("reason") != reason:
+        return None
+    had_been_active = phase_before in (Phase.ACTIVE.value, Phase.SUSPENDED.value) or bool(
+        status.get("lastSync") or status.get("runs") or status.get("watermark")
+    )
+    since = _parse_time(stalled.get("lastTransitionTime"))
+    if not had_been_active or since is None:
+        return None
+    summary = RunSummary(
+        trigger="schedule",
+        started_at=since,
+        finished_at=since,
+        result=RunResult.ERROR,
+        message=f"the integration stopped syncing: {stalled.get('message') or reason}",
+    )
+    return summary, reason
+
+
+def key_time(key: str | None) -> datetime | None:
+    """The time part of a `notify.failure_key()` (`namespace/name|reason|time`)."""
+    return None if not key else _parse_time(key.rpartition("|")[2])
+
+
+def key_reason(key: str | None) -> str | None:
+    parts = (key or "").split("|")
+    return parts[1] if len(parts) == 3 else None
+
+
+def already_told(key: str, last_key: str | None, runs: Any) -> bool:
+    """Whether the failure `key` was told with `last_key`: the same key; an older failure (an old failed lastSync
+    seen again after a stall was told); or the same reason with no completed run since (one failure that lasts,
+    e.g. the Job's retries or the next scheduled runs, is told once; a success in between starts a new one)."""
+    if last_key is None:
+        return False
+    if key == last_key:
+        return True
+    new, last = key_time(key), key_time(last_key)
+    if last is None:
+        return False
+    if new is not None and new <= last:
+        return True
+    if key_reason(key) != key_reason(last_key):
+        return False
+    completed = {r.value for r in metrics.SUCCESSFUL}
+    for run in runs if isinstance(runs, list) else []:
+        if not isinstance(run, dict) or run.get("result") not in completed:
+            continue
+        finished = _parse_time(run.get("finishedAt"))
+        if finished is not None and finished > last:
+            return False
+    return True
+
+
+class Observer:
+    """The operator's metrics and e-mail state: phases by integration, SMTP settings, notification retries."""
+
+    def __init__(self, env: Any = None) -> None:
+        self.metrics = metrics.default()  # its counting_since is now: runs finished before are not counted
+        self._phases: dict[tuple[str, str], str] = {}
+        self.metrics.set_phases({})
+        try:
+            self.smtp = notify.SmtpSettings.from_env() if env is None else notify.SmtpSettings.from_env(env)
+        except notify.NotifyError as exc:
+            log.error("failure e-mail is off: %s", exc)
+            self.smtp = None
+        self._smtp_off_logged = False
+        self._failed_sends: dict[str, float] = {}  # key -> monotonic time of the last refused attempt
+
+    # --- metrics ---------------------------------------------------------------------------------------------
+
+    def connection_test(self, type_: str, result: str) -> None:
+        self.metrics.observe_connection_test(type_, result)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget_integration(namespace, name)
+        if self._phases.pop((namespace, name), None) is not None:
+            self.metrics.set_phases(Counter(self._phases.values()))
+
+    def observe(self, obj: JSON, status: JSON) -> None:
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        phase = status.get("phase")
+        if phase and self._phases.get((namespace, name)) != phase:
+            self._phases[(namespace, name)] = str(phase)
+            self.metrics.set_phases(Counter(self._phases.values()))
+        data_type = str((obj.get("spec") or {}).get("dataType") or "")
+        summary = last_sync(status)
+        if summary is not None:
+            self.metrics.observe_run(namespace, name, data_type, summary)
+        watermark = _parse_time((status.get("watermark") or {}).get("updatedAt"))
+        if watermark is not None:
+            self.metrics.set_watermark(namespace, name, watermark)
+
+    # --- e-mail ----------------------------------------------------------------------------------------------
+
+    async def notify(
+        self, obj: JSON, summary: RunSummary, reason: str, last_key: str | None, runs: Any = None
+    ) -> str | None:
+        """Send the e-mail about this failure unless told already (`already_told`); the key to keep in status."""
+        try:
+            integration = CdiIntegration.model_validate({**obj, "status": None})
+        except ValidationError:
+            return None
+        key = notify.failure_key(integration, summary, reason)
+        if key is None or already_told(key, last_key, runs) or not integration.spec.contact_emails:
+            return None
+        where = f"{integration.metadata.namespace}/{integration.metadata.name}"
+        if self.smtp is None:
+            if not self._smtp_off_logged:
+                self._smtp_off_logged = True
+                log.warning(
+                    "failure e-mail is off ($%sHOST is not set): %s and any later failure are not e-mailed",
+                    notify.ENV_PREFIX,
+                    where,
+                )
+            return None
+        refused = self._failed_sends.get(key)
+        if refused is not None and time.monotonic() - refused < RETRY_SECONDS:
+            return None
+        try:
+            sent = await asyncio.to_thread(
+                notify.notify_failure, self.smtp, integration, summary, reason=reason, last_key=last_key
+            )
+        except notify.NotifyError as exc:
+            self._failed_sends[key] = time.monotonic()
+            log.error(
+                "cannot e-mail the failure of %s (%s); trying again in %.0f s: %s", where, reason, RETRY_SECONDS, exc
+            )
+            return None
+        self._failed_sends.pop(key, None)
+        if sent is not None:
+            log.info(
+                "e-mailed the failure of %s (%s) to its %d contact(s)",
+                where,
+                reason,
+                len(integration.spec.contact_emails),
+            )
+        return sent
