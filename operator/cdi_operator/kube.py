@@ -1,4 +1,4 @@
-"""Kubernetes access for the runner: client configuration and the few calls it makes.
+"""Kubernetes access: the client configuration (operator and runner alike) and the few calls the runner makes.
 
 Configuration, first match wins:
 

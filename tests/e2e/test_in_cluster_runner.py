@@ -7,8 +7,6 @@ in the CR's status. Also the status store's optimistic concurrency against the r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +16,6 @@ from typing import Any
 import pytest
 import redshift_connector
 from harness import LocalKubelet
-from harness.controlplane import REPO_ROOT
 from harness.helpers import pod_logs, wait_until
 from kubernetes import client
 from test_crds_apiserver import install_crds
@@ -31,25 +28,13 @@ from cdi_operator.runner.status_store import CrStatusStore
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION, CDI = "cdi.ingest.dev", "v1alpha1", "cdiintegrations"
-PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
 BRAZE_KEY = "e2e-braze-rest-key"
 COLUMNS = "UPDATED_AT TIMESTAMP, EXTERNAL_ID VARCHAR(64), PAYLOAD VARCHAR(65535)"
 
 
 @pytest.fixture(scope="module")
-def pg() -> dict[str, str]:
-    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
-    if len(values) == len(PG_KEYS):
-        return values
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            for pair in line.removeprefix("export ").split():
-                key, _, value = pair.partition("=")
-                values[key] = value
-    return values
+def pg(pg_settings: dict[str, str]) -> dict[str, str]:
+    return pg_settings
 
 
 def _execute(pg: dict[str, str], sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:

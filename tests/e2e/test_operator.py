@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import redshift_connector
 from harness import LocalKubelet
-from harness.controlplane import REPO_ROOT
 from harness.helpers import wait_until
 from kubernetes import client
 from kubernetes.client import ApiException
@@ -30,29 +29,12 @@ from cdi_operator.braze.emulator import BrazeEmulator
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
-PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
 BRAZE_KEY = "e2e-operator-braze-key"
 RUNNER_SA = "cdi-runner"
 WAIT = 90
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_settings() -> dict[str, str]:
-    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
-    if len(values) == len(PG_KEYS):
-        return values
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            for pair in line.removeprefix("export ").split():
-                key, _, value = pair.partition("=")
-                values[key] = value
-    return values
 
 
 def sql(pg: dict[str, str], statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:

@@ -32,7 +32,6 @@ import pytest
 import redshift_connector
 from aiosmtpd.controller import Controller
 from harness import LocalKubelet
-from harness.controlplane import REPO_ROOT
 from harness.helpers import wait_until
 from kubernetes import client
 from kubernetes.client import ApiException
@@ -44,11 +43,9 @@ from cdi_operator.braze.emulator import BrazeEmulator
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
-PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
 BRAZE_KEY = "e2e-observability-braze-key"
 WRONG_BRAZE_KEY = "e2e-observability-wrong-key"
 CONTACT = "data-team@example.com"
-RUNNER_SA = "cdi-runner"
 WAIT = 90
 
 
@@ -93,22 +90,6 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 
 # --- PostgreSQL, CRDs, Braze --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_settings() -> dict[str, str]:
-    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
-    if len(values) == len(PG_KEYS):
-        return values
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            for pair in line.removeprefix("export ").split():
-                key, _, value = pair.partition("=")
-                values[key] = value
-    return values
 
 
 def sql(pg: dict[str, str], statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
@@ -184,7 +165,6 @@ class OperatorProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
             "KUBECONFIG": kubeconfig,
             "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
-            "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
             "CDI_RESYNC_SECONDS": "2",
             "CDI_RETEST_FAILED_SECONDS": "3600",
             "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
@@ -304,26 +284,6 @@ def wait_status(
     return wait_until(probe, timeout, f"{namespace}/{name}: {what}", interval=0.5, details=details)
 
 
-def runner_account(api: client.ApiClient, namespace: str) -> None:
-    core(api).create_namespaced_service_account(namespace, {"metadata": {"name": RUNNER_SA}})
-    rules = [
-        {"apiGroups": [GROUP], "resources": [CDI], "verbs": ["get"]},
-        {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["get", "patch", "update"]},
-        {"apiGroups": [GROUP], "resources": [WHC], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    ]
-    rbac: Any = client.RbacAuthorizationV1Api(api)
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": RUNNER_SA}, "rules": rules})
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": namespace}],
-        },
-    )
-
-
 def create_objects(api: client.ApiClient, namespace: str, pg: dict[str, str], schema: str, braze_url: str) -> None:
     core(api).create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
     core(api).create_namespaced_secret(
@@ -403,7 +363,6 @@ def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
     pg_schema: str,
 ) -> None:
     mailbox = smtp[0]
-    runner_account(kube_api, namespace)
     create_objects(kube_api, namespace, pg_settings, pg_schema, braze.url)
     ns, it, dt = namespace, "users", "customAttributes"
 

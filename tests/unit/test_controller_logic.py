@@ -52,7 +52,12 @@ def test_settings_from_env() -> None:
     )
     assert settings.namespaces == ("a", "b") and not settings.clusterwide
     assert settings.connection_test_timeout == 30
-    assert settings.runner_service_account == "cdi-runner"
+    assert settings.runner_service_account is None  # one per integration, made by the operator
+    assert settings.leader_lease is None
+    lease = OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i", "CDI_LEADER_ELECTION_LEASE": "cdi-system/cdi"})
+    assert lease.leader_lease == ("cdi-system", "cdi")
+    with pytest.raises(SettingsError, match=r"CDI_LEADER_ELECTION_LEASE.*NAMESPACE/NAME"):
+        OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i", "CDI_LEADER_ELECTION_LEASE": "cdi-operator"})
     with pytest.raises(SettingsError, match="CDI_RUNNER_IMAGE"):
         OperatorSettings.from_env({})
     with pytest.raises(SettingsError, match="CDI_CONNECTION_TEST_TIMEOUT_SECONDS"):

@@ -11,7 +11,9 @@ scheduled), Suspended (CronJob suspended by spec.suspend).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import time
 from functools import partial
 from typing import Any
 
@@ -30,6 +32,7 @@ from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, suspend_cronjob
 from cdi_operator.controller.listing import SharedList
+from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.controller.snowflake_keys import resolved_spec
 
@@ -44,6 +47,7 @@ RUNNER_CONTAINER = "runner"
 ENV_BRAZE_ENDPOINT = "CDI_BRAZE_REST_ENDPOINT"
 ENV_BRAZE_API_KEY = "CDI_BRAZE_API_KEY"
 ENV_JOB_NAME = "CDI_JOB_NAME"
+RUNNER_ACCESS_REFRESH = 600.0
 
 JSON = dict[str, Any]
 
@@ -181,7 +185,9 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
                     "template": {
                         "metadata": {"labels": labels},
                         "spec": {
-                            "serviceAccountName": settings.runner_service_account,
+                            "serviceAccountName": settings.runner_service_account or runner_account_name(name),
+                            "automountServiceAccountToken": True,
+                            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                             "restartPolicy": "Never",
                             "containers": [container],
                         },
@@ -205,6 +211,18 @@ class IntegrationReconciler:
         self.settings = settings
         self.observer = observer
         self._by_source: SharedList[dict[tuple[str, str], list[JSON]]] = SharedList(self._list_by_source)
+        # (namespace, name) -> (digest, monotonic time) of the runner access last applied: three writes per
+        # integration and resync would otherwise be most of the operator's API traffic at scale.
+        self._runner_access: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def ensure_runner_access(self, namespace: str, name: str, manifests: list[JSON]) -> None:
+        """Applies them when they changed, or every RUNNER_ACCESS_REFRESH seconds (someone may have deleted them)."""
+        digest = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()
+        last = self._runner_access.get((namespace, name))
+        if last is not None and last[0] == digest and time.monotonic() - last[1] < RUNNER_ACCESS_REFRESH:
+            return
+        await self.kube.apply_runner_access(manifests)
+        self._runner_access[(namespace, name)] = (digest, time.monotonic())
 
     async def _list_by_source(self, namespace: str) -> dict[tuple[str, str], list[JSON]]:
         index: dict[tuple[str, str], list[JSON]] = {}
@@ -341,6 +359,10 @@ class _Run:
             return
 
         phase = Phase.SUSPENDED if spec.suspend else Phase.ACTIVE
+        if self.settings.runner_service_account is None:
+            labels = {INTEGRATION_LABEL: label_value(self.name), MANAGED_BY_LABEL: MANAGED_BY}
+            manifests = build_runner_access(self.obj, spec, credential_spec, labels)
+            await self.reconciler.ensure_runner_access(self.namespace, self.name, manifests)
         manifest = build_cronjob(self.obj, spec, self.settings, suspend=spec.suspend)
         await self.kube.apply_cronjob(manifest)
         await ensure_in_use_finalizer(self.kube, credential, self.where)

@@ -1,6 +1,7 @@
 """The few Kubernetes API calls the operator makes, async (the blocking client runs in worker threads).
 
-Configuration: in a pod its ServiceAccount; otherwise $KUBECONFIG or ~/.kube/config (the same as kopf's login).
+Configuration: cdi_operator.kube.load_config (in a pod its ServiceAccount; otherwise $KUBECONFIG or ~/.kube/config),
+the same as kopf's login.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client import ApiException
 
 from cdi_operator.api.models import GROUP, VERSION, SecretKeyRef
@@ -28,15 +29,6 @@ COMPONENT = "cdi-operator"
 JSON = dict[str, Any]
 
 
-def load_api_client() -> client.ApiClient:
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
-
-
 def is_status(exc: BaseException, *codes: int) -> bool:
     return isinstance(exc, ApiException) and exc.status in codes
 
@@ -47,6 +39,7 @@ class KubeApi:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -154,6 +147,25 @@ class KubeApi:
             _content_type=APPLY_PATCH,
         )
         return cast(JSON, self._plain(obj))
+
+    async def apply_runner_access(self, manifests: list[JSON]) -> None:
+        """Server-side apply of a runner's ServiceAccount, Role and RoleBinding (controller/runner_access.py)."""
+        patchers: dict[str, Any] = {
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
+        }
+        for manifest in manifests:
+            meta = manifest["metadata"]
+            await asyncio.to_thread(
+                patchers[manifest["kind"]],
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+            )
 
     async def list_jobs(self, namespace: str, selector: str) -> list[JSON]:
         result = await asyncio.to_thread(self.batch.list_namespaced_job, namespace, label_selector=selector)

@@ -5,14 +5,17 @@ periodic resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which ret
 created after its integration, records finished runs and releases credentials no longer in use. One object is
 reconciled by one task at a time (a lock per object). Only `on.event` handlers are used, so kopf adds no finalizer of
 its own and writes no annotations; its progress storage is still set to our prefix in case handlers with state are
-added. Run one replica (standalone, no peering).
+added. One process works at a time: with `$CDI_LEADER_ELECTION_LEASE` (the chart sets it) everything starts only
+once the Lease is held (controller/leader.py); kopf's own peering stays off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,9 +25,11 @@ from cdi_operator.api.models import GROUP, VERSION
 from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
-from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, load_api_client
+from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi
+from cdi_operator.controller.leader import LeaderLease, LeaseSettings
 from cdi_operator.controller.observability import Observer
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
+from cdi_operator.kube import KubeError, load_config
 from cdi_operator.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -95,13 +100,34 @@ class Controller:
                 log.exception("resync failed; trying again in %s s", self.settings.resync_seconds)
 
 
+def connection_info(configuration: Any, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """kopf's connection from a kubernetes client configuration (as kopf.login_via_client reads it)."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
-        # In a pod the ServiceAccount, else $KUBECONFIG: through the kubernetes client, like KubeApi.
-        return kopf.login_via_client(**kwargs)
+        # The same configuration as KubeApi (kube.load_config), loaded afresh: kopf logs in again after a 401, so
+        # a rotated ServiceAccount token is picked up.
+        return connection_info(load_config().api_client.configuration, kwargs["settings"])
 
     @kopf.on.event(GROUP, VERSION, CDI, registry=registry)
     async def integration_event(**kwargs: Any) -> None:
@@ -120,13 +146,24 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     return registry
 
 
-async def operate(settings: OperatorSettings) -> None:
-    kube = KubeApi(load_api_client())
-    controller = Controller(settings, kube)
-    if settings.metrics_port:
+async def operate(settings: OperatorSettings) -> bool:
+    """Runs until SIGTERM/SIGINT (True) or until the leader Lease is lost (False)."""
+    kube = KubeApi(load_config().api_client)
+    if settings.metrics_port:  # also while waiting for the Lease: it is the liveness probe's endpoint
         start_metrics_server(settings.metrics_port)
         log.info("serving /metrics on port %d", settings.metrics_port)
+    lease: LeaderLease | None = None
+    if settings.leader_lease is not None:
+        namespace, name = settings.leader_lease
+        identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        lease = LeaderLease(kube.api_client, LeaseSettings(namespace=namespace, name=name, identity=identity))
+        await lease.acquire()
+    controller = Controller(settings, kube)
+    stop = asyncio.Event()
     resync = asyncio.create_task(controller.resync_forever())
+    keeping = asyncio.create_task(lease.keep()) if lease is not None else None
+    if keeping is not None:
+        keeping.add_done_callback(lambda _: stop.set())  # lost: stop working at once
     try:
         await kopf.operator(
             registry=build_registry(controller),
@@ -134,10 +171,17 @@ async def operate(settings: OperatorSettings) -> None:
             standalone=True,
             clusterwide=settings.clusterwide,
             namespaces=settings.namespaces,
+            stop_flag=stop,
         )
     finally:
+        lost = keeping is not None and keeping.done() and not keeping.cancelled()
         resync.cancel()
+        if keeping is not None:
+            keeping.cancel()
+        if lease is not None and not lost:
+            await asyncio.to_thread(lease.release)
         kube.close()
+    return not lost
 
 
 def run() -> int:
@@ -157,5 +201,12 @@ def run() -> int:
             }
         },
     )
-    asyncio.run(operate(settings))
+    try:
+        held = asyncio.run(operate(settings))
+    except KubeError as exc:  # no usable Kubernetes credentials: say so, no traceback
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    if not held:
+        print("error: lost the leader Lease; exiting so that this pod restarts as a candidate", file=sys.stderr)
+        return 1
     return 0

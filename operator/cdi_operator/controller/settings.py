@@ -18,6 +18,7 @@ ENV_METRICS_PORT = "CDI_METRICS_PORT"  # /metrics on 0.0.0.0:PORT; 0 turns it of
 ENV_CONNECTION_TEST_TIMEOUT = "CDI_CONNECTION_TEST_TIMEOUT_SECONDS"
 ENV_RESYNC_SECONDS = "CDI_RESYNC_SECONDS"
 ENV_RETEST_FAILED_SECONDS = "CDI_RETEST_FAILED_SECONDS"
+ENV_LEADER_ELECTION_LEASE = "CDI_LEADER_ELECTION_LEASE"  # NAMESPACE/NAME of a Lease; empty: no election
 ENV_WEBHOOK_MODE = "CDI_WEBHOOK_MODE"
 ENV_WEBHOOK_ADDR = "CDI_WEBHOOK_ADDR"
 ENV_WEBHOOK_HOST = "CDI_WEBHOOK_HOST"
@@ -99,7 +100,7 @@ class WebhookSettings:
 @dataclass(frozen=True)
 class OperatorSettings:
     runner_image: str
-    runner_service_account: str = "cdi-runner"
+    runner_service_account: str | None = None  # None: one per integration, made by the operator
     runner_image_pull_policy: str = "IfNotPresent"
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     braze_default_endpoint: str | None = None
@@ -110,6 +111,7 @@ class OperatorSettings:
     resync_seconds: float = 60.0
     retest_failed_seconds: float = 600.0
     webhook: WebhookSettings = WebhookSettings()
+    leader_lease: tuple[str, str] | None = None  # (namespace, name)
 
     @property
     def clusterwide(self) -> bool:
@@ -128,8 +130,8 @@ class OperatorSettings:
             raise SettingsError(f"${ENV_RUNNER_IMAGE} is not set; set it to the runner image, e.g. cdi-operator:0.1.0")
         if any(c.isspace() for c in image):
             raise SettingsError(f"${ENV_RUNNER_IMAGE} {image!r} holds whitespace; give an image reference")
-        account = get(ENV_RUNNER_SERVICE_ACCOUNT) or "cdi-runner"
-        if not _DNS_SUBDOMAIN.match(account):
+        account = get(ENV_RUNNER_SERVICE_ACCOUNT)
+        if account is not None and not _DNS_SUBDOMAIN.match(account):
             raise SettingsError(f"${ENV_RUNNER_SERVICE_ACCOUNT} {account!r} is not a valid ServiceAccount name")
         policy = get(ENV_RUNNER_IMAGE_PULL_POLICY) or "IfNotPresent"
         if policy not in _PULL_POLICIES:
@@ -153,6 +155,12 @@ class OperatorSettings:
         secret_key = get(ENV_BRAZE_DEFAULT_SECRET_KEY) or "api-key"
         if not _SECRET_KEY.match(secret_key):
             raise SettingsError(f"${ENV_BRAZE_DEFAULT_SECRET_KEY} {secret_key!r} is not a valid Secret key")
+        lease = get(ENV_LEADER_ELECTION_LEASE)
+        lease_parts = tuple(lease.split("/")) if lease else ()
+        if lease and (len(lease_parts) != 2 or not all(_DNS_SUBDOMAIN.match(p) for p in lease_parts)):
+            raise SettingsError(
+                f"${ENV_LEADER_ELECTION_LEASE} {lease!r} is not NAMESPACE/NAME of a Lease, e.g. cdi-system/cdi-operator"
+            )
         return cls(
             runner_image=image,
             runner_service_account=account,
@@ -166,6 +174,7 @@ class OperatorSettings:
             resync_seconds=_seconds(env, ENV_RESYNC_SECONDS, 60.0, minimum=0.5),
             retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
             webhook=WebhookSettings.from_env(env),
+            leader_lease=(lease_parts[0], lease_parts[1]) if lease_parts else None,
         )
 
 

@@ -18,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubernetes import config as k8s_config
+
 from . import pki as pki_mod
 from . import procs
+from .serviceproxy import ServiceProxy, write_egress_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "controlplane" / "build.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "helm")
 SERVICE_CIDR = "10.0.0.0/24"
 # Enough for Jobs created by CronJobs, garbage collection of their children, namespace deletion, and the
 # default ServiceAccount that the ServiceAccount admission plugin requires before a Pod can be created.
@@ -36,6 +39,8 @@ CONTROLLERS = (
     "serviceaccount",
     "serviceaccount-token",
     "root-ca-cert-publisher",
+    "deployment",  # the operator installed from the Helm chart
+    "replicaset",
 )
 
 
@@ -145,6 +150,7 @@ class LocalControlPlane:
     keep_dir: bool = False
     start_timeout: float = 120.0
     components: list[Component] = field(default_factory=list)
+    service_proxy: ServiceProxy | None = None
     apiserver_port: int = 0
     pki: pki_mod.Pki | None = None
 
@@ -186,6 +192,10 @@ class LocalControlPlane:
         etcd_client, etcd_peer = free_port(), free_port()
         self.apiserver_port = free_port()
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin.cert, pki.admin.key)
+        egress_config = self.dir / "egress-selector.yaml"
+        proxy_api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.service_proxy = ServiceProxy(self.dir / "egress.sock", proxy_api).start()
+        write_egress_config(egress_config, self.service_proxy.socket_path)
 
         etcd = Component(
             "etcd",
@@ -221,6 +231,7 @@ class LocalControlPlane:
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--allow-privileged=true",
+                f"--egress-selector-config-file={egress_config}",  # webhook Services: harness/serviceproxy.py
                 "--profiling=false",
                 "--v=1",
             ],
@@ -308,6 +319,9 @@ class LocalControlPlane:
         # Reverse order: the controller manager and apiserver first, so nothing writes to a dead etcd.
         for component in reversed(self.components):
             component.stop()
+        if self.service_proxy is not None:
+            self.service_proxy.stop()
+            self.service_proxy = None
         if self.base_dir is not None and not (self.keep_dir or failed):
             shutil.rmtree(self.base_dir, ignore_errors=True)
 

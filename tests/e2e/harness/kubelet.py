@@ -18,7 +18,10 @@ No kubelet can run containers on the test machine, so this stands in for one nod
 - keeps each container's stdout and stderr in ``<work_dir>/<namespace>_<pod>_<uid>/<container>.log``
   (see ``logs()``), also after the Pod is gone.
 
-Not supported: volumes (other than the service-account token above), probes, resource limits, pod-level
+- mounts ``secret``, ``configMap`` and ``emptyDir`` volumes as per-pod directories and rewrites env values that
+  name a path under a mountPath to that directory (a local process cannot see the mountPath itself);
+
+Not supported: other volumes, subPath, probes, resource limits, pod-level
 activeDeadlineSeconds (the Job controller enforces the Job's own deadline), ephemeral and sidecar containers.
 """
 
@@ -703,7 +706,45 @@ class LocalKubelet:
             value = self._env_value(run, container, var, env)
             if value is not None:
                 env[var["name"]] = value
+        mounts = self._mount_volumes(run, container)
+        for name in [v["name"] for v in container.get("env") or []]:
+            value = env.get(name, "")
+            for mount_path, local in mounts.items():
+                if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                    env[name] = str(local) + value[len(mount_path.rstrip("/")) :]
         return env
+
+    def _mount_volumes(self, run: PodRun, container: dict[str, Any]) -> dict[str, Path]:
+        """Materializes the container's secret, configMap and emptyDir volumes under the pod's directory; returns
+        {mountPath: local directory}. A process cannot see the mountPath itself, so env values naming a path under
+        it are rewritten to the local directory (see _container_env)."""
+        volumes = {v["name"]: v for v in run.pod["spec"].get("volumes") or []}
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise ConfigError(f"volumeMount {mount['name']!r} names no volume of the pod")
+            if "projected" in volume:  # the ServiceAccount token volume: CDI_SERVICEACCOUNT_DIR stands in for it
+                continue
+            local = run.dir / "volumes" / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            for kind, key, name_key in (("secret", "secret", "secretName"), ("configMap", "configMap", "name")):
+                source = volume.get(key)
+                if source is None:
+                    continue
+                data = self._lookup(kind, run.namespace, source[name_key])
+                if data is None:
+                    if source.get("optional"):
+                        break
+                    raise ConfigError(f"{kind} {source[name_key]!r} not found (volume {mount['name']})")
+                for item_key, value in data.items():
+                    (local / item_key).write_text(value)
+                break
+            else:
+                if "emptyDir" not in volume:
+                    raise ConfigError(f"volume {mount['name']!r}: only secret, configMap and emptyDir are supported")
+            mounts[mount["mountPath"]] = local
+        return mounts
 
     def _env_value(
         self, run: PodRun, container: dict[str, Any], var: dict[str, Any], env: Mapping[str, str]

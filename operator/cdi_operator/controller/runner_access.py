@@ -1,0 +1,87 @@
+"""The least-privilege identity of an integration's runner pods: a ServiceAccount, Role and RoleBinding of its own.
+
+A runner may read its own CdiIntegration and patch its status, read the WarehouseCredential it uses and the
+Secrets that credential (and the integration's spec.braze) names; nothing else, nothing cluster-wide. One identity
+per integration, so a runner can never read another integration's Secrets in the same namespace. The three objects
+are owned by the CdiIntegration (garbage-collected with it) and re-applied on every reconcile, so a credential that
+starts naming another Secret is followed. The operator can grant only what it holds itself (RBAC's escalation
+check): its ClusterRole has these verbs.
+
+With `$CDI_RUNNER_SERVICE_ACCOUNT` set, runners use that account instead and none of this is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from cdi_operator.api.models import GROUP, CdiIntegrationSpec, WarehouseCredentialSpec
+
+JSON = dict[str, Any]
+PREFIX = "cdi-runner-"
+NAME_MAX = 253
+
+
+def runner_account_name(integration: str) -> str:
+    name = PREFIX + integration
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(integration.encode()).hexdigest()[:10]
+    return f"{name[: NAME_MAX - 11].rstrip('-.')}-{digest}"
+
+
+def secret_names(spec: CdiIntegrationSpec, credential: WarehouseCredentialSpec) -> list[str]:
+    """The Secrets a runner reads through the API (the operator's default Braze key reaches it as an env var)."""
+    names = {ref.name for ref in credential.secret_refs()}
+    if spec.braze is not None and spec.braze.api_key_secret_ref is not None:
+        names.add(spec.braze.api_key_secret_ref.name)
+    return sorted(names)
+
+
+def role_rules(integration: str, credential: str, secrets: list[str]) -> list[JSON]:
+    rules: list[JSON] = [
+        {"apiGroups": [GROUP], "resources": ["cdiintegrations"], "resourceNames": [integration], "verbs": ["get"]},
+        {
+            "apiGroups": [GROUP],
+            "resources": ["cdiintegrations/status"],
+            "resourceNames": [integration],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [GROUP], "resources": ["warehousecredentials"], "resourceNames": [credential], "verbs": ["get"]},
+    ]
+    if secrets:  # an empty resourceNames would mean every Secret
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]})
+    return rules
+
+
+def build_runner_access(
+    obj: JSON, spec: CdiIntegrationSpec, credential: WarehouseCredentialSpec, labels: dict[str, str]
+) -> list[JSON]:
+    """ServiceAccount, Role and RoleBinding (in that order) for the runners of the CdiIntegration `obj`."""
+    meta = obj["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    account = runner_account_name(name)
+    owner = {
+        "apiVersion": obj.get("apiVersion", f"{GROUP}/v1alpha1"),
+        "kind": "CdiIntegration",
+        "name": name,
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+    def metadata() -> JSON:
+        return {"name": account, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}
+
+    rules = role_rules(name, spec.credential_ref.name, secret_names(spec, credential))
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(), "automountServiceAccountToken": True},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata(), "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
