@@ -323,11 +323,20 @@ def test_status_store_retries_a_stale_resource_version_and_keeps_other_fields(
     assert store.conflicts == 1
     status = _status(kube_api, namespace)
     assert status["phase"] == "Active" and status["lastHandledSyncNow"] == "x"
-    assert status["watermark"] == {"updatedAt": "2026-01-02T03:04:05Z", "boundaryFingerprints": ["ab", "cd"]}
+    assert status["watermark"] == {
+        "updatedAt": "2026-01-02T03:04:05Z",
+        "boundaryFingerprints": ["ab", "cd"],
+        "boundaryComplete": False,
+    }
     assert store.load_watermark() == Watermark(updatedAt=mark, boundaryFingerprints=["ab", "cd"])
 
+    # An oversized tie group is saved as complete; the next watermark must clear that flag (a merge patch would
+    # keep a key left out, and a stale boundaryComplete would skip rows).
+    store.save_watermark(Watermark(updatedAt=mark, boundaryComplete=True))
+    assert _status(kube_api, namespace)["watermark"]["boundaryComplete"] is True
     # A list is replaced, not merged; a finished run's fields do not survive into the next lastSync.
     store.save_watermark(Watermark(updatedAt=mark, boundaryFingerprints=["ef"]))
+    assert _status(kube_api, namespace)["watermark"]["boundaryComplete"] is False
     finished = RunSummary(
         trigger="schedule",
         started_at=mark,
@@ -354,3 +363,37 @@ def test_status_store_retries_a_stale_resource_version_and_keeps_other_fields(
     stubborn = CrStatusStore(AlwaysStale(kube_api), namespace, "users", resource_version=stale, retries=2)
     with pytest.raises(StatusStoreError, match="gave up after 3 conflicts"):
         stubborn.save_watermark(Watermark(updatedAt=mark))
+
+
+def test_a_bulk_load_at_one_updated_at_fits_in_the_status(
+    kube_api: client.ApiClient,
+    local_kubelet: LocalKubelet | None,
+    namespace: str,
+    crds: list[str],
+    pg: dict[str, str],
+    schema: str,
+    braze: BrazeEmulator,
+) -> None:
+    # 100,000 fingerprints would be about 1.9 MB of status: more than etcd takes, the run could never checkpoint.
+    loaded_at = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    _execute(
+        pg,
+        f'INSERT INTO "{schema}"."users" SELECT %s, \'bulk-\' || i, \'{{"plan": "pro"}}\' '
+        "FROM generate_series(1, 100000) AS i",
+        [(loaded_at,)],
+    )
+    _create_objects(kube_api, namespace, pg, schema, braze.url)
+    _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
+
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-bulk", "runner")
+
+    assert ok and code == 0, log
+    assert len(braze.tracked("attributes")) == 100_000
+    watermark = _status(kube_api, namespace)["watermark"]
+    assert watermark["boundaryComplete"] is True and watermark["boundaryFingerprints"] == []
+    assert len(json.dumps(_status(kube_api, namespace))) < 50_000
+
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-bulk-2", "runner")
+    assert ok and code == 0, log
+    assert _summary_line(log)["rowsSynced"] == 0 and len(braze.tracked("attributes")) == 100_000

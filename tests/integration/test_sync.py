@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, run_cdi, sync, user_row
 
 from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.cli import ProgressView, open_warehouse
 from cdi_operator.manifests import load_manifests
+from cdi_operator.runner import frontier
 from cdi_operator.runner.state import JsonFileStore
 from cdi_operator.runner.sync import Progress, SyncJob, run_sync
 
@@ -392,3 +394,66 @@ def test_progress_counts_the_rows_to_read_for_its_bar(source: Source, braze: Bra
     view = ProgressView(io.StringIO(), interactive=True)
     view(Progress(rows_read=2, rows_total=4, finished=True))
     assert "[###############               ]  50%" in view.stream.getvalue()  # type: ignore[attr-defined]
+
+
+def _with_sync_option(manifest: Path, key: str, value: Any) -> Path:
+    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+    for doc in docs:
+        if doc.get("kind") == "CdiIntegration":
+            doc["spec"].setdefault("sync", {})[key] = value
+    manifest.write_text(yaml.safe_dump_all(docs))
+    return manifest
+
+
+def _saved_watermark(state: Path) -> dict[str, Any]:
+    return next(iter(json.loads(state.read_text())["integrations"].values()))["watermark"]  # type: ignore[no-any-return]
+
+
+def test_a_bulk_load_with_one_updated_at_keeps_the_watermark_small(
+    source: Source, braze: BrazeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Too many rows at one UPDATED_AT to list in a CR status (scaled down from 10,000 to 20 here).
+    monkeypatch.setattr(frontier, "MAX_BOUNDARY_FINGERPRINTS", 20)
+    source.create_table(
+        "users", ATTRIBUTE_COLUMNS, [user_row(0, "a", {"v": 1}), *(user_row(1, f"b{i}", {"v": 1}) for i in range(50))]
+    )
+    manifest = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url)
+    state = tmp_path / "state.json"
+
+    assert sync(manifest, state).record["rowsSynced"] == 51
+    saved = _saved_watermark(state)
+    assert saved["boundaryComplete"] is True and saved["boundaryFingerprints"] == []
+    assert datetime.fromisoformat(saved["updatedAt"]) == at(1).replace(tzinfo=UTC)
+
+    again = sync(manifest, state)
+    assert (again.record["rowsSynced"], again.record["rowsSkipped"]) == (0, 50), "the bulk load is not re-sent"
+
+    source.insert("users", [user_row(2, "c", {"v": 1})])
+    assert sync(manifest, state).record["rowsSynced"] == 1
+    saved = _saved_watermark(state)
+    assert saved["boundaryComplete"] is False and len(saved["boundaryFingerprints"]) == 1
+    assert len(braze.tracked("attributes")) == 52
+
+
+def test_max_rows_per_run_finishes_the_tie_group_so_the_next_run_continues(
+    source: Source, braze: BrazeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(frontier, "MAX_BOUNDARY_FINGERPRINTS", 20)
+    source.create_table(
+        "users",
+        ATTRIBUTE_COLUMNS,
+        [*(user_row(1, f"b{i}", {"v": 1}) for i in range(30)), *(user_row(2, f"c{i}", {"v": 1}) for i in range(5))],
+    )
+    manifest = _with_sync_option(
+        source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url), "maxRowsPerRun", 10
+    )
+    state = tmp_path / "state.json"
+
+    first = sync(manifest, state)
+    assert first.record["result"] == "LimitExceeded"
+    assert first.record["rowsSynced"] == 30, "the limit fell inside the tie group at one UPDATED_AT: all of it"
+    second = sync(manifest, state)
+    assert (second.record["result"], second.record["rowsSynced"]) == ("Success", 5)
+    assert sorted(external_ids(braze.tracked("attributes"))) == sorted(
+        [f"b{i}" for i in range(30)] + [f"c{i}" for i in range(5)]
+    ), "every row once: none lost, none sent twice"

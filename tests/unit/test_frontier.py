@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from cdi_operator.api.models import Watermark
+from cdi_operator.runner import frontier as frontier_module
 from cdi_operator.runner.frontier import Frontier
 
 T0 = datetime(2026, 5, 1, 8, 0, 0, tzinfo=UTC)
@@ -216,3 +219,38 @@ def test_watermark_round_trips_into_the_next_run() -> None:
     assert second.delivered_before(T2, "b")
     assert second.delivered_before(T2, "c")
     assert not second.delivered_before(T2, "late")
+
+
+def _tie_group(frontier: Frontier, at: datetime, count: int) -> None:
+    for i in range(count):
+        frontier.add(at, f"{at.second}-{i}", done=True)
+    frontier.advance()
+
+
+def test_an_oversized_tie_group_is_saved_complete_only_once_all_of_it_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(frontier_module, "MAX_BOUNDARY_FINGERPRINTS", 3)
+    frontier = Frontier(watermark(T0, "x"))
+    _tie_group(frontier, T1, 5)
+    assert frontier.watermark() is None, "more rows at T1 may follow: nothing small and safe to save yet"
+    assert frontier.watermark(tie_group_read=True) == Watermark(updatedAt=T1, boundaryComplete=True)
+    _tie_group(frontier, T2, 5)  # moving on to T2 proves every row at T1 was read and delivered
+    assert frontier.watermark() == Watermark(updatedAt=T1, boundaryComplete=True)
+    pending = frontier.add(T3, "p")
+    assert frontier.watermark(tie_group_read=True) == Watermark(updatedAt=T1, boundaryComplete=True)
+    pending.done = True
+    frontier.advance()
+    assert frontier.watermark() == watermark(T3, "p")  # small again: back to fingerprints
+
+
+def test_a_complete_starting_boundary_skips_every_row_at_its_time_and_stays_complete() -> None:
+    start = Watermark(updatedAt=T1, boundaryComplete=True)
+    frontier = Frontier(start)
+    assert frontier.delivered_before(T1, "anything") and not frontier.delivered_before(T2, "anything")
+    frontier.add(T1, "a", done=True)
+    frontier.advance()
+    assert frontier.watermark() == start, "a partial re-read must not shrink it to the rows seen"
+    frontier.add(T2, "b", done=True)
+    frontier.advance()
+    assert frontier.watermark() == watermark(T2, "b")

@@ -421,9 +421,14 @@ def test_watermark_round_trips_with_aliases() -> None:
     watermark = Watermark.model_validate({"updatedAt": "2026-01-02T03:04:05.123456Z", "boundaryFingerprints": ["a"]})
     assert watermark.updated_at == T0
     dumped = watermark.model_dump(mode="json", by_alias=True)
-    assert dumped == {"updatedAt": "2026-01-02T03:04:05.123456Z", "boundaryFingerprints": ["a"]}
+    assert dumped == {
+        "updatedAt": "2026-01-02T03:04:05.123456Z",
+        "boundaryFingerprints": ["a"],
+        "boundaryComplete": False,
+    }
     assert Watermark.model_validate(dumped) == watermark
     assert Watermark.model_validate({"updatedAt": T0}).boundary_fingerprints == []
+    assert Watermark.model_validate({"updatedAt": T0, "boundaryComplete": True}).boundary_complete is True
 
 
 def test_status_round_trips_with_aliases() -> None:

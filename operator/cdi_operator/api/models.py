@@ -277,7 +277,11 @@ class SyncOptions(Model):
         "and rows dated in the future cannot be skipped or freeze the sync.",
     )
     max_rows_per_run: int = Field(
-        default=500_000_000, ge=1, alias="maxRowsPerRun", description="A run stops with LimitExceeded past this."
+        default=500_000_000,
+        ge=1,
+        alias="maxRowsPerRun",
+        description="A run stops with LimitExceeded past this, once it has read every row with the UPDATED_AT "
+        "it reached (so that the next run continues after them).",
     )
     chunk_rows: int = Field(default=10_000, ge=100, le=1_000_000, alias="chunkRows", description="Rows per fetch.")
     checkpoint_seconds: float = Field(
@@ -332,7 +336,8 @@ class CdiIntegrationSpec(Model):
 
 
 class Watermark(Model):
-    """How far a sync has delivered: every row up to `updatedAt`, and at exactly `updatedAt` the rows listed."""
+    """How far a sync has delivered: every row up to `updatedAt`, and at exactly `updatedAt` the rows listed (or,
+    with `boundaryComplete`, every row the warehouse showed)."""
 
     updated_at: datetime = Field(alias="updatedAt")
     boundary_fingerprints: list[str] = Field(
@@ -340,6 +345,13 @@ class Watermark(Model):
         alias="boundaryFingerprints",
         description="Fingerprints of the rows delivered at exactly updatedAt, so that a row that arrives later "
         "with the same UPDATED_AT is still sent and those already sent are not.",
+    )
+    boundary_complete: bool = Field(
+        default=False,
+        alias="boundaryComplete",
+        description="Every row at exactly updatedAt was delivered, too many to list (a bulk load with one "
+        "UPDATED_AT): the next sync skips them all, and a row written later with this same UPDATED_AT is missed, "
+        "like any write dated before the watermark.",
     )
 
 

@@ -3,6 +3,16 @@
 Rows enter in the order the warehouse returns them (by UPDATED_AT). A row is done when Braze acknowledged it, when it
 was a row error, or when an earlier run had already delivered it. The watermark moves over the longest done prefix
 only, so a crash never skips a row that was read but not acknowledged.
+
+At the watermark's own timestamp it lists the rows delivered (their fingerprints), so that rows tied with it are
+neither sent twice nor skipped. A bulk load can give a million rows one UPDATED_AT, far more fingerprints than a CR
+status can hold (etcd's limit is about 1.5 MB), so past MAX_BOUNDARY_FINGERPRINTS the watermark says
+`boundaryComplete` instead, which is only true of a timestamp whose rows have all been delivered:
+- once every row at the frontier's timestamp has been read and delivered (the run reached the end of its window,
+  or stopped at maxRowsPerRun, which always finishes the tie group it is in): that timestamp;
+- otherwise the last timestamp the frontier moved past (rows come ordered by UPDATED_AT, so all of its rows have
+  been read, and the frontier moves only over delivered ones), or nothing new. A crash inside an oversized tie
+  group then sends that group again rather than skip any of it.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ from collections import deque
 from datetime import datetime
 
 from cdi_operator.api.models import Watermark
+
+MAX_BOUNDARY_FINGERPRINTS = 10_000  # about 190 kB of status
 
 
 class Entry:
@@ -27,8 +39,11 @@ class Frontier:
         self._pending: deque[Entry] = deque()
         self.updated_at: datetime | None = start.updated_at if start else None
         self._boundary: set[str] = set(start.boundary_fingerprints) if start else set()
+        self._start = start
         self._start_updated_at = self.updated_at
         self._start_boundary = frozenset(self._boundary)
+        self._start_complete = bool(start and start.boundary_complete)
+        self._passed: datetime | None = None  # the last timestamp moved past: all of its rows are delivered
         self.changed = False
 
     def add(self, updated_at: datetime | None, fingerprint: str, done: bool = False) -> Entry:
@@ -38,7 +53,7 @@ class Frontier:
 
     def delivered_before(self, updated_at: datetime, fingerprint: str) -> bool:
         """True for a row at the starting boundary that an earlier run already delivered."""
-        return updated_at == self._start_updated_at and fingerprint in self._start_boundary
+        return updated_at == self._start_updated_at and (self._start_complete or fingerprint in self._start_boundary)
 
     def advance(self) -> None:
         pending = self._pending
@@ -47,6 +62,7 @@ class Frontier:
             if entry.updated_at is None:
                 continue
             if self.updated_at is None or entry.updated_at > self.updated_at:
+                self._passed = self.updated_at
                 self.updated_at = entry.updated_at
                 self._boundary = {entry.fingerprint}
             else:
@@ -57,7 +73,17 @@ class Frontier:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def watermark(self) -> Watermark | None:
+    def watermark(self, tie_group_read: bool = False) -> Watermark | None:
+        """The watermark to save, None when nothing new can be; `tie_group_read` when every row at the frontier's
+        timestamp has been read (the reader went past it, or to the end of its window)."""
         if self.updated_at is None:
             return None
-        return Watermark(updated_at=self.updated_at, boundary_fingerprints=sorted(self._boundary))
+        if self._start_complete and self.updated_at == self._start_updated_at:
+            return self._start
+        if len(self._boundary) <= MAX_BOUNDARY_FINGERPRINTS:
+            return Watermark(updated_at=self.updated_at, boundary_fingerprints=sorted(self._boundary))
+        if tie_group_read and not self._pending:
+            return Watermark(updated_at=self.updated_at, boundary_complete=True)
+        if self._passed is not None and self._passed != self._start_updated_at:
+            return Watermark(updated_at=self._passed, boundary_complete=True)
+        return None  # the saved watermark still holds

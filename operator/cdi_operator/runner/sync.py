@@ -26,6 +26,7 @@ from cdi_operator.api.models import (
     RunSummary,
     SyncOptions,
     WarehouseCredential,
+    Watermark,
 )
 from cdi_operator.braze.client import BrazeClient, BrazeError
 from cdi_operator.runner.frontier import Entry, Frontier
@@ -183,6 +184,9 @@ class SyncRun:
         self._advanced = asyncio.Event()
         self._stop_checkpoints = asyncio.Event()
         self.frontier = Frontier(None)
+        self._last_read_at: datetime | None = None
+        self._tie_group_read = False  # every row at the frontier's timestamp was read (see Frontier.watermark)
+        self._saved: Watermark | None = None
 
     def _max_batches_in_flight(self) -> int:
         in_flight = self.braze.settings.max_in_flight if self.braze is not None else 1
@@ -195,7 +199,7 @@ class SyncRun:
 
     async def execute(self) -> RunSummary:
         started = self.now()
-        watermark_before = await self._in_reader(self.store.load_watermark)
+        watermark_before = self._saved = await self._in_reader(self.store.load_watermark)
         self.frontier = Frontier(watermark_before)
         try:
             plan = await self._plan()
@@ -236,7 +240,7 @@ class SyncRun:
             rows_failed=self.progress.rows_failed,
             rows_skipped=self.progress.rows_skipped,
             future_rows=self.future_rows,
-            watermark=self.frontier.updated_at,
+            watermark=self.frontier.updated_at if self.braze is None else (self._saved and self._saved.updated_at),
             message=message,
             row_errors=self.row_errors,
         )
@@ -284,6 +288,7 @@ class SyncRun:
             while self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
                 self._raise_if_failed()
+            self._tie_group_read = True
         finally:
             self._stop_checkpoints.set()
             self._advanced.set()
@@ -295,11 +300,13 @@ class SyncRun:
         progress = self.progress
         batch_limit = self._batch_limit()
         for row in chunk:
-            if progress.rows_read >= limit:
+            converted = converter.convert(row)
+            # The limit finishes the tie group it falls in: the next run can then start after it (frontier.py).
+            if progress.rows_read - progress.rows_skipped >= limit and converted.updated_at != self._last_read_at:
                 self.limit_exceeded = True
                 break
             progress.rows_read += 1
-            converted = converter.convert(row)
+            self._last_read_at = converted.updated_at
             if isinstance(converted, RowError):
                 frontier.add(converted.updated_at, _row_fingerprint(row), done=True)
                 self._row_error(converted)
@@ -438,17 +445,17 @@ class SyncRun:
             return  # a dry run never moves the watermark
         async with self._checkpoint_lock:
             self.frontier.advance()
-            if not self.frontier.changed:
-                return
-            watermark = self.frontier.watermark()
+            watermark = self.frontier.watermark(tie_group_read=self._tie_group_read)
             self.frontier.changed = False
-            if watermark is not None:
-                try:
-                    await asyncio.to_thread(self.store.save_watermark, watermark)
-                except BaseException:
-                    self.frontier.changed = True
-                    raise
-                self.progress.watermark = watermark.updated_at
+            if watermark is None or watermark == self._saved:
+                return
+            try:
+                await asyncio.to_thread(self.store.save_watermark, watermark)
+            except BaseException:
+                self.frontier.changed = True
+                raise
+            self._saved = watermark
+            self.progress.watermark = watermark.updated_at
 
     def _report_progress(self) -> None:
         if self.on_progress is not None:
