@@ -221,7 +221,8 @@ def _print_result(
     out.write(f"{key}: {title}\n")
     out.write(
         f"  rows read {summary.rows_read:,}, synced {summary.rows_synced:,}, failed {summary.rows_failed:,}, "
-        f"already sent {summary.rows_skipped:,}, dated in the future {summary.future_rows:,}\n"
+        f"already sent {summary.rows_skipped:,}, dated in the future {summary.future_rows:,}, "
+        f"without UPDATED_AT {summary.undated_rows:,}\n"
     )
     out.write(f"  watermark {summary.watermark.isoformat() if summary.watermark else '(none yet)'}\n")
     if summary.message:

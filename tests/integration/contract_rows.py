@@ -34,7 +34,9 @@ ROWS: list[tuple[Any, ...]] = [
     (_at(8), "u-4", None, None, None, None, None, {"bad key": 1}),
     (_at(9), None, "anon-8", None, None, None, None, {"visits": 1}),
     (_at(10), "u-5", None, None, None, None, None, {"events": [{"id": 1}, {"id": 2}], "n": 10**12}),
+    (None, "u-undated", None, None, None, None, None, {"never": "selected"}),  # counted in undatedRows instead
 ]
+UNDATED_ROWS = 1
 
 EXPECTED_ATTRIBUTES: list[dict[str, Any]] = [
     {"external_id": "u-1", "plan": "pro", "nickname": None},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, normalise
+from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, UNDATED_ROWS, normalise
 from sources import BRAZE_KEY, Source, sync
 
 from cdi_operator.braze.emulator import BrazeEmulator
@@ -51,6 +51,8 @@ def assert_contract_delivered(source: Source, braze: BrazeEmulator, tmp_path: Pa
     assert normalise(braze.tracked("attributes")) == normalise(EXPECTED_ATTRIBUTES)
     assert {(e["reason"], e["identifier"]) for e in result.record["rowErrors"]} == EXPECTED_ROW_ERRORS
     assert braze.profiles["u-1"]["plan"] == "enterprise", "the later row of u-1 wins"
+    assert result.record["undatedRows"] == UNDATED_ROWS, "a row without UPDATED_AT is reported, not silently left"
+    assert "no UPDATED_AT" in result.record["message"]
 
 
 def test_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:

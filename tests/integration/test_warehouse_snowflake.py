@@ -491,7 +491,7 @@ def create_in_snowflake(source: Source) -> None:
     for row in ROWS:
         source.execute(
             "INSERT INTO contract SELECT ?, ?, ?, ?, ?, ?, ?, PARSE_JSON(?)",
-            [("TIMESTAMP_TZ", row[0]), *row[1:-1], json.dumps(row[-1], ensure_ascii=False)],
+            [("TIMESTAMP_TZ", row[0]) if row[0] else None, *row[1:-1], json.dumps(row[-1], ensure_ascii=False)],
         )
 
 

@@ -374,6 +374,11 @@ class RunSummary(Model):
     rows_skipped: int = Field(
         default=0, alias="rowsSkipped", description="Rows at the watermark already delivered by an earlier run."
     )
+    undated_rows: int = Field(
+        default=0,
+        alias="undatedRows",
+        description="Rows whose UPDATED_AT is NULL: no sync selects them until they are given a time.",
+    )
     future_rows: int = Field(
         default=0, alias="futureRows", description="Rows dated after the read bound; they wait for their time."
     )

@@ -173,6 +173,7 @@ class SyncRun:
         self.row_errors: list[RowErrorSample] = []
         self.row_errors_by_reason: dict[str, int] = {}
         self.future_rows = 0
+        self.undated_rows = 0
         self.limit_exceeded = False
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdi-reader")
         self._failure: BaseException | None = None
@@ -213,6 +214,9 @@ class SyncRun:
                     self.job.key,
                     self.future_rows,
                 )
+            self.undated_rows = await self._in_reader(self.warehouse.count_undated, self.job.table, plan.columns[0])
+            if self.undated_rows:
+                log.warning("%s: %s", self.job.key, self._undated_message())
             since = watermark_before.updated_at if watermark_before else None
             if since is None or since <= until:
                 if self.estimate_total:
@@ -240,6 +244,7 @@ class SyncRun:
             rows_failed=self.progress.rows_failed,
             rows_skipped=self.progress.rows_skipped,
             future_rows=self.future_rows,
+            undated_rows=self.undated_rows,
             watermark=self.frontier.updated_at if self.braze is None else (self._saved and self._saved.updated_at),
             message=message,
             row_errors=self.row_errors,
@@ -457,6 +462,12 @@ class SyncRun:
             self._saved = watermark
             self.progress.watermark = watermark.updated_at
 
+    def _undated_message(self) -> str:
+        return (
+            f"{self.undated_rows} row(s) of {'.'.join(self.job.table)} have no UPDATED_AT and are never synced; "
+            "give them one (e.g. the time they were written) to send them"
+        )
+
     def _report_progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
@@ -477,6 +488,8 @@ class SyncRun:
             parts.append(f"row errors by reason: {counts}")
         if self.future_rows:
             parts.append(f"{self.future_rows} row(s) dated in the future wait for their time")
+        if self.undated_rows:
+            parts.append(self._undated_message())
         return "; ".join(parts)
 
 

@@ -98,6 +98,10 @@ class Warehouse(Protocol):
         """How many rows are dated after `after` (those the settle bound leaves for later)."""
         ...
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        """How many rows have no `updated_at` at all: no window selects them, so they are reported instead."""
+        ...
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         """A few rows, newest first, without reading the table whole."""
         ...

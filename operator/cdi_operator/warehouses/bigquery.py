@@ -191,6 +191,12 @@ class BigQueryWarehouse:
         rows = self._rows(resolved, sql, [_bound("after", kind, after)])
         return int(rows[0][0]) if rows else 0
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        resolved = self._table(table)
+        _, ua = _timestamp_kind(resolved, updated_at)
+        rows = self._rows(resolved, f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL", [])
+        return int(rows[0][0]) if rows else 0
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         resolved = self._table(table)
         updated = resolved.column("UPDATED_AT")

@@ -172,6 +172,12 @@ class DatabricksWarehouse:
         rows = self.run(f"SELECT count(*) FROM {resolved.sql} WHERE {ua} > :after", {"after": after.astimezone(UTC)})
         return int(rows[0][0])
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        resolved = self._table(table)
+        ua = quote_ident(_timestamp_column(resolved, updated_at).name)
+        rows = self.run(f"SELECT count(*) FROM {resolved.sql} WHERE {ua} IS NULL")
+        return int(rows[0][0])
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         resolved = self._table(table)
         updated = resolved.column("UPDATED_AT")

@@ -120,6 +120,12 @@ class DuckDBWarehouse:
             row = con.execute(sql, [bound_for_column(after, kind == "naive")]).fetchone()
             return int(row[0]) if row else 0
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        with self.connection() as con:
+            sql = f"SELECT count(*) FROM {qualified(table)} WHERE {quote_ident(updated_at)} IS NULL"
+            row = con.execute(sql).fetchone()
+            return int(row[0]) if row else 0
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         with self.connection() as con:
             description = _describe(con, table)

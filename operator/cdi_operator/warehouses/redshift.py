@@ -189,6 +189,12 @@ class RedshiftWarehouse:
         rows = self._run(resolved, sql, [bound_for_column(after, kind == "naive")])
         return int(rows[0][0])
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        resolved = self._table(table)
+        _, ua = _timestamp_kind(resolved, updated_at)
+        rows = self._run(resolved, f"SELECT count(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL")
+        return int(rows[0][0])
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         resolved = self._table(table)
         updated = resolved.column("UPDATED_AT")

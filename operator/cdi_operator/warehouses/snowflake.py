@@ -234,6 +234,12 @@ class SnowflakeWarehouse:
         rows = self._run(resolved, sql, [_bind(after, naive)])
         return int(rows[0][0])
 
+    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
+        resolved = self._table(table)
+        _, ua = _timestamp_kind(resolved, updated_at)
+        rows = self._run(resolved, f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL")
+        return int(rows[0][0])
+
     def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         resolved = self._table(table)
         names = _real_names(resolved, columns)
