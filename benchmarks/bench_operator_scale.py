@@ -32,48 +32,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import redshift_connector
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))  # the e2e harness: a local control plane, the CRD installer
 harness: Any = importlib.import_module("harness")
+postgres: Any = importlib.import_module("harness.postgres")
 install_crds: Any = importlib.import_module("test_crds_apiserver").install_crds
 
 GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
-PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
-
-
-def pg_settings() -> dict[str, str]:
-    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
-    if len(values) == len(PG_KEYS):
-        return values
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            for pair in line.removeprefix("export ").split():
-                key, _, value = pair.partition("=")
-                values[key] = value
-    return values
-
-
-def pg_connect(pg: dict[str, str]) -> Any:
-    conn = redshift_connector.connect(
-        host=pg["CDI_PG_HOST"],
-        port=int(pg["CDI_PG_PORT"]),
-        user=pg["CDI_PG_USER"],
-        password=pg["CDI_PG_PASSWORD"],
-        database=pg["CDI_PG_DATABASE"],
-        ssl=False,
-    )
-    conn.autocommit = True
-    return conn
 
 
 def create_views(pg: dict[str, str], schema: str, count: int) -> None:
-    conn = pg_connect(pg)
+    conn = postgres.connect(pg)
     try:
         cursor = conn.cursor()
         cursor.execute(f'CREATE SCHEMA "{schema}"')
@@ -92,7 +63,7 @@ def create_views(pg: dict[str, str], schema: str, count: int) -> None:
 
 
 def drop_schema(pg: dict[str, str], schema: str) -> None:
-    conn = pg_connect(pg)
+    conn = postgres.connect(pg)
     try:
         conn.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
@@ -136,7 +107,7 @@ def integration(name: str, pg: dict[str, str], schema: str, table: str) -> dict[
 
 
 def run(count: int, settle: float, timeout: float, resync: float, work: Path) -> dict[str, Any]:
-    pg = pg_settings()
+    pg = postgres.pg_settings()
     schema = f"scale_{uuid.uuid4().hex[:10]}"
     t = time.monotonic()
     create_views(pg, schema, count)

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from harness import Cluster, KubeletConfig, LocalControlPlane, LocalKubelet
-from harness.controlplane import REPO_ROOT
+from harness import Cluster, KubeletConfig, LocalControlPlane, LocalKubelet, postgres
 from harness.helpers import wait_until
 from kubernetes import client, config
 from kubernetes.client import ApiException
@@ -123,24 +121,10 @@ def namespace(request: pytest.FixtureRequest, kube_api: client.ApiClient) -> Ite
             raise
 
 
-PG_KEYS = ("CDI_PG_HOST", "CDI_PG_PORT", "CDI_PG_USER", "CDI_PG_PASSWORD", "CDI_PG_DATABASE")
-
-
 @pytest.fixture(scope="session")
 def pg_settings() -> dict[str, str]:
     """The PostgreSQL server of hack/postgres.sh (the Redshift stand-in): from $CDI_PG_*, else started now."""
-    values = {key: os.environ[key] for key in PG_KEYS if os.environ.get(key)}
-    if len(values) == len(PG_KEYS):
-        return values
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack" / "postgres.sh")], check=True, capture_output=True, text=True, timeout=600
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            for pair in line.removeprefix("export ").split():
-                key, _, value = pair.partition("=")
-                values[key] = value
-    return values
+    return postgres.pg_settings()
 
 
 @pytest.hookimpl(wrapper=True)

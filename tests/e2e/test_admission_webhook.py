@@ -8,17 +8,13 @@ CEL cannot judge (cron spacing, time zones, references) with a message naming th
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.helpers import wait_until
+from harness.operator import OperatorProcess
 from kubernetes import client
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
@@ -34,55 +30,6 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class OperatorProcess:
-    """`cdi operator` as a subprocess (a trimmed copy of tests/e2e/test_operator.py's), the webhook on."""
-
-    def __init__(self, kubeconfig: str, log_path: Path, port: int) -> None:
-        self.log_path = log_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
-            "KUBECONFIG": kubeconfig,
-            "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
-            "CDI_METRICS_PORT": "0",  # no fixed port that another operator on this machine may hold
-            "CDI_RESYNC_SECONDS": "30",
-            "CDI_RETEST_FAILED_SECONDS": "3600",
-            "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "10",
-            "CDI_WEBHOOK_MODE": "managed-local",
-            "CDI_WEBHOOK_ADDR": "127.0.0.1",
-            "CDI_WEBHOOK_PORT": str(port),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdi_operator.cli", "operator"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        return "operator log (tail):\n" + "\n".join(text.splitlines()[-lines:])
 
 
 def delete_configuration(api: client.ApiClient) -> None:
@@ -151,7 +98,15 @@ def webhook_operator(
 ) -> Iterator[OperatorProcess]:
     install_crds(kube_api)
     delete_configuration(kube_api)  # a leftover of an earlier, killed run
-    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("webhook-operator") / "operator.log", free_port())
+    env = {
+        "CDI_RESYNC_SECONDS": "30",
+        "CDI_RETEST_FAILED_SECONDS": "3600",
+        "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "10",
+        "CDI_WEBHOOK_MODE": "managed-local",
+        "CDI_WEBHOOK_ADDR": "127.0.0.1",
+        "CDI_WEBHOOK_PORT": str(free_port()),
+    }
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("webhook-operator") / "operator.log", env)
     proc.start()
     try:
         yield proc

@@ -26,11 +26,12 @@ from harness.controlplane import REPO_ROOT, free_port
 from harness.dashboard import dashboard_queries
 from harness.helm import CHART, RELEASE, helm
 from harness.helpers import pod_logs, wait_until
+from harness.postgres import sql
 from harness.prometheus import Prometheus
 from kubernetes import client, config
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
-from test_operator import annotate, condition, get, sql
+from test_operator import annotate, condition, get
 
 from cdi_operator.braze.emulator import BrazeEmulator
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redshift_connector
 from harness import LocalKubelet
 from harness.helpers import pod_logs, wait_until
+from harness.postgres import sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
 
@@ -37,32 +37,12 @@ def pg(pg_settings: dict[str, str]) -> dict[str, str]:
     return pg_settings
 
 
-def _execute(pg: dict[str, str], sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-    conn = redshift_connector.connect(
-        host=pg["CDI_PG_HOST"],
-        port=int(pg["CDI_PG_PORT"]),
-        user=pg["CDI_PG_USER"],
-        password=pg["CDI_PG_PASSWORD"],
-        database=pg["CDI_PG_DATABASE"],
-        ssl=False,
-    )
-    conn.autocommit = True
-    try:
-        cursor = conn.cursor()
-        if rows:
-            cursor.executemany(sql, [list(r) for r in rows])
-        else:
-            cursor.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def schema(pg: dict[str, str]) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    _execute(pg, f'CREATE SCHEMA "{name}"')
+    sql(pg, f'CREATE SCHEMA "{name}"')
     yield name
-    _execute(pg, f'DROP SCHEMA "{name}" CASCADE')
+    sql(pg, f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.fixture
@@ -231,9 +211,9 @@ def test_runner_job_syncs_and_keeps_its_state_in_the_status(
     braze: BrazeEmulator,
 ) -> None:
     base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
-    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
     rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
-    _execute(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
     _create_objects(kube_api, namespace, pg, schema, braze.url)
     _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
     # The operator's fields, which the runner must leave alone.
@@ -289,7 +269,7 @@ def test_runner_without_access_to_the_secrets_fails_and_says_why(
     schema: str,
     braze: BrazeEmulator,
 ) -> None:
-    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
     _create_objects(kube_api, namespace, pg, schema, braze.url)
     _runner_account(kube_api, namespace, "no-secrets", [])
 
@@ -376,8 +356,8 @@ def test_a_bulk_load_at_one_updated_at_fits_in_the_status(
 ) -> None:
     # 100,000 fingerprints would be about 1.9 MB of status: more than etcd takes, the run could never checkpoint.
     loaded_at = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
-    _execute(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
-    _execute(
+    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    sql(
         pg,
         f'INSERT INTO "{schema}"."users" SELECT %s, \'bulk-\' || i, \'{{"plan": "pro"}}\' '
         "FROM generate_series(1, 100000) AS i",

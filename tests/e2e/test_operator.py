@@ -6,20 +6,16 @@ exactly one Job across an operator restart, and the full flow through the runner
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redshift_connector
 from harness import LocalKubelet
 from harness.helpers import wait_until
+from harness.operator import OperatorProcess
+from harness.postgres import sql
 from kubernetes import client
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
@@ -35,26 +31,6 @@ WAIT = 90
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------
-
-
-def sql(pg: dict[str, str], statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-    conn = redshift_connector.connect(
-        host=pg["CDI_PG_HOST"],
-        port=int(pg["CDI_PG_PORT"]),
-        user=pg["CDI_PG_USER"],
-        password=pg["CDI_PG_PASSWORD"],
-        database=pg["CDI_PG_DATABASE"],
-        ssl=False,
-    )
-    conn.autocommit = True
-    try:
-        cursor = conn.cursor()
-        if rows:
-            cursor.executemany(statement, [list(r) for r in rows])
-        else:
-            cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -86,60 +62,19 @@ def braze() -> Iterator[BrazeEmulator]:
         yield emulator
 
 
-class OperatorProcess:
-    """`cdi operator` as a subprocess; restartable; its log in a file shown when a wait times out."""
-
-    def __init__(self, kubeconfig: str, log_path: Path, braze_url: str) -> None:
-        self.log_path = log_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
-            "KUBECONFIG": kubeconfig,
-            "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
-            "CDI_METRICS_PORT": "0",  # no fixed port that another operator on this machine may hold
-            "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
-            "CDI_RESYNC_SECONDS": "2",
-            "CDI_RETEST_FAILED_SECONDS": "3600",
-            "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
-            "CDI_BRAZE_DEFAULT_REST_ENDPOINT": braze_url,
-            "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME": "braze-default",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdi_operator.cli", "operator"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        return "operator log (tail):\n" + "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
 def operator(
     crds: list[str], kubeconfig: str, braze: BrazeEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", braze.url)
+    env = {
+        "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
+        "CDI_RESYNC_SECONDS": "2",
+        "CDI_RETEST_FAILED_SECONDS": "3600",
+        "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+        "CDI_BRAZE_DEFAULT_REST_ENDPOINT": braze.url,
+        "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME": "braze-default",
+    }
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env)
     proc.start()
     yield proc
     proc.stop()

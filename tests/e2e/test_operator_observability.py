@@ -12,11 +12,7 @@ integration drops its series.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -29,10 +25,11 @@ from threading import Lock
 from typing import Any
 
 import pytest
-import redshift_connector
 from aiosmtpd.controller import Controller
 from harness import LocalKubelet
 from harness.helpers import wait_until
+from harness.operator import OperatorProcess
+from harness.postgres import sql
 from kubernetes import client
 from kubernetes.client import ApiException
 from prometheus_client.parser import text_string_to_metric_families
@@ -92,26 +89,6 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 # --- PostgreSQL, CRDs, Braze --------------------------------------------------------------------------------------
 
 
-def sql(pg: dict[str, str], statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-    conn = redshift_connector.connect(
-        host=pg["CDI_PG_HOST"],
-        port=int(pg["CDI_PG_PORT"]),
-        user=pg["CDI_PG_USER"],
-        password=pg["CDI_PG_PASSWORD"],
-        database=pg["CDI_PG_DATABASE"],
-        ssl=False,
-    )
-    conn.autocommit = True
-    try:
-        cursor = conn.cursor()
-        if rows:
-            cursor.executemany(statement, [list(r) for r in rows])
-        else:
-            cursor.execute(statement)
-    finally:
-        conn.close()
-
-
 def insert_users(pg: dict[str, str], schema: str, first: int, count: int) -> None:
     base = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=30)
     sql(
@@ -155,57 +132,27 @@ def braze() -> Iterator[BrazeEmulator]:
 # --- the operator -------------------------------------------------------------------------------------------------
 
 
-class OperatorProcess:
-    """`cdi operator` as a subprocess (the pattern of test_operator.py) with /metrics and SMTP set."""
+class MetricsOperator(OperatorProcess):
+    """The operator with /metrics on `metrics_port` and failure e-mail to the SMTP server on `smtp_port`."""
 
     def __init__(self, kubeconfig: str, log_path: Path, braze_url: str, metrics_port: int, smtp_port: int) -> None:
-        self.log_path = log_path
+        super().__init__(
+            kubeconfig,
+            log_path,
+            {
+                "CDI_RESYNC_SECONDS": "2",
+                "CDI_RETEST_FAILED_SECONDS": "3600",
+                "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+                "CDI_BRAZE_DEFAULT_REST_ENDPOINT": braze_url,
+                "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME": "braze-default",
+                "CDI_METRICS_PORT": str(metrics_port),
+                "CDI_SMTP_HOST": "127.0.0.1",
+                "CDI_SMTP_PORT": str(smtp_port),
+                "CDI_SMTP_STARTTLS": "false",
+                "CDI_SMTP_FROM": "cdi-operator@example.com",
+            },
+        )
         self.metrics_port = metrics_port
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
-            "KUBECONFIG": kubeconfig,
-            "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
-            "CDI_RESYNC_SECONDS": "2",
-            "CDI_RETEST_FAILED_SECONDS": "3600",
-            "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
-            "CDI_BRAZE_DEFAULT_REST_ENDPOINT": braze_url,
-            "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME": "braze-default",
-            "CDI_METRICS_PORT": str(metrics_port),
-            "CDI_SMTP_HOST": "127.0.0.1",
-            "CDI_SMTP_PORT": str(smtp_port),
-            "CDI_SMTP_STARTTLS": "false",
-            "CDI_SMTP_FROM": "cdi-operator@example.com",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdi_operator.cli", "operator"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        return "operator log (tail):\n" + "\n".join(text.splitlines()[-lines:])
 
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """/metrics as {(sample name, labels): value}."""
@@ -226,8 +173,8 @@ def operator(
     braze: BrazeEmulator,
     smtp: tuple[Mailbox, int],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(
+) -> Iterator[MetricsOperator]:
+    proc = MetricsOperator(
         kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", braze.url, free_port(), smtp[1]
     )
     proc.start()
@@ -267,7 +214,7 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def wait_status(
     api: client.ApiClient,
-    operator: OperatorProcess,
+    operator: MetricsOperator,
     namespace: str,
     name: str,
     check: Callable[[dict[str, Any]], bool],
@@ -354,7 +301,7 @@ def timestamp(value: str) -> float:
 
 def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
     kube_api: client.ApiClient,
-    operator: OperatorProcess,
+    operator: MetricsOperator,
     local_kubelet: LocalKubelet | None,
     braze: BrazeEmulator,
     smtp: tuple[Mailbox, int],
@@ -524,11 +471,11 @@ def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
     )
 
 
-def samples_after(operator: OperatorProcess, key: tuple[str, frozenset[tuple[str, str]]]) -> float:
+def samples_after(operator: MetricsOperator, key: tuple[str, frozenset[tuple[str, str]]]) -> float:
     return _scrape_or_none(operator).get(key, 0.0)
 
 
-def _scrape_or_none(operator: OperatorProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def _scrape_or_none(operator: MetricsOperator) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     try:
         return operator.scrape()
     except OSError:

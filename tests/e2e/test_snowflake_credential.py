@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ from typing import Any
 
 import pytest
 from harness.helpers import wait_until
+from harness.operator import OperatorProcess
 from kubernetes import client
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
@@ -49,55 +47,17 @@ def standin() -> Iterator[SnowflakeStandIn]:
         yield server
 
 
-class OperatorProcess:
-    """`cdi operator` as a subprocess (as in test_operator.py), sent to the stand-in by CDI_SNOWFLAKE_ENDPOINT."""
-
-    def __init__(self, kubeconfig: str, log_path: Path, snowflake_endpoint: str) -> None:
-        self.log_path = log_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
-            "KUBECONFIG": kubeconfig,
-            "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
-            "CDI_RESYNC_SECONDS": "2",
-            "CDI_RETEST_FAILED_SECONDS": "3600",
-            "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
-            "CDI_SNOWFLAKE_ENDPOINT": snowflake_endpoint,
-            "CDI_METRICS_PORT": "0",  # no fixed port that another operator on this machine may hold
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cdi_operator.cli", "operator"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        self.proc = None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "operator log (tail):\n" + "\n".join(self.log_text().splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
 def operator(
     crds: list[str], kubeconfig: str, standin: SnowflakeStandIn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", standin.endpoint)
+    env = {
+        "CDI_RESYNC_SECONDS": "2",
+        "CDI_RETEST_FAILED_SECONDS": "3600",
+        "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+        "CDI_SNOWFLAKE_ENDPOINT": standin.endpoint,  # the stand-in instead of snowflakecomputing.com
+    }
+    proc = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env)
     proc.start()
     yield proc
     proc.stop()
