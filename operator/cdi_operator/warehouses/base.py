@@ -6,7 +6,7 @@ and overlaps reading with sending.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -62,6 +62,29 @@ class ReadWindow:
 
     since: datetime | None  # aware UTC; inclusive, so rows at the watermark itself are seen again
     until: datetime  # aware UTC; inclusive
+
+
+def pick_table(
+    rows: Sequence[tuple[Any, ...]], preferences: Sequence[Callable[[tuple[str, str]], bool]], what: str
+) -> tuple[tuple[str, str], tuple[Column, ...]] | None:
+    """The (schema, table) and columns of the one table that catalog rows (schema, table, column, type) describe,
+    when names matched case-insensitively: the first table a preference accepts (tried in order), else the only
+    one; WarehouseError naming every spelling when several differ only in case. None when the rows are empty."""
+    tables: dict[tuple[str, str], list[Column]] = {}
+    for schema, table, column, type_name in rows:
+        tables.setdefault((str(schema), str(table)), []).append(Column(str(column), str(type_name).upper()))
+    if not tables:
+        return None
+    key = next((k for prefer in preferences for k in tables if prefer(k)), None)
+    if key is None:
+        if len(tables) > 1:
+            spelled = ", ".join(".".join(k) for k in tables)
+            raise WarehouseError(
+                FailureReason.TABLE_MISSING,
+                f"{what} matches tables that differ only in case ({spelled}); spell it exactly in spec.source",
+            )
+        key = next(iter(tables))
+    return key, tuple(tables[key])
 
 
 def bound_for_column(value: datetime, naive_column: bool) -> datetime:

@@ -39,6 +39,7 @@ from cdi_operator.warehouses.base import (
     TableDescription,
     WarehouseError,
     bound_for_column,
+    pick_table,
 )
 from cdi_operator.warehouses.ssh_tunnel import SshTunnel
 
@@ -316,23 +317,7 @@ def _pick(
     rows: Sequence[tuple[Any, ...]], schema: str | None, name: str
 ) -> tuple[tuple[str, str], tuple[Column, ...]] | None:
     """The columns of the one table the rows describe; the exact spelling wins over case-insensitive ones."""
-    tables: dict[tuple[str, str], list[Column]] = {}
-    for nspname, relname, attname, type_name in rows:
-        tables.setdefault((str(nspname), str(relname)), []).append(Column(str(attname), str(type_name).upper()))
-    if not tables:
-        return None
-    exact = [key for key in tables if key[1] == name and (schema is None or key[0] == schema)]
-    if exact:
-        key = exact[0]
-    elif len(tables) == 1:
-        key = next(iter(tables))
-    else:
-        spelled = ", ".join(".".join(key) for key in tables)
-        raise WarehouseError(
-            FailureReason.TABLE_MISSING,
-            f"{name!r} matches tables that differ only in case ({spelled}); spell it exactly in spec.source",
-        )
-    return key, tuple(tables[key])
+    return pick_table(rows, [lambda key: key[1] == name and (schema is None or key[0] == schema)], repr(name))
 
 
 def _timestamp_kind(table: _Table, updated_at: str) -> tuple[str, str]:

@@ -51,6 +51,7 @@ from cdi_operator.warehouses.base import (
     TableDescription,
     WarehouseError,
     bound_for_column,
+    pick_table,
 )
 
 ENDPOINT_ENV = "CDI_SNOWFLAKE_ENDPOINT"
@@ -408,26 +409,9 @@ def _converter(names: Sequence[str], updated_at: str) -> Callable[[tuple[Any, ..
 
 
 def _pick(rows: Sequence[tuple[Any, ...]], schema: str, name: str) -> tuple[tuple[str, str], tuple[Column, ...]] | None:
-    """The columns of the one table the rows describe; the exact spelling wins over case-insensitive ones."""
-    tables: dict[tuple[str, str], list[Column]] = {}
-    for table_schema, table_name, column_name, data_type in rows:
-        key = (str(table_schema), str(table_name))
-        tables.setdefault(key, []).append(Column(str(column_name), str(data_type).upper()))
-    if not tables:
-        return None
-    exact = [key for key in tables if key == (schema, name)]
-    upper = [key for key in tables if key == (schema.upper(), name.upper())]  # what unquoted names become
-    if exact or upper:
-        key = (exact or upper)[0]
-    elif len(tables) == 1:
-        key = next(iter(tables))
-    else:
-        spelled = ", ".join(".".join(key) for key in tables)
-        raise WarehouseError(
-            FailureReason.TABLE_MISSING,
-            f"{schema}.{name} matches tables that differ only in case ({spelled}); spell it exactly in spec.source",
-        )
-    return key, tuple(tables[key])
+    """The columns of the one table the rows describe; the exact spelling wins, then what unquoted names become."""
+    exact, upper = (schema, name), (schema.upper(), name.upper())
+    return pick_table(rows, [lambda key: key == exact, lambda key: key == upper], f"{schema}.{name}")
 
 
 def _timestamp_kind(table: _Table, updated_at: str) -> tuple[bool, str]:
