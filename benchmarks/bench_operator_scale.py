@@ -145,22 +145,7 @@ def _run(
         VERSION,
         namespace,
         WHC,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WarehouseCredential",
-            "metadata": {"name": "wh"},
-            "spec": {
-                "type": "redshift",
-                "redshift": {
-                    "host": pg["CDI_PG_HOST"],
-                    "port": int(pg["CDI_PG_PORT"]),
-                    "database": pg["CDI_PG_DATABASE"],
-                    "user": pg["CDI_PG_USER"],
-                    "ssl": False,
-                    "passwordSecretRef": {"name": "wh-password", "key": "password"},
-                },
-            },
-        },
+        postgres.redshift_credential(pg, "wh-password"),
     )
     metrics_port = free_port()
     env = {

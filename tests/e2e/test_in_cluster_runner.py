@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from harness import LocalKubelet
 from harness.helpers import pod_logs, wait_until
-from harness.postgres import sql
+from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
 
@@ -74,22 +74,7 @@ def _create_objects(
         VERSION,
         namespace,
         "warehousecredentials",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WarehouseCredential",
-            "metadata": {"name": "wh"},
-            "spec": {
-                "type": "redshift",
-                "redshift": {
-                    "host": pg["CDI_PG_HOST"],
-                    "port": int(pg["CDI_PG_PORT"]),
-                    "database": pg["CDI_PG_DATABASE"],
-                    "user": pg["CDI_PG_USER"],
-                    "ssl": False,
-                    "passwordSecretRef": {"name": "pg", "key": "password"},
-                },
-            },
-        },
+        redshift_credential(pg, "pg"),
     )
     return custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
         GROUP,

@@ -15,7 +15,7 @@ import pytest
 from harness import LocalKubelet
 from harness.helpers import wait_until
 from harness.operator import OperatorProcess
-from harness.postgres import sql
+from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
@@ -122,22 +122,7 @@ def create_credential(
         VERSION,
         namespace,
         WHC,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WarehouseCredential",
-            "metadata": {"name": name},
-            "spec": {
-                "type": "redshift",
-                "redshift": {
-                    "host": pg["CDI_PG_HOST"],
-                    "port": int(pg["CDI_PG_PORT"]),
-                    "database": pg["CDI_PG_DATABASE"],
-                    "user": user or pg["CDI_PG_USER"],
-                    "ssl": False,
-                    "passwordSecretRef": {"name": secret, "key": "password"},
-                },
-            },
-        },
+        redshift_credential(pg, secret, name=name, user=user),
     )
 
 

@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 from harness import LocalKubelet
 from harness.helpers import wait_until
 from harness.operator import OperatorProcess
-from harness.postgres import sql
+from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from kubernetes.client import ApiException
 from prometheus_client.parser import text_string_to_metric_families
@@ -241,22 +241,7 @@ def create_objects(api: client.ApiClient, namespace: str, pg: dict[str, str], sc
         VERSION,
         namespace,
         WHC,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "WarehouseCredential",
-            "metadata": {"name": "wh"},
-            "spec": {
-                "type": "redshift",
-                "redshift": {
-                    "host": pg["CDI_PG_HOST"],
-                    "port": int(pg["CDI_PG_PORT"]),
-                    "database": pg["CDI_PG_DATABASE"],
-                    "user": pg["CDI_PG_USER"],
-                    "ssl": False,
-                    "passwordSecretRef": {"name": "wh-password", "key": "password"},
-                },
-            },
-        },
+        redshift_credential(pg, "wh-password"),
     )
     custom(api).create_namespaced_custom_object(
         GROUP,

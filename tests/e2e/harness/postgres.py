@@ -54,3 +54,23 @@ def sql(pg: dict[str, str], statement: str, rows: list[tuple[Any, ...]] | None =
             cursor.execute(statement)
     finally:
         conn.close()
+
+
+def redshift_credential(pg: dict[str, str], secret: str, name: str = "wh", user: str | None = None) -> dict[str, Any]:
+    """A WarehouseCredential of type redshift for this server, its password in the Secret `secret` (key password)."""
+    return {
+        "apiVersion": "cdi.ingest.dev/v1alpha1",
+        "kind": "WarehouseCredential",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "redshift",
+            "redshift": {
+                "host": pg["CDI_PG_HOST"],
+                "port": int(pg["CDI_PG_PORT"]),
+                "database": pg["CDI_PG_DATABASE"],
+                "user": user or pg["CDI_PG_USER"],
+                "ssl": False,
+                "passwordSecretRef": {"name": secret, "key": "password"},
+            },
+        },
+    }
