@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from cdi_operator.api.models import DataType
-from cdi_operator.runner.rows import RowConverter, RowError, plan_columns
+from cdi_operator.runner.columns import plan_columns
+from cdi_operator.runner.converter import RowConverter
+from cdi_operator.runner.rows import RowError
 
 
 def typical_rows(count: int, native: bool) -> list[tuple[object, ...]]:

@@ -13,16 +13,9 @@ import orjson
 import pytest
 
 from cdi_operator.api.models import DataType
-from cdi_operator.runner.rows import (
-    ColumnPlan,
-    Delivery,
-    RowConverter,
-    RowError,
-    RowErrorReason,
-    RowLimits,
-    SourceColumnsError,
-    plan_columns,
-)
+from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
+from cdi_operator.runner.converter import RowConverter
+from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason, RowLimits
 
 R = RowErrorReason
 T0 = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from cdi_operator import warehouses
 from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, WarehouseCredentialSpec
 from cdi_operator.controller.conditions import shorten, timestamp
-from cdi_operator.runner.rows import SourceColumnsError, plan_columns
+from cdi_operator.runner.columns import SourceColumnsError, plan_columns
 from cdi_operator.warehouses import MissingSecretError, WarehouseError
 
 log = logging.getLogger(__name__)

@@ -29,19 +29,12 @@ from cdi_operator.api.models import (
     Watermark,
 )
 from cdi_operator.braze.client import BrazeClient, BrazeError
+from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
+from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
-from cdi_operator.runner.rows import (
-    ColumnPlan,
-    Delivery,
-    RowConverter,
-    RowError,
-    RowErrorReason,
-    SourceColumnsError,
-    mask_email,
-    mask_phone,
-    plan_columns,
-)
+from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
 from cdi_operator.runner.state import StateStore
+from cdi_operator.runner.values import mask_email, mask_phone
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
 
 log = logging.getLogger(__name__)
