@@ -1,0 +1,188 @@
+"""The emulator's own checks of Braze objects, written from BRAZE-API.md apart from the runner's validator.
+
+They must not import `cdi_operator.runner`: the emulator stands in for Braze, so a test passing against it means
+something only while its rules are its own. Each check returns Braze's error text, or None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+TRACK_ARRAYS = ("attributes", "events", "purchases")
+DELETE_ID_TYPES = ("external_ids", "user_aliases", "braze_ids")
+DELETE_LIMIT = 50
+MAX_LENGTH = 255
+MAX_ATTRIBUTES = 250
+
+_IDENTIFIER_KEYS = frozenset(("external_id", "user_alias", "braze_id", "email", "phone"))
+FLAG_KEYS = frozenset(("_update_existing_only", "_merge_objects"))
+_OPERATOR_KEYS = frozenset(
+    ("$add", "$update", "$remove", "$identifier_key", "$identifier_value", "$new_object", "$time")
+)
+_EVENT_FIELDS = frozenset(("name", "time", "app_id", "properties", "_update_existing_only")) | _IDENTIFIER_KEYS
+_PURCHASE_FIELDS = (
+    frozenset(("product_id", "currency", "price", "quantity", "time", "app_id", "properties", "_update_existing_only"))
+    | _IDENTIFIER_KEYS
+)
+
+
+def identify(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(profile key, kind) of the object, or ("", error text)."""
+    strong = [k for k in ("external_id", "user_alias", "braze_id") if obj.get(k) is not None]
+    if len(strong) > 1:
+        return "", "Only one of 'external_id', 'user_alias' or 'braze_id' may be given"
+    if strong:
+        kind = strong[0]
+        value = obj[kind]
+        if kind == "user_alias":
+            if not isinstance(value, dict):
+                return "", "'user_alias' must be an object with 'alias_name' and 'alias_label'"
+            name, label = value.get("alias_name"), value.get("alias_label")
+            if not (isinstance(name, str) and name and isinstance(label, str) and label):
+                return "", "'user_alias' needs a non-empty 'alias_name' and 'alias_label'"
+            return f"alias:{label}:{name}", kind
+        if not isinstance(value, str) or not value:
+            return "", f"'{kind}' must be a non-empty string"
+        if len(value) > MAX_LENGTH:
+            return "", f"'{kind}' is longer than {MAX_LENGTH} characters"
+        return (value if kind == "external_id" else f"braze_id:{value}"), kind
+    for kind in ("email", "phone"):
+        value = obj.get(kind)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                return "", f"'{kind}' must be a non-empty string"
+            return f"{kind}:{value}", kind
+    return "", "'external_id', 'user_alias', 'braze_id', 'email' or 'phone' is required"
+
+
+def _key_error(key: Any, nested: bool) -> str | None:
+    if not isinstance(key, str) or not key:
+        return "Invalid key: keys must be non-empty strings"
+    if len(key) > MAX_LENGTH:
+        return f"Key '{key[:40]}...' is longer than {MAX_LENGTH} characters"
+    if nested and key in _OPERATOR_KEYS:
+        return None
+    if " " in key or "." in key or "$" in key:
+        return f"Invalid key '{key}': keys cannot contain spaces, '.' or '$'"
+    return None
+
+
+def _value_error(value: Any) -> str | None:
+    if isinstance(value, str):
+        return f"String value is longer than {MAX_LENGTH} characters" if len(value) > MAX_LENGTH else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            error = _key_error(key, nested=True) or _value_error(item)
+            if error:
+                return error
+    elif isinstance(value, list):
+        for item in value:
+            error = _value_error(item)
+            if error:
+                return error
+    return None
+
+
+def _time_error(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "'time' is required and must be an ISO 8601 string"
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return f"'time' is not an ISO 8601 date-time: '{value[:40]}'"
+    return None
+
+
+def _flag_error(obj: Mapping[str, Any]) -> str | None:
+    for flag in FLAG_KEYS:
+        if flag in obj and not isinstance(obj[flag], bool):
+            return f"'{flag}' must be a boolean"
+    return None
+
+
+def attributes_error(obj: Mapping[str, Any], id_kind: str) -> str | None:
+    custom = 0
+    for key, value in obj.items():
+        if key in FLAG_KEYS or key == id_kind:
+            continue
+        if key in _IDENTIFIER_KEYS and key not in ("email", "phone"):
+            continue
+        custom += 1
+        error = _key_error(key, nested=False) or _value_error(value)
+        if error:
+            return error
+    if custom > MAX_ATTRIBUTES:
+        return f"More than {MAX_ATTRIBUTES} attributes in one object"
+    return _flag_error(obj)
+
+
+def _properties_error(obj: Mapping[str, Any]) -> str | None:
+    if "properties" not in obj or obj["properties"] is None:
+        return None
+    if not isinstance(obj["properties"], dict):
+        return "'properties' must be an object"
+    return _value_error(obj["properties"])
+
+
+def _unknown_field_error(obj: Mapping[str, Any], fields: frozenset[str]) -> str | None:
+    for key in obj:
+        if key not in fields:
+            return f"Unknown field '{str(key)[:40]}'"
+    return None
+
+
+def event_error(obj: Mapping[str, Any]) -> str | None:
+    name = obj.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return "'name' is required and must be a non-empty string"
+    if len(name) > MAX_LENGTH:
+        return f"'name' is longer than {MAX_LENGTH} characters"
+    return (
+        _unknown_field_error(obj, _EVENT_FIELDS)
+        or _time_error(obj.get("time"))
+        or _properties_error(obj)
+        or _flag_error(obj)
+    )
+
+
+def purchase_error(obj: Mapping[str, Any]) -> str | None:
+    product = obj.get("product_id")
+    if not isinstance(product, str) or not product:
+        return "'product_id' is required and must be a non-empty string"
+    if len(product) > MAX_LENGTH:
+        return f"'product_id' is longer than {MAX_LENGTH} characters"
+    currency = obj.get("currency")
+    if not (isinstance(currency, str) and len(currency) == 3 and currency.isascii() and currency.isalpha()):
+        return "'currency' is required and must be a three-letter currency code"
+    price = obj.get("price")
+    if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price):
+        return "'price' is required and must be a number"
+    quantity = obj.get("quantity")
+    if quantity is not None and (
+        isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100
+    ):
+        return "'quantity' must be an integer from 1 to 100"
+    return (
+        _unknown_field_error(obj, _PURCHASE_FIELDS)
+        or _time_error(obj.get("time"))
+        or _properties_error(obj)
+        or _flag_error(obj)
+    )
+
+
+def delete_item_error(id_type: str, item: Any) -> str | None:
+    if id_type == "user_aliases":
+        ok = (
+            isinstance(item, dict)
+            and isinstance(item.get("alias_name"), str)
+            and isinstance(item.get("alias_label"), str)
+            and bool(item["alias_name"])
+            and bool(item["alias_label"])
+        )
+        return None if ok else "every user_aliases item needs 'alias_name' and 'alias_label'"
+    if not isinstance(item, str) or not item:
+        return f"every {id_type} item must be a non-empty string"
+    return None

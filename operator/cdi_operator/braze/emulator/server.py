@@ -1,0 +1,500 @@
+"""The emulator's HTTP server: `/users/track`, `/users/delete`, the rate limits, the faults, the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from cdi_operator.braze.emulator.faults import Fault, Faults
+from cdi_operator.braze.emulator.rules import (
+    DELETE_ID_TYPES,
+    DELETE_LIMIT,
+    TRACK_ARRAYS,
+    attributes_error,
+    delete_item_error,
+    event_error,
+    identify,
+    purchase_error,
+)
+from cdi_operator.braze.emulator.state import Records, RequestRecord
+
+STATE_OBJECT_LIMIT = 10_000  # GET /_emulator/state leaves the objects out above this many
+
+LimitMode = Literal["total", "perArray"]
+
+_STATUS_MESSAGES = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+class Window:
+    """A fixed-window request counter, as Braze's per-workspace limits are."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self._start = -1.0
+        self._count = 0
+
+    def hit(self, now: float) -> tuple[bool, int, int]:
+        """Count one request: (allowed, remaining, reset epoch second)."""
+        start = math.floor(now / self.seconds) * self.seconds
+        if start != self._start:
+            self._start, self._count = start, 0
+        self._count += 1
+        return self._count <= self.limit, max(0, self.limit - self._count), math.ceil(start + self.seconds)
+
+    def peek(self, now: float) -> tuple[int, int]:
+        start = math.floor(now / self.seconds) * self.seconds
+        used = self._count if start == self._start else 0
+        return max(0, self.limit - used), math.ceil(start + self.seconds)
+
+
+class BrazeEmulator:
+    def __init__(
+        self,
+        api_key: str = "emulator-key",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: bool = True,
+        track_limit: int = 75,
+        limit_mode: LimitMode = "total",
+        track_rate_limit: int = 3000,
+        track_rate_window: float = 3.0,
+        delete_rate_limit: int = 20_000,
+        delete_rate_window: float = 60.0,
+        retry_after: bool = False,
+        slow_delay: float = 2.0,
+        latency: float = 0.0,
+        seed: int | None = None,
+        request_log_size: int = 100_000,
+    ) -> None:
+        if limit_mode not in ("total", "perArray"):
+            raise ValueError("limit_mode must be 'total' or 'perArray'")
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.record = record
+        self.track_limit = track_limit
+        self.limit_mode: LimitMode = limit_mode
+        self.retry_after = retry_after
+        self.slow_delay = slow_delay
+        self.latency = latency  # every response waits this long: a real Braze round trip is tens of milliseconds
+        self._auth = f"Bearer {api_key}"
+        self._lock = threading.Lock()
+        self._track_window = Window(track_rate_limit, track_rate_window)
+        self._delete_window = Window(delete_rate_limit, delete_rate_window)
+        self._faults = Faults(seed)
+        self._reject_external_ids: frozenset[str] = frozenset()
+        self._request_log_size = request_log_size
+        self._records = Records(request_log_size)
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def __repr__(self) -> str:
+        return f"BrazeEmulator(url={self.url!r})"
+
+    # --- thread-safe accessors ------------------------------------------------------------------------------------
+
+    def tracked(self, array: str) -> list[dict[str, Any]]:
+        """The accepted objects of `array` ("attributes", "events", "purchases") in arrival order."""
+        with self._lock:
+            return list(self._records.tracked[array])
+
+    def deleted(self) -> list[Any]:
+        """Every deleted identifier (strings, alias objects) in arrival order."""
+        with self._lock:
+            return list(self._records.deleted)
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """A copy of the merged attribute profiles (see the package docstring for the keys)."""
+        with self._lock:
+            return {key: dict(profile) for key, profile in self._records.profiles.items()}
+
+    @property
+    def status_counts(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._records.status_counts)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Accepted objects per array, "deleted" identifiers, and "requests"; kept even with record=False."""
+        with self._lock:
+            return dict(self._records.counts)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most `/users/*` requests the server was handling at once."""
+        with self._lock:
+            return self._records.peak_in_flight
+
+    def requests(self) -> list[RequestRecord]:
+        """The last `request_log_size` `/users/*` requests, in the order their responses were decided."""
+        with self._lock:
+            return list(self._records.requests)
+
+    @property
+    def reject_external_ids(self) -> frozenset[str]:
+        return self._reject_external_ids
+
+    @reject_external_ids.setter
+    def reject_external_ids(self, ids: Iterable[str]) -> None:
+        self._reject_external_ids = frozenset(ids)
+
+    def add_profile(self, key: str, attributes: Mapping[str, Any] | None = None) -> None:
+        """Create a profile (e.g. `braze_id:<id>`, which Braze never creates from /users/track)."""
+        with self._lock:
+            self._records.profiles.setdefault(key, {}).update(attributes or {})
+
+    def inject(self, kind: str, times: int = 1, *, delay: float | None = None) -> None:
+        """Queue `times` faults of `kind` for the next `/users/*` requests."""
+        Faults.check_kind(kind)
+        fault = Fault(kind, self.slow_delay if delay is None else delay)
+        with self._lock:
+            self._faults.queued.extend([fault] * times)
+
+    def set_random_faults(
+        self, probabilities: Mapping[str, float], seed: int | None = None, *, delay: float | None = None
+    ) -> None:
+        """Give each request a fault of each kind with the given probability (their sum at most 1)."""
+        Faults.check_probabilities(probabilities)
+        with self._lock:
+            self._faults.set_random(probabilities, seed, delay)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def reset(self) -> None:
+        """Forget every object, profile, count and fault (the rate-limit windows are kept)."""
+        with self._lock:
+            self._faults.clear()
+            self._reject_external_ids = frozenset()
+            in_flight = self._records.in_flight
+            self._records = Records(self._request_log_size)
+            self._records.in_flight = in_flight
+
+    def state(self, objects: bool = True) -> dict[str, Any]:
+        """A JSON-ready summary; the objects and profiles only when recorded and not more than STATE_OBJECT_LIMIT."""
+        with self._lock:
+            counts = dict(self._records.counts)
+            state: dict[str, Any] = {
+                "status_counts": {str(k): v for k, v in sorted(self._records.status_counts.items())},
+                "counts": counts,
+                "peak_in_flight": self._records.peak_in_flight,
+                "pending_faults": [f.kind for f in self._faults.queued],
+                "random_faults": dict(self._faults.probabilities),
+                "record": self.record,
+            }
+            total = sum(len(v) for v in self._records.tracked.values()) + len(self._records.deleted)
+            if objects and self.record and total <= STATE_OBJECT_LIMIT:
+                state["objects"] = {name: list(items) for name, items in self._records.tracked.items()}
+                state["objects"]["deleted"] = list(self._records.deleted)
+                state["profiles"] = {key: dict(p) for key, p in self._records.profiles.items()}
+            return state
+
+    # --- serving --------------------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=100 * 1024 * 1024)
+        app.router.add_post("/users/track", self._handle_track)
+        app.router.add_post("/users/delete", self._handle_delete)
+        app.router.add_get("/_emulator/state", self._handle_state)
+        app.router.add_post("/_emulator/faults", self._handle_faults)
+        app.router.add_post("/_emulator/reset", self._handle_reset)
+        return app
+
+    async def start_async(self) -> str:
+        """Serve in the running event loop; returns the base URL."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            await runner.cleanup()
+            raise
+        site = web.SockSite(runner, sock, backlog=1024)
+        await site.start()
+        self._runner = runner
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        return self.url
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def start(self) -> str:
+        """Serve from a daemon thread with its own event loop; returns the base URL."""
+        if self._thread is not None:
+            return self.url
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="braze-emulator", daemon=True)
+        thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        self._loop, self._thread = loop, thread
+        return self.url
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._thread, self._loop = None, None
+
+    def __enter__(self) -> BrazeEmulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- request handling -----------------------------------------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            records = self._records
+            records.in_flight += 1
+            records.peak_in_flight = max(records.peak_in_flight, records.in_flight)
+            return self._faults.next(self.slow_delay)
+
+    def _finish(self, path: str, status: int, objects: int, fault: Fault | None) -> None:
+        # Called with the lock held.
+        self._records.finish(path, status, objects, fault.kind if fault else None)
+
+    async def _handle_track(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._track_window, self._apply_track)
+
+    async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._delete_window, self._apply_delete)
+
+    async def _handle(
+        self,
+        request: web.Request,
+        window: Window,
+        apply: Any,
+    ) -> web.StreamResponse:
+        path = request.path
+        fault = self._next_fault()
+        try:
+            body = await request.read()
+            if fault is not None and fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+            elif self.latency:
+                await asyncio.sleep(self.latency)
+        except Exception:  # the client went away mid-body
+            with self._lock:
+                self._finish(path, 0, 0, fault)
+            return _drop(request)
+        except BaseException:
+            with self._lock:
+                self._finish(path, 0, 0, fault)
+            raise
+        kind = fault.kind if fault is not None else None
+        with self._lock:
+            now = time.time()
+            if kind is not None and kind.startswith("http5"):
+                status = int(kind[4:])
+                self._finish(path, status, 0, fault)
+                return _json(status, {"message": _STATUS_MESSAGES[status]})
+            if kind == "drop":
+                self._finish(path, 0, 0, fault)
+                return _drop(request)
+            if kind == "http429":
+                remaining, reset = window.peek(now)
+                self._finish(path, 429, 0, fault)
+                return self._rate_limited(window, reset, now)
+            if request.headers.get("Authorization") != self._auth:
+                allowed, remaining, reset = window.hit(now)
+                self._finish(path, 401, 0, fault)
+                message = "Invalid API key" if "Authorization" in request.headers else "Missing API key"
+                return _json(401, {"message": message}, _limit_headers(window, remaining, reset))
+            allowed, remaining, reset = window.hit(now)
+            if not allowed:
+                self._finish(path, 429, 0, fault)
+                return self._rate_limited(window, reset, now)
+            headers = _limit_headers(window, remaining, reset)
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                self._finish(path, 400, 0, fault)
+                return _json(400, {"message": "Invalid JSON in request body"}, headers)
+            status, response, accepted = apply(parsed)
+            if status == 201 and kind == "queued":
+                status, response = 202, {"message": "queued"}
+            if kind == "drop_after":
+                self._finish(path, 0, accepted, fault)
+                return _drop(request)
+            self._finish(path, status, accepted, fault)
+            return _json(status, response, headers)
+
+    def _rate_limited(self, window: Window, reset: int, now: float) -> web.Response:
+        headers = _limit_headers(window, 0, reset)
+        if self.retry_after:
+            headers["Retry-After"] = str(max(0, math.ceil(reset - now)))
+        return _json(429, {"message": "API Rate Limit Exceeded"}, headers)
+
+    def _apply_track(self, body: Any) -> tuple[int, dict[str, Any], int]:
+        # Called with the lock held.
+        if not isinstance(body, dict):
+            return 400, {"message": "Request body must be a JSON object"}, 0
+        arrays: list[tuple[str, list[Any]]] = []
+        for name in TRACK_ARRAYS:
+            items = body.get(name)
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                return 400, {"message": f"'{name}' must be an array"}, 0
+            arrays.append((name, items))
+        sizes = [len(items) for _, items in arrays]
+        if not sizes or sum(sizes) == 0:
+            return 400, {"message": "Missing 'attributes', 'events' or 'purchases'"}, 0
+        too_many = sum(sizes) > self.track_limit if self.limit_mode == "total" else max(sizes) > self.track_limit
+        if too_many:
+            return 400, {"message": "Max Input Length Exceeded"}, 0
+        errors: list[dict[str, Any]] = []
+        processed = {name: 0 for name in TRACK_ARRAYS}
+        reject = self._reject_external_ids
+        for name, items in arrays:  # already in Braze's order: attributes, events, purchases
+            for index, obj in enumerate(items):
+                error = self._track_object(name, obj, reject)
+                if error is not None:
+                    errors.append({"type": error, "input_array": name, "index": index})
+                else:
+                    processed[name] += 1
+        response: dict[str, Any] = {"message": "success"}
+        for name in TRACK_ARRAYS:
+            if processed[name] or name in body:
+                response[f"{name}_processed"] = processed[name]
+        if errors:
+            response["errors"] = errors
+        return 201, response, sum(processed.values())
+
+    def _track_object(self, array: str, obj: Any, reject: frozenset[str]) -> str | None:
+        if not isinstance(obj, dict):
+            return "Each object must be a JSON object"
+        key, id_kind = identify(obj)
+        if not key:
+            return id_kind
+        if reject and id_kind == "external_id" and obj["external_id"] in reject:
+            return "Rejected by the emulator (reject_external_ids)"
+        if array == "attributes":
+            error = attributes_error(obj, id_kind)
+        elif array == "events":
+            error = event_error(obj)
+        else:
+            error = purchase_error(obj)
+        if error is not None:
+            return error
+        self._records.track(array, obj, key, id_kind, keep=self.record)
+        return None
+
+    def _apply_delete(self, body: Any) -> tuple[int, dict[str, Any], int]:
+        # Called with the lock held.
+        if not isinstance(body, dict):
+            return 400, {"message": "Request body must be a JSON object"}, 0
+        given = [name for name in DELETE_ID_TYPES if body.get(name) is not None]
+        if len(given) != 1:
+            return 400, {"message": "Exactly one of 'external_ids', 'user_aliases' or 'braze_ids' is required"}, 0
+        id_type = given[0]
+        items = body[id_type]
+        if not isinstance(items, list) or not items:
+            return 400, {"message": f"'{id_type}' must be a non-empty array"}, 0
+        if len(items) > DELETE_LIMIT:
+            return 400, {"message": "Max Input Length Exceeded"}, 0
+        for item in items:
+            error = delete_item_error(id_type, item)
+            if error:
+                return 400, {"message": error}, 0
+        self._records.delete(id_type, items, keep=self.record)
+        return 201, {"message": "success", "deleted": len(items)}, len(items)
+
+    # --- admin API ------------------------------------------------------------------------------------------------
+
+    async def _handle_state(self, request: web.Request) -> web.Response:
+        objects = request.query.get("objects", "1") not in ("0", "false", "no")
+        return _json(200, self.state(objects))
+
+    async def _handle_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if body.get("clear"):
+                self.clear_faults()
+            if "kind" in body:
+                delay = body.get("delay")
+                self.inject(str(body["kind"]), int(body.get("times", 1)), delay=None if delay is None else float(delay))
+            if "random" in body:
+                delay = body.get("delay")
+                self.set_random_faults(
+                    {str(k): float(v) for k, v in dict(body["random"]).items()},
+                    seed=None if body.get("seed") is None else int(body["seed"]),
+                    delay=None if delay is None else float(delay),
+                )
+            if "reject_external_ids" in body:
+                self.reject_external_ids = [str(x) for x in body["reject_external_ids"]]
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json(400, {"message": str(exc)})
+        return _json(200, self.state(objects=False))
+
+    async def _handle_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return _json(200, {"message": "reset"})
+
+
+def _limit_headers(window: Window, remaining: int, reset: int) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(window.limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(reset),
+    }
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    # Nothing reaches the client: the connection is gone; aiohttp drops this response quietly.
+    return web.Response(status=500)
