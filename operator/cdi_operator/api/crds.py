@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     _EMAIL,
     GROUP,
@@ -42,8 +43,6 @@ from cdi_operator.api.models import (
     WarehouseCredential,
     WarehouseType,
 )
-
-JSON = dict[str, Any]
 
 COMMAND = "python -m cdi_operator.api.crds --out crds/"
 DEFAULT_OUT = Path("crds")

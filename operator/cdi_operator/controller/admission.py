@@ -39,6 +39,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     GROUP,
     VERSION,
@@ -51,7 +52,6 @@ from cdi_operator.controller.settings import WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE
 
 log = logging.getLogger(__name__)
 
-JSON = dict[str, Any]
 CredentialLookup = Callable[[str], JSON | None]
 
 CONFIGURATION_NAME = "cdi.ingest.dev"  # the kopf-managed ValidatingWebhookConfiguration

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cdi_operator import warehouses
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, WarehouseCredentialSpec
 from cdi_operator.controller.conditions import shorten, timestamp
 from cdi_operator.runner.columns import SourceColumnsError, plan_columns
@@ -32,8 +33,6 @@ PREVIEW_VALUE_CHARS = 64
 PASSED, FAILED, TESTING = "Passed", "Failed", "Testing"
 SECRET_MISSING = "SecretMissing"
 TIMEOUT = "Timeout"
-
-JSON = dict[str, Any]
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
     ROTATE_KEY_ANNOTATION,
@@ -40,8 +41,6 @@ KEY_CONFLICT = "KeyConflict"  # condition: another credential manages the same S
 # How often a pending rotation tries to log in with the new key (also on each new test-connection value).
 NEXT_KEY_CHECK_SECONDS = 300.0
 KEY_STATUS_FIELDS = ("publicKey", "keyFingerprint", "keySlot", "alterUserStatement", "rotation", "lastHandledRotateKey")
-
-JSON = dict[str, Any]
 
 
 def users_of(credential: str, integrations: list[JSON]) -> list[str]:

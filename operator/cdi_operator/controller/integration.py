@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     CdiIntegrationSpec,
     Phase,
@@ -48,8 +49,6 @@ ENV_BRAZE_ENDPOINT = "CDI_BRAZE_REST_ENDPOINT"
 ENV_BRAZE_API_KEY = "CDI_BRAZE_API_KEY"
 ENV_JOB_NAME = "CDI_JOB_NAME"
 RUNNER_ACCESS_REFRESH = 600.0
-
-JSON = dict[str, Any]
 
 
 def _shorten_name(name: str, limit: int) -> str:

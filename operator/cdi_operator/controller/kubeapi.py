@@ -18,6 +18,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import GROUP, VERSION, SecretKeyRef
 
 CDI, WHC = "cdiintegrations", "warehousecredentials"
@@ -25,8 +26,6 @@ FIELD_MANAGER = "cdi-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "cdi-operator"
-
-JSON = dict[str, Any]
 
 
 def is_status(exc: BaseException, *codes: int) -> bool:

@@ -22,9 +22,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client import ApiException
 
-log = logging.getLogger(__name__)
+from cdi_operator.api.json import JSON
 
-JSON = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cdi_operator import metrics, notify
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
 from cdi_operator.controller import conditions, connection
 
@@ -46,8 +47,6 @@ NOT_SYNC_LEVEL = frozenset(
 
 _PREFIXED = re.compile(r"^([A-Z][A-Za-z0-9]{2,63}): ")  # WarehouseError: "PermissionDenied: …"
 _BRAZE = re.compile(r"\bgot HTTP \d{3} ([A-Z][A-Za-z0-9]{1,63})\b")  # BrazeError: "POST /users/track got HTTP 401 …"
-
-JSON = dict[str, Any]
 
 
 def failure_reason(summary: RunSummary) -> str:

@@ -13,11 +13,10 @@ With `$CDI_RUNNER_SERVICE_ACCOUNT` set, runners use that account instead and non
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import GROUP, CdiIntegrationSpec, WarehouseCredentialSpec
 
-JSON = dict[str, Any]
 PREFIX = "cdi-runner-"
 NAME_MAX = 253
 
