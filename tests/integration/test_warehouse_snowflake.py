@@ -56,6 +56,7 @@ from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError
 from cdi_operator.warehouses import connect as connect_any
 from cdi_operator.warehouses.base import Column
+from cdi_operator.warehouses.sql import Table
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)  # naive UTC, as a TIMESTAMP_NTZ column holds it
 COLUMNS = "UPDATED_AT TIMESTAMP_NTZ, EXTERNAL_ID VARCHAR, PAYLOAD VARCHAR"
@@ -452,7 +453,7 @@ def test_selected_column_missing(standin: SnowflakeStandIn, db: str, warehouse: 
 def test_snowflake_errors_are_classified(
     standin: SnowflakeStandIn, error: Exception, reason: str, fragment: str
 ) -> None:
-    table = sf._Table("A", "B", "C", ())
+    table = Table(("A", "B", "C"))
     verdict = sf._failure(error, standin.spec(), table)
     assert verdict.reason is FailureReason[reason]
     assert fragment in verdict.message

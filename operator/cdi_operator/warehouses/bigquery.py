@@ -34,8 +34,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -50,14 +49,8 @@ from google.oauth2 import service_account
 
 from cdi_operator.api.models import BigQuerySpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.base import (
-    Column,
-    FailureReason,
-    ReadWindow,
-    TableDescription,
-    WarehouseError,
-    bound_for_column,
-)
+from cdi_operator.warehouses.base import Column, FailureReason, WarehouseError, bound_for_column
+from cdi_operator.warehouses.sql import Dialect, Select, SqlWarehouse, Table, failure, utc_at
 
 ENDPOINT_ENV = "CDI_BIGQUERY_API_ENDPOINT"
 SCOPES = ("https://www.googleapis.com/auth/bigquery",)
@@ -109,124 +102,49 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    project: str
-    dataset: str
-    name: str
-    columns: tuple[Column, ...]
-
-    @property
-    def sql(self) -> str:
-        return ".".join(quote_ident(p) for p in (self.project, self.dataset, self.name))
-
-    @property
-    def display(self) -> str:
-        return f"{self.project}.{self.dataset}.{self.name}"
-
-    def column(self, name: str) -> Column | None:
-        return TableDescription(self.display, self.columns).column(name)
-
-
 # UPDATED_AT column types the adapter reads → the type of the window-bound query parameters (BigQuery compares
 # TIMESTAMP only with TIMESTAMP, DATETIME with DATETIME)
 _TIMESTAMP_KINDS = {"TIMESTAMP": "TIMESTAMP", "DATETIME": "DATETIME", "DATE": "DATE"}
 
 
-class BigQueryWarehouse:
+def _bound(name: str, kind: str, value: datetime) -> bigquery.ScalarQueryParameter:
+    """A window bound typed like the column: BigQuery does not compare TIMESTAMP with DATETIME implicitly."""
+    if kind == "TIMESTAMP":
+        return bigquery.ScalarQueryParameter(name, "TIMESTAMP", bound_for_column(value, naive_column=False))
+    naive = bound_for_column(value, naive_column=True)
+    if kind == "DATE":
+        return bigquery.ScalarQueryParameter(name, "DATE", naive.date())
+    return bigquery.ScalarQueryParameter(name, "DATETIME", naive)
+
+
+DIALECT = Dialect(
+    quote=quote_ident,
+    placeholder="@{name}",
+    bind=_bound,
+    timestamp_kind=_TIMESTAMP_KINDS.get,
+    updated_at_types="TIMESTAMP (or DATETIME in UTC)",
+    missing_hint=" (TIMESTAMP)",
+    fetch_rows=MAX_PAGE_ROWS,
+)
+
+
+class BigQueryWarehouse(SqlWarehouse):
+    dialect = DIALECT
+
     def __init__(self, client: bigquery.Client, settings: BigQuerySpec, key: Mapping[str, Any], endpoint: str) -> None:
+        super().__init__()
         self._client = client
         self._settings = settings
         self._key = key
         self._endpoint = endpoint
         self._retry = DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
-        self._tables: dict[tuple[str, ...], _Table] = {}
-
-    # --- the protocol ---------------------------------------------------------------------------------------
-
-    def describe(self, table: Sequence[str]) -> TableDescription:
-        resolved = self._resolve(table)
-        self._tables[tuple(table)] = resolved
-        return TableDescription(name=resolved.display, columns=resolved.columns)
-
-    def read_changes(
-        self,
-        table: Sequence[str],
-        columns: Sequence[str],
-        updated_at: str,
-        window: ReadWindow,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        resolved = self._table(table)
-        kind, ua = _timestamp_kind(resolved, updated_at)
-        quoted = quote_ident(ua)
-        where = [f"{quoted} <= @until"]
-        params = [_bound("until", kind, window.until)]
-        if window.since is not None:
-            where.insert(0, f"{quoted} >= @since")
-            params.insert(0, _bound("since", kind, window.since))
-        sql = (
-            f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} "
-            f"WHERE {' AND '.join(where)} ORDER BY {quoted}"
-        )
-        index = _index_of(columns, ua)
-        page_rows = max(1, min(chunk_rows, MAX_PAGE_ROWS))
-        try:
-            rows = self._finished(self._query(sql, params), resolved).result(
-                page_size=page_rows, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS
-            )
-            for page in rows.pages:
-                chunk = [row[:] for row in page]  # a Row's slice is its plain tuple of values
-                if index is not None and kind != "TIMESTAMP":
-                    chunk = [_utc_at(row, index) for row in chunk]
-                for start in range(0, len(chunk), page_rows):  # pages never exceed maxResults; this is a guard
-                    yield chunk[start : start + page_rows]
-        except _CLIENT_ERRORS as exc:
-            raise self._failure(exc, resolved) from None
-
-    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
-        resolved = self._table(table)
-        kind, ua = _timestamp_kind(resolved, updated_at)
-        sql = f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} > @after"
-        rows = self._rows(resolved, sql, [_bound("after", kind, after)])
-        return int(rows[0][0]) if rows else 0
-
-    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
-        resolved = self._table(table)
-        _, ua = _timestamp_kind(resolved, updated_at)
-        rows = self._rows(resolved, f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL", [])
-        return int(rows[0][0]) if rows else 0
-
-    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        resolved = self._table(table)
-        updated = resolved.column("UPDATED_AT")
-        limit = max(0, int(limit))
-        if updated is None or updated.type not in _TIMESTAMP_KINDS:
-            sql = f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} LIMIT {limit}"
-            index = None
-        else:
-            sql = (
-                f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} "
-                f"ORDER BY {quote_ident(updated.name)} DESC NULLS LAST LIMIT {limit}"
-            )
-            index = _index_of(columns, updated.name) if updated.type != "TIMESTAMP" else None
-        rows = self._rows(resolved, sql, [])
-        if index is not None:
-            rows = [_utc_at(row, index) for row in rows]
-        return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
-    # --- helpers --------------------------------------------------------------------------------------------
+    # --- the adapter's own part -------------------------------------------------------------------------------
 
-    def _table(self, table: Sequence[str]) -> _Table:
-        key = tuple(table)
-        if key not in self._tables:
-            self._tables[key] = self._resolve(table)
-        return self._tables[key]
-
-    def _resolve(self, table: Sequence[str]) -> _Table:
+    def _resolve(self, table: Sequence[str]) -> Table:
         parts = list(table)
         if len(parts) == 2:
             parts.insert(0, self._settings.project)
@@ -237,21 +155,21 @@ class BigQueryWarehouse:
                 f"not {'.'.join(parts)!r}",
             )
         project, dataset, name = parts
-        probe = _Table(project, dataset, name, ())
+        probe = Table((project, dataset, name))
         reference = bigquery.DatasetReference(project, dataset).table(name)
         try:
             found = self._client.get_table(reference, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
         except _CLIENT_ERRORS as exc:
             raise self._failure(exc, probe) from None
         columns = tuple(Column(f.name, _type_name(f)) for f in found.schema)
-        return _Table(project, dataset, name, columns)
+        return Table(probe.parts, columns)
 
     def _query(self, sql: str, params: list[bigquery.ScalarQueryParameter]) -> bigquery.QueryJob:
         config = bigquery.QueryJobConfig(query_parameters=params, use_legacy_sql=False, labels={"app": "cdi-operator"})
         config.job_timeout_ms = int(QUERY_TIMEOUT_SECONDS * 1000)
         return self._client.query(sql, job_config=config, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
 
-    def _finished(self, job: bigquery.QueryJob, table: _Table) -> bigquery.QueryJob:
+    def _finished(self, job: bigquery.QueryJob, table: Table) -> bigquery.QueryJob:
         """`job` once it is DONE (failed or not), polled through jobs.get: `result(timeout=…)` would bound the
         whole wait and each HTTP request by the same number. Cancels the job after QUERY_TIMEOUT_SECONDS."""
         deadline = time.monotonic() + QUERY_TIMEOUT_SECONDS
@@ -269,19 +187,30 @@ class BigQueryWarehouse:
             pause = min(pause * 2, POLL_SECONDS[1])
         return job
 
-    def _rows(self, table: _Table, sql: str, params: list[bigquery.ScalarQueryParameter]) -> list[tuple[Any, ...]]:
+    def _fetch(self, table: Table, select: Select) -> list[tuple[Any, ...]]:
         try:
-            job = self._finished(self._query(sql, params), table)
+            job = self._finished(self._query(select.sql, select.params), table)
             result = job.result(retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS)
-            return [row[:] for row in result]
+            return [_utc_at(row[:], select) for row in result]  # a Row's slice is its plain tuple of values
         except _CLIENT_ERRORS as exc:
             raise self._failure(exc, table) from None
 
-    def _failure(self, exc: BaseException, table: _Table) -> WarehouseError:
+    def _stream(self, table: Table, select: Select, fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        try:
+            rows = self._finished(self._query(select.sql, select.params), table).result(
+                page_size=fetch_rows, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS
+            )
+            for page in rows.pages:
+                chunk = [_utc_at(row[:], select) for row in page]
+                for start in range(0, len(chunk), fetch_rows):  # pages never exceed maxResults; this is a guard
+                    yield chunk[start : start + fetch_rows]
+        except _CLIENT_ERRORS as exc:
+            raise self._failure(exc, table) from None
+
+    def _failure(self, exc: BaseException, table: Table) -> WarehouseError:
         reason, advice = _classify(exc, table, self._settings, str(self._key.get("client_email", "?")), self._endpoint)
-        detail = _detail(exc)
-        message = f"{advice} ({detail})" if detail else advice
-        return WarehouseError(reason, _scrub(message, self._key))
+        secrets = (self._key.get(name) for name in ("private_key", "private_key_id"))
+        return failure(reason, advice, "", _detail(exc), [s for s in secrets if isinstance(s, str) and len(s) >= 8])
 
 
 _CLIENT_ERRORS = (
@@ -330,14 +259,6 @@ def _key_where(settings: BigQuerySpec) -> str:
     return f"the value of Secret {ref.name!r} key {ref.key!r}"
 
 
-def _scrub(text: str, key: Mapping[str, Any]) -> str:
-    for name in ("private_key", "private_key_id"):
-        value = key.get(name)
-        if isinstance(value, str) and len(value) >= 8:
-            text = text.replace(value, "***")
-    return text
-
-
 def _type_name(field: bigquery.SchemaField) -> str:
     kind = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}.get(
         field.field_type, field.field_type
@@ -345,57 +266,9 @@ def _type_name(field: bigquery.SchemaField) -> str:
     return f"ARRAY<{kind}>" if field.mode == "REPEATED" else kind
 
 
-def _timestamp_kind(table: _Table, updated_at: str) -> tuple[str, str]:
-    """(TIMESTAMP, DATETIME or DATE, the column's real spelling); WarehouseError when it is not one of those."""
-    column = table.column(updated_at)
-    if column is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_MISSING,
-            f"{table.display} has no column {updated_at!r}; add an UPDATED_AT column (TIMESTAMP)",
-        )
-    kind = _TIMESTAMP_KINDS.get(column.type)
-    if kind is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_TYPE,
-            f"{table.display}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP (or DATETIME in UTC)",
-        )
-    return kind, column.name
-
-
-def _bound(name: str, kind: str, value: datetime) -> bigquery.ScalarQueryParameter:
-    """A window bound typed like the column: BigQuery does not compare TIMESTAMP with DATETIME implicitly."""
-    if kind == "TIMESTAMP":
-        return bigquery.ScalarQueryParameter(name, "TIMESTAMP", bound_for_column(value, naive_column=False))
-    naive = bound_for_column(value, naive_column=True)
-    if kind == "DATE":
-        return bigquery.ScalarQueryParameter(name, "DATE", naive.date())
-    return bigquery.ScalarQueryParameter(name, "DATETIME", naive)
-
-
-def _index_of(columns: Sequence[str], name: str) -> int | None:
-    wanted = name.upper()
-    return next((i for i, c in enumerate(columns) if c.upper() == wanted), None)
-
-
-def _utc_at(row: tuple[Any, ...], index: int) -> tuple[Any, ...]:
-    """The row with its DATETIME / DATE value at `index` made aware UTC."""
-    value = row[index]
-    if isinstance(value, datetime):
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    elif isinstance(value, date):
-        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    else:
-        return row
-    return (*row[:index], value, *row[index + 1 :])
-
-
-def _select_list(table: _Table, columns: Sequence[str]) -> str:
-    """The columns by their real spelling (BigQuery column names are case-insensitive, but be exact)."""
-    exprs = []
-    for name in columns:
-        column = table.column(name)
-        exprs.append(quote_ident(column.name if column else name))
-    return ", ".join(exprs)
+def _utc_at(row: tuple[Any, ...], select: Select) -> tuple[Any, ...]:
+    """The row with a DATETIME / DATE UPDATED_AT made aware UTC; a TIMESTAMP arrives so already."""
+    return row if select.kind == "TIMESTAMP" else utc_at(row, select.updated_at)
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -415,10 +288,11 @@ def _api_reason(exc: BaseException) -> str:
 
 
 def _classify(
-    exc: BaseException, table: _Table, settings: BigQuerySpec, email: str, endpoint: str
+    exc: BaseException, table: Table, settings: BigQuerySpec, email: str, endpoint: str
 ) -> tuple[FailureReason, str]:
     if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
         exc = exc.cause
+    project, dataset = table.parts[:2]
     ref = settings.service_account_key_secret_ref
     text = str(getattr(exc, "message", "") or exc)
     if isinstance(exc, auth_exceptions.RefreshError):
@@ -440,7 +314,7 @@ def _classify(
         if reason in ("accessDenied", "") or "Access Denied" in text or "permission" in text.lower():
             return FailureReason.PERMISSION_DENIED, (
                 f"{email} may not read {table.display}: grant it roles/bigquery.dataViewer on dataset "
-                f"{table.project}.{table.dataset} (or the table) and roles/bigquery.jobUser on project "
+                f"{project}.{dataset} (or the table) and roles/bigquery.jobUser on project "
                 f"{settings.project}"
             )
         return FailureReason.QUERY_FAILED, f"BigQuery refused the query on {table.display} ({reason})"
@@ -448,12 +322,12 @@ def _classify(
         where = f" in location {settings.location}" if settings.location else ""
         if "Not found: Dataset" in text:
             return FailureReason.DATABASE_MISSING, (
-                f"dataset {table.project}:{table.dataset} does not exist{where} or {email} cannot see it: check "
+                f"dataset {project}:{dataset} does not exist{where} or {email} cannot see it: check "
                 f"spec.source.dataset/project and spec.bigquery.location"
             )
         if "Not found: Project" in text:
             return FailureReason.DATABASE_MISSING, (
-                f"project {table.project} does not exist or {email} cannot see it: check spec.source.project "
+                f"project {project} does not exist or {email} cannot see it: check spec.source.project "
                 f"and spec.bigquery.project"
             )
         if "Not found: Table" in text:

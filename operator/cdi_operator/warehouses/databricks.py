@@ -26,8 +26,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,13 +37,8 @@ from databricks.sql.exc import MaxRetryDurationError, RequestError
 
 from cdi_operator.api.models import DatabricksSpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.base import (
-    Column,
-    FailureReason,
-    ReadWindow,
-    TableDescription,
-    WarehouseError,
-)
+from cdi_operator.warehouses.base import Column, FailureReason, WarehouseError
+from cdi_operator.warehouses.sql import Dialect, Select, SqlWarehouse, Table, as_utc, failure
 
 ENDPOINT_ENV = "CDI_DATABRICKS_ENDPOINT"
 HTTPS_PORT = 443
@@ -118,95 +112,44 @@ def quote_ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    parts: tuple[str, ...]
-    columns: tuple[Column, ...]
-
-    @property
-    def sql(self) -> str:
-        return ".".join(quote_ident(p) for p in self.parts)
-
-    @property
-    def display(self) -> str:
-        return ".".join(self.parts)
-
-    def column(self, name: str) -> Column | None:
-        return TableDescription(self.display, self.columns).column(name)
+def _bind(name: str, kind: str, value: datetime) -> tuple[str, datetime]:
+    """A named parameter: the session zone is UTC, so TIMESTAMP_NTZ columns compare with it as UTC too."""
+    del kind
+    return name, value.astimezone(UTC)
 
 
-class DatabricksWarehouse:
+DIALECT = Dialect(
+    quote=quote_ident,
+    placeholder=":{name}",
+    bind=_bind,
+    timestamp_kind=lambda type_name: type_name if type_name.split("(")[0] in _TIMESTAMP_TYPES else None,
+    updated_at_types="TIMESTAMP or TIMESTAMP_NTZ (UTC)",
+    fetch_rows=MAX_FETCH_ROWS,
+)
+
+
+class DatabricksWarehouse(SqlWarehouse):
+    dialect = DIALECT
+
     def __init__(self, conn: Any, settings: DatabricksSpec, token: str) -> None:
+        super().__init__()
         self._conn = conn
         self._settings = settings
         self._token = token
-        self._tables: dict[tuple[str, ...], _Table] = {}
-
-    # --- the protocol ---------------------------------------------------------------------------------------
-
-    def describe(self, table: Sequence[str]) -> TableDescription:
-        resolved = self._resolve(table)
-        self._tables[tuple(table)] = resolved
-        return TableDescription(name=resolved.display, columns=resolved.columns)
-
-    def read_changes(
-        self,
-        table: Sequence[str],
-        columns: Sequence[str],
-        updated_at: str,
-        window: ReadWindow,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        resolved = self._table(table)
-        ua = quote_ident(_timestamp_column(resolved, updated_at).name)
-        where, params = [f"{ua} <= :until"], {"until": window.until.astimezone(UTC)}
-        if window.since is not None:
-            where.insert(0, f"{ua} >= :since")
-            params["since"] = window.since.astimezone(UTC)
-        sql = f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql} WHERE {' AND '.join(where)} ORDER BY {ua}"
-        yield from self._stream(resolved, columns, updated_at, sql, params, max(1, min(chunk_rows, MAX_FETCH_ROWS)))
-
-    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
-        resolved = self._table(table)
-        ua = quote_ident(_timestamp_column(resolved, updated_at).name)
-        rows = self.run(f"SELECT count(*) FROM {resolved.sql} WHERE {ua} > :after", {"after": after.astimezone(UTC)})
-        return int(rows[0][0])
-
-    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
-        resolved = self._table(table)
-        ua = quote_ident(_timestamp_column(resolved, updated_at).name)
-        rows = self.run(f"SELECT count(*) FROM {resolved.sql} WHERE {ua} IS NULL")
-        return int(rows[0][0])
-
-    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        resolved = self._table(table)
-        updated = resolved.column("UPDATED_AT")
-        sql = f"SELECT {_select_list(resolved, columns)} FROM {resolved.sql}"
-        if updated is not None:
-            sql += f" ORDER BY {quote_ident(updated.name)} DESC NULLS LAST"
-        sql += f" LIMIT {max(0, int(limit))}"
-        chunks = list(self._stream(resolved, columns, "UPDATED_AT", sql, {}, max(1, int(limit))))
-        return [dict(zip(columns, row, strict=True)) for chunk in chunks for row in chunk]
 
     def close(self) -> None:
         with contextlib.suppress(DriverError, OSError):  # a broken session has nothing left to save
             self._conn.close()
 
-    # --- helpers --------------------------------------------------------------------------------------------
-
-    def run(self, sql: str, params: Mapping[str, Any] | None = None, table: _Table | None = None) -> list[Any]:
+    def run(self, sql: str, table: Table | None = None) -> list[Any]:
         try:
             with self._conn.cursor() as cursor:
-                cursor.execute(sql, dict(params) if params else None)
+                cursor.execute(sql)
                 return list(cursor.fetchall()) if cursor.description else []
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, self._token, table) from None
 
-    def _table(self, table: Sequence[str]) -> _Table:
-        key = tuple(table)
-        if key not in self._tables:
-            self._tables[key] = self._resolve(table)
-        return self._tables[key]
+    # --- the adapter's own part -------------------------------------------------------------------------------
 
     def _parts(self, table: Sequence[str]) -> tuple[str, ...]:
         parts = tuple(table)
@@ -219,79 +162,44 @@ class DatabricksWarehouse:
             )
         return parts
 
-    def _resolve(self, table: Sequence[str]) -> _Table:
+    def _resolve(self, table: Sequence[str]) -> Table:
         """The columns from a `LIMIT 0` query: works for views too, and proves SELECT is granted."""
-        probe = _Table(self._parts(table), ())
+        probe = Table(self._parts(table))
         try:
             with self._conn.cursor() as cursor:
-                cursor.execute(f"SELECT * FROM {probe.sql} LIMIT 0")
+                cursor.execute(f"SELECT * FROM {DIALECT.name(probe.parts)} LIMIT 0")
                 description = cursor.description or []
         except (DriverError, OSError) as exc:
             failure = _failure(exc, self._settings, self._token, probe)
             if failure.reason is FailureReason.TABLE_MISSING:
                 self._check_schema(probe)  # Databricks says TABLE_OR_VIEW_NOT_FOUND for a missing schema too
             raise failure from None
-        return _Table(probe.parts, tuple(Column(str(d[0]), str(d[1]).upper()) for d in description))
+        return Table(probe.parts, tuple(Column(str(d[0]), str(d[1]).upper()) for d in description))
 
-    def _check_schema(self, table: _Table) -> None:
-        schema = ".".join(quote_ident(p) for p in table.parts[:-1])
-        self.run(f"DESCRIBE SCHEMA {schema}", table=table)
+    def _check_schema(self, table: Table) -> None:
+        self.run(f"DESCRIBE SCHEMA {DIALECT.name(table.parts[:-1])}", table=table)
 
-    def _stream(
-        self,
-        table: _Table,
-        columns: Sequence[str],
-        updated_at: str,
-        sql: str,
-        params: Mapping[str, Any],
-        fetch_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        ts_index = next((i for i, c in enumerate(columns) if c.upper() == updated_at.upper()), None)
-        payload_index = next((i for i, c in enumerate(columns) if c.upper() == "PAYLOAD"), None)
+    def _fetch(self, table: Table, select: Select) -> list[tuple[Any, ...]]:
+        return [row for chunk in self._stream(table, select, MAX_FETCH_ROWS) for row in chunk]
+
+    def _stream(self, table: Table, select: Select, fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        ts_index = select.updated_at
+        payload_index = next((i for i, c in enumerate(select.columns) if c.upper() == "PAYLOAD"), None)
         try:
             with self._conn.cursor(arraysize=fetch_rows) as cursor:
-                cursor.execute(sql, dict(params) if params else None)
+                cursor.execute(select.sql, dict(select.params) if select.params else None)
                 while True:
                     arrow = cursor.fetchmany_arrow(fetch_rows)
                     if arrow.num_rows == 0:
                         break
                     values = [column.to_pylist() for column in arrow.columns]
                     if ts_index is not None:
-                        values[ts_index] = [_utc(v) for v in values[ts_index]]
+                        values[ts_index] = [as_utc(v) for v in values[ts_index]]
                     if payload_index is not None:
                         values[payload_index] = [_payload(v) for v in values[payload_index]]
                     yield list(zip(*values, strict=True))
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, self._token, table) from None
-
-
-def _timestamp_column(table: _Table, updated_at: str) -> Column:
-    column = table.column(updated_at)
-    if column is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_MISSING,
-            f"{table.display} has no column {updated_at!r}; add an UPDATED_AT column",
-        )
-    if column.type.split("(")[0] not in _TIMESTAMP_TYPES:
-        raise WarehouseError(
-            FailureReason.COLUMN_TYPE,
-            f"{table.display}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP or TIMESTAMP_NTZ (UTC)",
-        )
-    return column
-
-
-def _select_list(table: _Table, columns: Sequence[str]) -> str:
-    """The columns by their real spelling (Databricks matches names case-insensitively anyway)."""
-    return ", ".join(quote_ident(c.name if (c := table.column(name)) else name) for name in columns)
-
-
-def _utc(value: Any) -> Any:
-    """TIMESTAMP (aware) to UTC; TIMESTAMP_NTZ (naive) taken as UTC; DATE as midnight UTC."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time(), tzinfo=UTC)
-    return value
 
 
 def _payload(value: Any) -> Any:
@@ -309,7 +217,7 @@ def _plain(value: Any) -> Any:
             return {str(k): _plain(v) for k, v in value}
         return [_plain(v) for v in value]
     if isinstance(value, datetime):
-        return _utc(value).isoformat()
+        return as_utc(value).isoformat()
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -322,14 +230,9 @@ def _plain(value: Any) -> Any:
 # --- errors -------------------------------------------------------------------------------------------------
 
 
-def _failure(exc: BaseException, settings: DatabricksSpec, token: str, table: _Table | None = None) -> WarehouseError:
+def _failure(exc: BaseException, settings: DatabricksSpec, token: str, table: Table | None = None) -> WarehouseError:
     reason, advice = _classify(exc, settings, table)
-    detail = _detail(exc)
-    where = f"{settings.server_hostname}{settings.http_path}"
-    message = f"{advice} ({where}: {detail})" if detail else f"{advice} ({where})"
-    if token:
-        message = message.replace(token, "***")
-    return WarehouseError(reason, message)
+    return failure(reason, advice, f"{settings.server_hostname}{settings.http_path}", _detail(exc), [token])
 
 
 def _detail(exc: BaseException) -> str:
@@ -350,7 +253,7 @@ def _http_code(exc: BaseException) -> int | None:
         return None
 
 
-def _classify(exc: BaseException, settings: DatabricksSpec, table: _Table | None) -> tuple[FailureReason, str]:
+def _classify(exc: BaseException, settings: DatabricksSpec, table: Table | None) -> tuple[FailureReason, str]:
     name = table.display if table else "the table"
     ref = settings.access_token_secret_ref
     token_advice = (

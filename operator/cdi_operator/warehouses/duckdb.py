@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from cdi_operator.api.models import DuckDBSpec
-from cdi_operator.warehouses.base import (
-    Column,
-    FailureReason,
-    ReadWindow,
-    TableDescription,
-    WarehouseError,
-    bound_for_column,
-)
+from cdi_operator.warehouses.base import Column, FailureReason, WarehouseError
+from cdi_operator.warehouses.sql import AWARE, NAIVE, Dialect, Select, SqlWarehouse, Table, bind_by_zone, double_quoted
 
 _AWARE_TYPES = frozenset({"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"})
 _NAIVE_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME", "DATE"})
@@ -48,17 +41,29 @@ def connect(settings: DuckDBSpec, secrets: Mapping[tuple[str, str], str]) -> Duc
     return warehouse
 
 
-def quote_ident(name: str) -> str:
-    """An identifier quoted by DuckDB's rules: in double quotes, with inner double quotes doubled."""
-    return '"' + name.replace('"', '""') + '"'
+quote_ident = double_quoted
 
 
-def qualified(table: Sequence[str]) -> str:
-    return ".".join(quote_ident(part) for part in table)
+def _timestamp_kind(type_name: str) -> str | None:
+    upper = type_name.upper()
+    return AWARE if upper in _AWARE_TYPES else NAIVE if upper in _NAIVE_TYPES else None
 
 
-class DuckDBWarehouse:
+DIALECT = Dialect(
+    quote=quote_ident,
+    placeholder="?",
+    bind=bind_by_zone,
+    timestamp_kind=_timestamp_kind,
+    updated_at_types="TIMESTAMP or TIMESTAMPTZ",
+    naive_as_utc="timezone('UTC', CAST({column} AS TIMESTAMP))",  # converted by the server, cheaper than in Python
+)
+
+
+class DuckDBWarehouse(SqlWarehouse):
+    dialect = DIALECT
+
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
 
     @contextlib.contextmanager
@@ -86,98 +91,26 @@ class DuckDBWarehouse:
         except (duckdb.Error, OSError) as exc:
             raise _failure(exc, self.path) from None
 
-    def describe(self, table: Sequence[str]) -> TableDescription:
-        with self.connection() as con:
-            return _describe(con, table)
-
-    def read_changes(
-        self,
-        table: Sequence[str],
-        columns: Sequence[str],
-        updated_at: str,
-        window: ReadWindow,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        with self.connection() as con:
-            kind = _timestamp_kind(_describe(con, table), updated_at)
-            ua = quote_ident(updated_at)
-            where, params = [f"{ua} <= ?"], [bound_for_column(window.until, kind == "naive")]
-            if window.since is not None:
-                where.insert(0, f"{ua} >= ?")
-                params.insert(0, bound_for_column(window.since, kind == "naive"))
-            sql = (
-                f"SELECT {_select_list(columns, updated_at, kind)} FROM {qualified(table)} "
-                f"WHERE {' AND '.join(where)} ORDER BY {ua}"
-            )
-            cursor = con.execute(sql, params)
-            while rows := cursor.fetchmany(chunk_rows):
-                yield rows
-
-    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
-        with self.connection() as con:
-            kind = _timestamp_kind(_describe(con, table), updated_at)
-            sql = f"SELECT count(*) FROM {qualified(table)} WHERE {quote_ident(updated_at)} > ?"
-            row = con.execute(sql, [bound_for_column(after, kind == "naive")]).fetchone()
-            return int(row[0]) if row else 0
-
-    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
-        with self.connection() as con:
-            sql = f"SELECT count(*) FROM {qualified(table)} WHERE {quote_ident(updated_at)} IS NULL"
-            row = con.execute(sql).fetchone()
-            return int(row[0]) if row else 0
-
-    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        with self.connection() as con:
-            description = _describe(con, table)
-            updated = description.column("UPDATED_AT")
-            if updated is None:
-                sql = f"SELECT {_select_list(columns, None, None)} FROM {qualified(table)} LIMIT ?"
-            else:
-                kind = _timestamp_kind(description, updated.name)
-                sql = (
-                    f"SELECT {_select_list(columns, updated.name, kind)} FROM {qualified(table)} "
-                    f"ORDER BY {quote_ident(updated.name)} DESC NULLS LAST LIMIT ?"
-                )
-            rows = con.execute(sql, [limit]).fetchall()
-            return [dict(zip(columns, row, strict=True)) for row in rows]
-
     def close(self) -> None:
         """Nothing stays open between operations."""
 
+    def _table(self, table: Sequence[str]) -> Table:
+        return self._resolve(table)  # described again by every operation: the file may have changed meanwhile
 
-def _describe(con: duckdb.DuckDBPyConnection, table: Sequence[str]) -> TableDescription:
-    rows = con.execute(f"DESCRIBE SELECT * FROM {qualified(table)}").fetchall()
-    return TableDescription(name=".".join(table), columns=tuple(Column(name=str(r[0]), type=str(r[1])) for r in rows))
+    def _resolve(self, table: Sequence[str]) -> Table:
+        with self.connection() as con:
+            rows = con.execute(f"DESCRIBE SELECT * FROM {DIALECT.name(table)}").fetchall()
+        return Table(tuple(table), tuple(Column(name=str(r[0]), type=str(r[1])) for r in rows))
 
+    def _fetch(self, table: Table, select: Select) -> list[tuple[Any, ...]]:
+        with self.connection() as con:
+            return con.execute(select.sql, select.params).fetchall()
 
-def _timestamp_kind(description: TableDescription, updated_at: str) -> str:
-    """'aware' or 'naive' for the UPDATED_AT column; WarehouseError when it is not a timestamp at all."""
-    column = description.column(updated_at)
-    if column is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_MISSING,
-            f"{description.name} has no column {updated_at!r}; add an UPDATED_AT column",
-        )
-    if column.type.upper() in _AWARE_TYPES:
-        return "aware"
-    if column.type.upper() in _NAIVE_TYPES:
-        return "naive"
-    raise WarehouseError(
-        FailureReason.COLUMN_TYPE,
-        f"{description.name}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP or TIMESTAMPTZ",
-    )
-
-
-def _select_list(columns: Sequence[str], updated_at: str | None, kind: str | None) -> str:
-    """The columns; a zone-less UPDATED_AT is read as UTC and converted in SQL (cheaper than in Python)."""
-    wanted = updated_at.upper() if updated_at else None
-    exprs = []
-    for name in columns:
-        quoted = quote_ident(name)
-        if kind == "naive" and name.upper() == wanted:
-            quoted = f"timezone('UTC', CAST({quoted} AS TIMESTAMP))"
-        exprs.append(quoted)
-    return ", ".join(exprs)
+    def _stream(self, table: Table, select: Select, fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        with self.connection() as con:
+            cursor = con.execute(select.sql, select.params)
+            while rows := cursor.fetchmany(fetch_rows):
+                yield rows
 
 
 def _failure(exc: BaseException, path: Path) -> WarehouseError:

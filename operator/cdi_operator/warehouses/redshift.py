@@ -21,8 +21,6 @@ import contextlib
 import itertools
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import redshift_connector
@@ -32,14 +30,17 @@ from redshift_connector.error import InterfaceError, OperationalError
 
 from cdi_operator.api.models import RedshiftSpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.base import (
-    Column,
-    FailureReason,
-    ReadWindow,
-    TableDescription,
-    WarehouseError,
-    bound_for_column,
-    pick_table,
+from cdi_operator.warehouses.base import Column, FailureReason, WarehouseError, pick_table
+from cdi_operator.warehouses.sql import (
+    AWARE,
+    NAIVE,
+    Dialect,
+    Select,
+    SqlWarehouse,
+    Table,
+    bind_by_zone,
+    double_quoted,
+    failure,
 )
 from cdi_operator.warehouses.ssh_tunnel import SshTunnel
 
@@ -115,36 +116,40 @@ def connect(settings: RedshiftSpec, secrets: Mapping[tuple[str, str], str]) -> R
     return warehouse
 
 
-def quote_ident(name: str) -> str:
-    """An identifier quoted by PostgreSQL's (and Redshift's) rules: double quotes, inner ones doubled."""
-    return '"' + name.replace('"', '""') + '"'
+quote_ident = double_quoted
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    schema: str | None
-    name: str
-    columns: tuple[Column, ...]
-    display: str
-
-    @property
-    def sql(self) -> str:
-        parts = (self.name,) if self.schema is None else (self.schema, self.name)
-        return ".".join(quote_ident(p) for p in parts)
-
-    def column(self, name: str) -> Column | None:
-        return TableDescription(self.display, self.columns).column(name)
+def _timestamp_kind(type_name: str) -> str | None:
+    upper = type_name.upper()
+    if upper in _AWARE_TYPES:
+        return AWARE
+    if upper in _NAIVE_TYPES or upper.startswith("TIMESTAMP("):
+        return NAIVE
+    return None
 
 
-class RedshiftWarehouse:
+DIALECT = Dialect(
+    quote=quote_ident,
+    placeholder="%s",
+    bind=bind_by_zone,
+    timestamp_kind=_timestamp_kind,
+    updated_at_types="TIMESTAMP (UTC) or TIMESTAMPTZ",
+    fetch_rows=MAX_FETCH_ROWS,
+    naive_as_utc="(CAST({column} AS TIMESTAMP) AT TIME ZONE 'UTC')",  # converted by the server, cheaper than in Python
+)
+
+
+class RedshiftWarehouse(SqlWarehouse):
+    dialect = DIALECT
+
     def __init__(
         self, conn: Connection, settings: RedshiftSpec, password: str, tunnel: SshTunnel | None = None
     ) -> None:
+        super().__init__()
         self._conn = conn
         self._tunnel = tunnel
         self._settings = settings
         self._password = password
-        self._tables: dict[tuple[str, ...], _Table] = {}
 
     def prepare_session(self) -> None:
         """Autocommit outside reads, UTC session zone, and no socket timeout once connected."""
@@ -156,77 +161,18 @@ class RedshiftWarehouse:
             raw.settimeout(None)
         self._run(None, "SET TIME ZONE 'UTC'")
 
-    # --- the protocol ---------------------------------------------------------------------------------------
-
-    def describe(self, table: Sequence[str]) -> TableDescription:
-        resolved = self._resolve(table)
-        self._tables[tuple(table)] = resolved
-        return TableDescription(name=resolved.display, columns=resolved.columns)
-
-    def read_changes(
-        self,
-        table: Sequence[str],
-        columns: Sequence[str],
-        updated_at: str,
-        window: ReadWindow,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        resolved = self._table(table)
-        kind, ua = _timestamp_kind(resolved, updated_at)
-        where, params = [f"{quote_ident(ua)} <= %s"], [bound_for_column(window.until, kind == "naive")]
-        if window.since is not None:
-            where.insert(0, f"{quote_ident(ua)} >= %s")
-            params.insert(0, bound_for_column(window.since, kind == "naive"))
-        sql = (
-            f"SELECT {_select_list(resolved, columns, ua, kind)} FROM {resolved.sql} "
-            f"WHERE {' AND '.join(where)} ORDER BY {quote_ident(ua)}"
-        )
-        yield from self._stream(resolved, sql, params, max(1, min(chunk_rows, MAX_FETCH_ROWS)))
-
-    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
-        resolved = self._table(table)
-        kind, ua = _timestamp_kind(resolved, updated_at)
-        sql = f"SELECT count(*) FROM {resolved.sql} WHERE {quote_ident(ua)} > %s"
-        rows = self._run(resolved, sql, [bound_for_column(after, kind == "naive")])
-        return int(rows[0][0])
-
-    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
-        resolved = self._table(table)
-        _, ua = _timestamp_kind(resolved, updated_at)
-        rows = self._run(resolved, f"SELECT count(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL")
-        return int(rows[0][0])
-
-    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        resolved = self._table(table)
-        updated = resolved.column("UPDATED_AT")
-        if updated is None:
-            sql = f"SELECT {_select_list(resolved, columns, None, None)} FROM {resolved.sql} LIMIT {int(limit)}"
-        else:
-            kind, ua = _timestamp_kind(resolved, updated.name)
-            sql = (
-                f"SELECT {_select_list(resolved, columns, ua, kind)} FROM {resolved.sql} "
-                f"ORDER BY {quote_ident(ua)} DESC NULLS LAST LIMIT {int(limit)}"
-            )
-        rows = self._run(resolved, sql)
-        return [dict(zip(columns, row, strict=True)) for row in rows]
-
     def close(self) -> None:
         with contextlib.suppress(DriverError, OSError):  # a broken connection has nothing left to save
             self._conn.close()
         if self._tunnel is not None:
             self._tunnel.close()
 
-    # --- helpers --------------------------------------------------------------------------------------------
+    # --- the adapter's own part -------------------------------------------------------------------------------
 
-    def _table(self, table: Sequence[str]) -> _Table:
-        key = tuple(table)
-        if key not in self._tables:
-            self._tables[key] = self._resolve(table)
-        return self._tables[key]
-
-    def _resolve(self, table: Sequence[str]) -> _Table:
+    def _resolve(self, table: Sequence[str]) -> Table:
         schema, name = self._split(table)
-        display = ".".join((self._settings.database, schema, name) if schema else (self._settings.database, name))
+        parts = (name,) if schema is None else (schema, name)
+        display = ".".join((self._settings.database, *parts))
         if schema is None:
             rows = self._run(None, _COLUMNS_SQL.format(schema_filter=_ON_SEARCH_PATH), [name])
         else:
@@ -234,11 +180,10 @@ class RedshiftWarehouse:
         found = _pick(rows, schema, name)
         if found is None:
             # Not in pg_attribute (a late-binding view, an external table) or absent: let the server decide.
-            probe = _Table(schema, name, (), display)
-            described = self._probe(probe)
-            return _Table(schema, name, described, display)
+            probe = Table(parts, (), display)
+            return Table(parts, self._probe(probe), display)
         (real_schema, real_name), columns = found
-        resolved = _Table(real_schema, real_name, columns, ".".join((self._settings.database, real_schema, real_name)))
+        resolved = Table((real_schema, real_name), columns, ".".join((self._settings.database, real_schema, real_name)))
         self._probe(resolved)  # the catalog shows tables one may not SELECT from; this finds out
         return resolved
 
@@ -260,16 +205,19 @@ class RedshiftWarehouse:
                 )
         return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
-    def _probe(self, table: _Table) -> tuple[Column, ...]:
+    def _probe(self, table: Table) -> tuple[Column, ...]:
         cursor = self._conn.cursor()
         try:
-            cursor.execute(f"SELECT * FROM {table.sql} LIMIT 0")
+            cursor.execute(f"SELECT * FROM {DIALECT.name(table.parts)} LIMIT 0")
             description = cursor.description or []
             return tuple(Column(str(d[0]), _OID_TYPES.get(int(d[1]), f"OID {d[1]}")) for d in description)
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, self._password, table) from None
 
-    def _run(self, table: _Table | None, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def _fetch(self, table: Table, select: Select) -> list[tuple[Any, ...]]:
+        return self._run(table, select.sql, select.params or None)
+
+    def _run(self, table: Table | None, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         cursor = self._conn.cursor()
         try:
             cursor.execute(sql, params)
@@ -279,9 +227,7 @@ class RedshiftWarehouse:
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, self._password, table) from None
 
-    def _stream(
-        self, table: _Table, sql: str, params: Sequence[Any], fetch_rows: int
-    ) -> Iterator[list[tuple[Any, ...]]]:
+    def _stream(self, table: Table, select: Select, fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
         name = f"cdi_read_{next(_cursor_ids)}"
         cursor = self._conn.cursor()
         fetch = f"FETCH FORWARD {fetch_rows} FROM {name}"
@@ -289,7 +235,7 @@ class RedshiftWarehouse:
         try:
             cursor.execute("BEGIN READ ONLY")
             # Plain `CURSOR FOR`: Redshift's DECLARE has no NO SCROLL; its cursors are forward-only anyway.
-            cursor.execute(f"DECLARE {name} CURSOR FOR {sql}", params)
+            cursor.execute(f"DECLARE {name} CURSOR FOR {select.sql}", select.params)
             while True:
                 cursor.execute(fetch)
                 rows = cursor.fetchall()
@@ -320,48 +266,14 @@ def _pick(
     return pick_table(rows, [lambda key: key[1] == name and (schema is None or key[0] == schema)], repr(name))
 
 
-def _timestamp_kind(table: _Table, updated_at: str) -> tuple[str, str]:
-    """('aware' or 'naive', the column's real spelling); raises WarehouseError when it is not a timestamp."""
-    column = table.column(updated_at)
-    if column is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_MISSING,
-            f"{table.display} has no column {updated_at!r}; add an UPDATED_AT column",
-        )
-    type_name = column.type.upper()
-    if type_name in _AWARE_TYPES:
-        return "aware", column.name
-    if type_name in _NAIVE_TYPES or type_name.startswith("TIMESTAMP("):
-        return "naive", column.name
-    raise WarehouseError(
-        FailureReason.COLUMN_TYPE,
-        f"{table.display}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP (UTC) or TIMESTAMPTZ",
-    )
-
-
-def _select_list(table: _Table, columns: Sequence[str], updated_at: str | None, kind: str | None) -> str:
-    """The columns by their real spelling; a zone-less UPDATED_AT is read as UTC, converted by the server."""
-    exprs = []
-    for name in columns:
-        column = table.column(name)
-        quoted = quote_ident(column.name if column else name)
-        if kind == "naive" and column is not None and column.name == updated_at:
-            quoted = f"(CAST({quoted} AS TIMESTAMP) AT TIME ZONE 'UTC')"
-        exprs.append(quoted)
-    return ", ".join(exprs)
-
-
 # --- errors -------------------------------------------------------------------------------------------------
 
 
-def _failure(exc: BaseException, settings: RedshiftSpec, password: str, table: _Table | None = None) -> WarehouseError:
+def _failure(exc: BaseException, settings: RedshiftSpec, password: str, table: Table | None = None) -> WarehouseError:
     code, detail = _sqlstate(exc)
     reason, advice = _classify(exc, code, settings, table)
     where = f"{settings.host}:{settings.port}/{settings.database} as {settings.user}"
-    message = f"{advice} ({where}: {detail})" if detail else f"{advice} ({where})"
-    if password:
-        message = message.replace(password, "***")
-    return WarehouseError(reason, message)
+    return failure(reason, advice, where, detail, [password])
 
 
 def _sqlstate(exc: BaseException) -> tuple[str | None, str]:
@@ -375,11 +287,11 @@ def _sqlstate(exc: BaseException) -> tuple[str | None, str]:
 
 
 def _classify(
-    exc: BaseException, code: str | None, settings: RedshiftSpec, table: _Table | None
+    exc: BaseException, code: str | None, settings: RedshiftSpec, table: Table | None
 ) -> tuple[FailureReason, str]:
     name = table.display if table else "the table"
-    schema = table.schema if table and table.schema else "<schema>"
-    qualified = f"{schema}.{table.name}" if table else "<schema>.<table>"
+    schema = table.parts[0] if table and len(table.parts) == 2 else "<schema>"
+    qualified = f"{schema}.{table.parts[-1]}" if table else "<schema>.<table>"
     ref = settings.password_secret_ref
     if code in ("28P01", "28000"):
         return FailureReason.AUTH_FAILED, (

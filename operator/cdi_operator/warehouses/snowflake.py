@@ -26,9 +26,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,14 +43,18 @@ from snowflake.connector.errors import InterfaceError, OperationalError
 
 from cdi_operator.api.models import SecretKeyRef, SnowflakeSpec
 from cdi_operator.warehouses import secret_value
-from cdi_operator.warehouses.base import (
-    Column,
-    FailureReason,
-    ReadWindow,
-    TableDescription,
-    WarehouseError,
-    bound_for_column,
-    pick_table,
+from cdi_operator.warehouses.base import Column, FailureReason, WarehouseError, pick_table
+from cdi_operator.warehouses.sql import (
+    AWARE,
+    NAIVE,
+    Dialect,
+    Select,
+    SqlWarehouse,
+    Table,
+    bind_by_zone,
+    double_quoted,
+    failure,
+    utc_at,
 )
 
 ENDPOINT_ENV = "CDI_SNOWFLAKE_ENDPOINT"
@@ -165,9 +168,7 @@ def _endpoint_override() -> dict[str, Any]:
     return {"host": url.hostname, "port": url.port or (443 if protocol == "https" else 80), "protocol": protocol}
 
 
-def quote_ident(name: str) -> str:
-    """An identifier quoted by Snowflake's rules: double quotes, inner ones doubled; the case is kept as given."""
-    return '"' + name.replace('"', '""') + '"'
+quote_ident = double_quoted
 
 
 def _string_literal(value: str) -> str:
@@ -175,99 +176,41 @@ def _string_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    database: str
-    schema: str
-    name: str
-    columns: tuple[Column, ...]
-
-    @property
-    def display(self) -> str:
-        return f"{self.database}.{self.schema}.{self.name}"
-
-    @property
-    def sql(self) -> str:
-        return ".".join(quote_ident(p) for p in (self.database, self.schema, self.name))
-
-    def column(self, name: str) -> Column | None:
-        return TableDescription(self.display, self.columns).column(name)
+def _timestamp_kind(type_name: str) -> str | None:
+    base = type_name.upper().split("(", 1)[0].strip()
+    return AWARE if base in _AWARE_TYPES else NAIVE if base in _NAIVE_TYPES else None
 
 
-class SnowflakeWarehouse:
+def _bind(name: str, kind: str, value: datetime) -> tuple[str, datetime]:
+    """A window bound with its Snowflake type, so the server compares it with the column as stored."""
+    return ("TIMESTAMP_NTZ" if kind == NAIVE else "TIMESTAMP_TZ", bind_by_zone(name, kind, value))
+
+
+DIALECT = Dialect(
+    quote=quote_ident,
+    placeholder="?",
+    bind=_bind,
+    timestamp_kind=_timestamp_kind,
+    updated_at_types="TIMESTAMP_NTZ (UTC), TIMESTAMP_TZ or TIMESTAMP_LTZ",
+    missing_hint=" (TIMESTAMP_NTZ in UTC, or TIMESTAMP_TZ / TIMESTAMP_LTZ)",
+)
+
+
+class SnowflakeWarehouse(SqlWarehouse):
+    dialect = DIALECT
+
     def __init__(self, conn: SnowflakeConnection, settings: SnowflakeSpec) -> None:
+        super().__init__()
         self._conn = conn
         self._settings = settings
-        self._tables: dict[tuple[str, ...], _Table] = {}
-
-    # --- the protocol ---------------------------------------------------------------------------------------
-
-    def describe(self, table: Sequence[str]) -> TableDescription:
-        resolved = self._resolve(table)
-        self._tables[tuple(table)] = resolved
-        return TableDescription(name=resolved.display, columns=resolved.columns)
-
-    def read_changes(
-        self,
-        table: Sequence[str],
-        columns: Sequence[str],
-        updated_at: str,
-        window: ReadWindow,
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        resolved = self._table(table)
-        naive, ua = _timestamp_kind(resolved, updated_at)
-        where, params = [f"{quote_ident(ua)} <= ?"], [_bind(window.until, naive)]
-        if window.since is not None:
-            where.insert(0, f"{quote_ident(ua)} >= ?")
-            params.insert(0, _bind(window.since, naive))
-        names = _real_names(resolved, columns)
-        sql = (
-            f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {resolved.sql} "
-            f"WHERE {' AND '.join(where)} ORDER BY {quote_ident(ua)}"
-        )
-        yield from self._stream(resolved, sql, params, _converter(names, ua), max(1, chunk_rows))
-
-    def count_after(self, table: Sequence[str], updated_at: str, after: datetime) -> int:
-        resolved = self._table(table)
-        naive, ua = _timestamp_kind(resolved, updated_at)
-        sql = f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} > ?"
-        rows = self._run(resolved, sql, [_bind(after, naive)])
-        return int(rows[0][0])
-
-    def count_undated(self, table: Sequence[str], updated_at: str) -> int:
-        resolved = self._table(table)
-        _, ua = _timestamp_kind(resolved, updated_at)
-        rows = self._run(resolved, f"SELECT COUNT(*) FROM {resolved.sql} WHERE {quote_ident(ua)} IS NULL")
-        return int(rows[0][0])
-
-    def preview(self, table: Sequence[str], columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        resolved = self._table(table)
-        names = _real_names(resolved, columns)
-        select = ", ".join(quote_ident(n) for n in names)
-        updated = resolved.column("UPDATED_AT")
-        if updated is None:
-            rows = self._run(resolved, f"SELECT {select} FROM {resolved.sql} LIMIT {int(limit)}")
-        else:
-            _naive, ua = _timestamp_kind(resolved, updated.name)
-            sql = f"SELECT {select} FROM {resolved.sql} ORDER BY {quote_ident(ua)} DESC NULLS LAST LIMIT {int(limit)}"
-            convert = _converter(names, ua)
-            rows = [convert(row) for row in self._run(resolved, sql)]
-        return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         with contextlib.suppress(DriverError, OSError):  # a broken session has nothing left to save
             self._conn.close()
 
-    # --- helpers --------------------------------------------------------------------------------------------
+    # --- the adapter's own part -------------------------------------------------------------------------------
 
-    def _table(self, table: Sequence[str]) -> _Table:
-        key = tuple(table)
-        if key not in self._tables:
-            self._tables[key] = self._resolve(table)
-        return self._tables[key]
-
-    def _resolve(self, table: Sequence[str]) -> _Table:
+    def _resolve(self, table: Sequence[str]) -> Table:
         parts = list(table)
         if len(parts) != 3:
             raise WarehouseError(
@@ -284,9 +227,9 @@ class SnowflakeWarehouse:
             spellings = dict.fromkeys([(schema, name), (schema.upper(), name.upper())])
             first: WarehouseError | None = None
             for real_schema, real_name in spellings:
-                probe = _Table(database, real_schema, real_name, ())
+                probe = Table((database, real_schema, real_name))
                 try:
-                    return _Table(database, real_schema, real_name, self._probe(probe))
+                    return Table(probe.parts, self._probe(probe))
                 except WarehouseError as exc:
                     if exc.reason is not FailureReason.TABLE_MISSING:
                         raise
@@ -294,7 +237,7 @@ class SnowflakeWarehouse:
             assert first is not None
             raise first
         (real_schema, real_name), columns = found
-        resolved = _Table(database, real_schema, real_name, columns)
+        resolved = Table((database, real_schema, real_name), columns)
         self._probe(resolved)  # INFORMATION_SCHEMA lists tables the role may not SELECT from; this finds out
         return resolved
 
@@ -327,11 +270,11 @@ class SnowflakeWarehouse:
             f"GRANT USAGE ON DATABASE {name} TO ROLE {s.role} ({self._where()})",
         )
 
-    def _probe(self, table: _Table) -> tuple[Column, ...]:
-        cursor = self._cursor(table, f"SELECT * FROM {table.sql} LIMIT 0")
+    def _probe(self, table: Table) -> tuple[Column, ...]:
+        cursor = self._cursor(table, f"SELECT * FROM {DIALECT.name(table.parts)} LIMIT 0")
         return tuple(Column(d.name, FIELD_ID_TO_NAME.get(d.type_code, str(d.type_code))) for d in cursor.description)
 
-    def _cursor(self, table: _Table | None, sql: str, params: Sequence[Any] | None = None) -> SnowflakeCursor:
+    def _cursor(self, table: Table | None, sql: str, params: Sequence[Any] | None = None) -> SnowflakeCursor:
         try:
             cursor = self._conn.cursor()
             cursor.execute(sql, params)
@@ -339,31 +282,27 @@ class SnowflakeWarehouse:
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, table) from None
 
-    def _run(self, table: _Table | None, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def _fetch(self, table: Table, select: Select) -> list[tuple[Any, ...]]:
+        return [utc_at(row, select.updated_at) for row in self._run(table, select.sql, select.params or None)]
+
+    def _run(self, table: Table | None, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         cursor = self._cursor(table, sql, params)
         try:
             return [tuple(row) for row in cursor.fetchall()]
         except (DriverError, OSError) as exc:
             raise _failure(exc, self._settings, table) from None
 
-    def _stream(
-        self,
-        table: _Table,
-        sql: str,
-        params: Sequence[Any],
-        convert: Callable[[tuple[Any, ...]], tuple[Any, ...]],
-        chunk_rows: int,
-    ) -> Iterator[list[tuple[Any, ...]]]:
-        cursor = self._cursor(table, sql, params)
+    def _stream(self, table: Table, select: Select, fetch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+        cursor = self._cursor(table, select.sql, select.params)
         try:
             while True:
                 try:
-                    rows = cursor.fetchmany(chunk_rows)
+                    rows = cursor.fetchmany(fetch_rows)
                 except (DriverError, OSError) as exc:
                     raise _failure(exc, self._settings, table) from None
                 if not rows:
                     break
-                yield [convert(row) for row in rows]
+                yield [utc_at(row, select.updated_at) for row in rows]
         finally:
             with contextlib.suppress(DriverError, OSError):
                 cursor.close()
@@ -372,67 +311,10 @@ class SnowflakeWarehouse:
         return _where(self._settings)
 
 
-def _bind(value: datetime, naive: bool) -> tuple[str, datetime]:
-    """A window bound with its Snowflake type, so the server compares it with the column as stored."""
-    return ("TIMESTAMP_NTZ" if naive else "TIMESTAMP_TZ", bound_for_column(value, naive))
-
-
-def _real_names(table: _Table, columns: Sequence[str]) -> list[str]:
-    """The columns by their real spelling (the runner matches them case-insensitively)."""
-    names = []
-    for name in columns:
-        column = table.column(name)
-        names.append(column.name if column else name)
-    return names
-
-
-def _as_utc(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    return value
-
-
-def _converter(names: Sequence[str], updated_at: str) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """Turns the UPDATED_AT value of a fetched row into an aware UTC datetime (TIMESTAMP_NTZ and DATE read as UTC,
-    TIMESTAMP_TZ/LTZ converted); the other values pass unchanged."""
-    indexes = [i for i, n in enumerate(names) if n == updated_at]
-    if not indexes:
-        return lambda row: row
-    i = indexes[0]
-
-    def convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (*row[:i], _as_utc(row[i]), *row[i + 1 :])
-
-    return convert
-
-
 def _pick(rows: Sequence[tuple[Any, ...]], schema: str, name: str) -> tuple[tuple[str, str], tuple[Column, ...]] | None:
     """The columns of the one table the rows describe; the exact spelling wins, then what unquoted names become."""
     exact, upper = (schema, name), (schema.upper(), name.upper())
     return pick_table(rows, [lambda key: key == exact, lambda key: key == upper], f"{schema}.{name}")
-
-
-def _timestamp_kind(table: _Table, updated_at: str) -> tuple[bool, str]:
-    """(whether the column is zone-less, its real spelling); WarehouseError when it is not a timestamp."""
-    column = table.column(updated_at)
-    if column is None:
-        raise WarehouseError(
-            FailureReason.COLUMN_MISSING,
-            f"{table.display} has no column {updated_at!r}; add an UPDATED_AT column (TIMESTAMP_NTZ in UTC, or "
-            f"TIMESTAMP_TZ / TIMESTAMP_LTZ)",
-        )
-    type_name = column.type.upper().split("(", 1)[0].strip()
-    if type_name in _AWARE_TYPES:
-        return False, column.name
-    if type_name in _NAIVE_TYPES:
-        return True, column.name
-    raise WarehouseError(
-        FailureReason.COLUMN_TYPE,
-        f"{table.display}.{column.name} is {column.type}; UPDATED_AT must be TIMESTAMP_NTZ (UTC), TIMESTAMP_TZ or "
-        f"TIMESTAMP_LTZ",
-    )
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -442,13 +324,13 @@ def _where(settings: SnowflakeSpec) -> str:
     return f"account {settings.account} as {settings.user}, role {settings.role}, warehouse {settings.warehouse}"
 
 
-def _failure(exc: BaseException, settings: SnowflakeSpec, table: _Table | None = None) -> WarehouseError:
+def _failure(exc: BaseException, settings: SnowflakeSpec, table: Table | None = None) -> WarehouseError:
     if isinstance(exc, WarehouseError):
         return exc
     errno, detail = _error_parts(exc)
     reason, advice = _classify(exc, errno, detail, settings, table)
     code = f"{errno:06d} " if errno is not None else ""
-    return WarehouseError(reason, f"{advice} ({_where(settings)}: {code}{detail})")
+    return failure(reason, advice, _where(settings), f"{code}{detail}")
 
 
 def _error_parts(exc: BaseException) -> tuple[int | None, str]:
@@ -464,7 +346,7 @@ def _error_parts(exc: BaseException) -> tuple[int | None, str]:
 
 
 def _classify(
-    exc: BaseException, errno: int | None, detail: str, settings: SnowflakeSpec, table: _Table | None
+    exc: BaseException, errno: int | None, detail: str, settings: SnowflakeSpec, table: Table | None
 ) -> tuple[FailureReason, str]:
     name = table.display if table else "the table"
     lowered = detail.lower()
@@ -510,12 +392,12 @@ def _classify(
     return FailureReason.QUERY_FAILED, f"a query on {name} failed"
 
 
-def _grants(advice: str, settings: SnowflakeSpec, table: _Table | None) -> str:
+def _grants(advice: str, settings: SnowflakeSpec, table: Table | None) -> str:
     if table is None:
         return advice
     role = settings.role
     return (
-        f"{advice}; to let the role read it: GRANT USAGE ON DATABASE {quote_ident(table.database)} TO ROLE {role}; "
-        f"GRANT USAGE ON SCHEMA {quote_ident(table.database)}.{quote_ident(table.schema)} TO ROLE {role}; "
-        f"GRANT SELECT ON {table.sql} TO ROLE {role}"
+        f"{advice}; to let the role read it: GRANT USAGE ON DATABASE {DIALECT.name(table.parts[:1])} TO ROLE {role}; "
+        f"GRANT USAGE ON SCHEMA {DIALECT.name(table.parts[:2])} TO ROLE {role}; "
+        f"GRANT SELECT ON {DIALECT.name(table.parts)} TO ROLE {role}"
     )
