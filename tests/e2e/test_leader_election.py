@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from cdi_operator.controller.leader import LeaderLease, LeaseSettings
+from cdi_operator.kube import Kube
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +23,7 @@ def candidate(api: client.ApiClient, namespace: str, identity: str) -> LeaderLea
         renew_seconds=0.5,
         retry_seconds=0.2,
     )
-    return LeaderLease(api, settings)
+    return LeaderLease(Kube(api), settings)
 
 
 async def test_second_operator_waits_until_the_first_releases_or_stops_renewing(

@@ -37,8 +37,10 @@ from pydantic import BaseModel
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     _EMAIL,
+    CDI_PLURAL,
     GROUP,
     VERSION,
+    WHC_PLURAL,
     CdiIntegration,
     WarehouseCredential,
     WarehouseType,
@@ -244,7 +246,7 @@ _READY = '.status.conditions[?(@.type=="Ready")]'
 KINDS: tuple[Kind, ...] = (
     Kind(
         model=WarehouseCredential,
-        plural="warehousecredentials",
+        plural=WHC_PLURAL,
         short_names=["whc"],
         printer_columns=[
             {"name": "Type", "type": "string", "jsonPath": ".spec.type", "description": "Warehouse type."},
@@ -257,7 +259,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         model=CdiIntegration,
-        plural="cdiintegrations",
+        plural=CDI_PLURAL,
         short_names=["cdi"],
         printer_columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -18,6 +18,7 @@ from cdi_operator.api.schedule import ScheduleError, validate_schedule, validate
 GROUP = "cdi.ingest.dev"
 VERSION = "v1alpha1"
 API_VERSION: Literal["cdi.ingest.dev/v1alpha1"] = "cdi.ingest.dev/v1alpha1"
+CDI_PLURAL, WHC_PLURAL = "cdiintegrations", "warehousecredentials"
 
 SYNC_NOW_ANNOTATION = f"{GROUP}/sync-now"
 TEST_CONNECTION_ANNOTATION = f"{GROUP}/test-connection"

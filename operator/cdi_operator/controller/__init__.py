@@ -7,5 +7,7 @@
 - `sync_now`: the `cdi.ingest.dev/sync-now` annotation → one Job.
 - `credential`: WarehouseCredential reconcile and its `cdi.ingest.dev/in-use` finalizer.
 - `history`: status.lastSync → status.runs.
-- `kubeapi`: the few API calls the operator makes.
+- `leader`: the leader Lease; `admission`: the validating webhook; `observability`: metrics, Events, e-mail.
+
+Its API calls go through cdi_operator.kube.aio.
 """

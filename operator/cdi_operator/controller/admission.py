@@ -41,14 +41,16 @@ from pydantic import ValidationError
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
+    CDI_PLURAL,
     GROUP,
     VERSION,
+    WHC_PLURAL,
     CdiIntegrationSpec,
     WarehouseCredentialSpec,
     WarehouseType,
 )
-from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi
 from cdi_operator.controller.settings import WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE, OperatorSettings, WebhookSettings
+from cdi_operator.kube.aio import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ def register(registry: kopf.OperatorRegistry, kube: KubeApi, settings: OperatorS
     @kopf.on.validate(
         GROUP,
         VERSION,
-        CDI,
+        CDI_PLURAL,
         id=INTEGRATION_HANDLER_ID,
         operations=["CREATE", "UPDATE"],
         ignore_failures=ignore,
@@ -177,7 +179,7 @@ def register(registry: kopf.OperatorRegistry, kube: KubeApi, settings: OperatorS
         ref = ((body.get("spec") or {}).get("credentialRef") or {}).get("name")
         if references_wanted and isinstance(ref, str) and ref:
             try:
-                credential = await kube.get(WHC, namespace, ref)
+                credential = await kube.get(WHC_PLURAL, namespace, ref)
             except Exception as exc:  # our own read failed: let the reconcile judge the references
                 log.warning("admission: cannot read WarehouseCredential %s/%s (%s); not checked", namespace, ref, exc)
             else:
@@ -189,7 +191,7 @@ def register(registry: kopf.OperatorRegistry, kube: KubeApi, settings: OperatorS
     @kopf.on.validate(
         GROUP,
         VERSION,
-        WHC,
+        WHC_PLURAL,
         id=CREDENTIAL_HANDLER_ID,
         operations=["CREATE", "UPDATE"],
         ignore_failures=ignore,

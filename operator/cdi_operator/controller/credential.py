@@ -7,30 +7,29 @@ Warning Event naming the integrations; once none is left, the finalizer is remov
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
-from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
+    CDI_PLURAL,
     ROTATE_KEY_ANNOTATION,
     TEST_CONNECTION_ANNOTATION,
+    WHC_PLURAL,
     SecretKeyRef,
     WarehouseCredentialSpec,
 )
 from cdi_operator.controller import conditions, connection, snowflake_keys
 from cdi_operator.controller.connection import spec_error, test_wanted
-from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi
 from cdi_operator.controller.settings import OperatorSettings
+from cdi_operator.kube.aio import KubeApi
+from cdi_operator.kube.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +75,9 @@ async def _set_finalizer(kube: KubeApi, obj: JSON, present: bool) -> bool:
     meta = obj["metadata"]
     patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
     try:
-        await kube.patch(WHC, meta["namespace"], meta["name"], patch)
-    except ApiException as exc:
-        if exc.status in (404, 409):  # gone, or changed since read: the next reconcile sees the new state
-            return False
-        raise
+        await kube.patch(WHC_PLURAL, meta["namespace"], meta["name"], patch)
+    except (NotFound, Conflict):  # gone, or changed since read: the next reconcile sees the new state
+        return False
     return True
 
 
@@ -106,13 +103,13 @@ class CredentialReconciler:
         self.on_test = on_test  # (warehouse type, result) after each connection test: the metrics
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        obj = await self.kube.get(WHC, namespace, name)
+        obj = await self.kube.get(WHC_PLURAL, namespace, name)
         if obj is None:
             return
         meta = obj["metadata"]
         generation = meta.get("generation")
         status: JSON = dict(obj.get("status") or {})
-        users = users_of(name, await self.kube.list_objects(CDI, namespace))
+        users = users_of(name, await self.kube.list_objects(CDI_PLURAL, namespace))
 
         if meta.get("deletionTimestamp"):
             if not users:
@@ -231,7 +228,7 @@ class CredentialReconciler:
         user = spec.snowflake.user
         wants = await self._conflicts(obj, status, spec)
         secret_name = snowflake_keys.secret_name(name)
-        secret = await self._read_secret(namespace, secret_name)
+        secret = await self.kube.read_secret(namespace, secret_name)
         if secret is None:
             state = snowflake_keys.initial_state(rotate_value)
             await self._create_secret(obj, state)
@@ -288,7 +285,7 @@ class CredentialReconciler:
                         f"generated a new key ({fields['rotation']['nextKeyFingerprint']}); syncs keep using the "
                         f"current key until a login with the new one passes. Run: {fields['rotation']['statement']}",
                     )
-                secret = await self._read_secret(namespace, secret_name) or secret
+                secret = await self.kube.read_secret(namespace, secret_name) or secret
             elif state.rotating and self._next_key_check_due(status, state, test_requested):
                 state, checked = await self._check_next_key(obj, spec, state, secret)
                 return self._key_status(status, state, user, checked), wants
@@ -363,7 +360,9 @@ class CredentialReconciler:
 
     async def _conflicts(self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec) -> list[conditions.Want]:
         meta = obj["metadata"]
-        others = snowflake_keys.conflicting(meta["name"], spec, await self.kube.list_objects(WHC, meta["namespace"]))
+        others = snowflake_keys.conflicting(
+            meta["name"], spec, await self.kube.list_objects(WHC_PLURAL, meta["namespace"])
+        )
         current = conditions.find(status.get("conditions"), KEY_CONFLICT) or {}
         if not others:
             return [conditions.Want(KEY_CONFLICT, "False", "NoConflict")] if current else []
@@ -378,28 +377,6 @@ class CredentialReconciler:
         return [conditions.Want(KEY_CONFLICT, "True", "SameSnowflakeUser", message)]
 
     # --- the owned Secret (its values never reach a log, an Event or the status) ---
-
-    async def _read_secret(self, namespace: str, name: str) -> JSON | None:
-        try:
-            secret = await asyncio.to_thread(self.kube.core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _secret_error("read", namespace, name, exc) from None
-        data: dict[str, str] = {}
-        for key, value in (secret.data or {}).items():
-            try:
-                data[key] = base64.b64decode(value).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                continue
-        smeta = secret.metadata
-        owners = [{"uid": r.uid, "kind": r.kind} for r in (smeta.owner_references if smeta else None) or []]
-        return {
-            "data": data,
-            "annotations": dict((smeta.annotations if smeta else None) or {}),
-            "ownerReferences": owners,
-            "resourceVersion": smeta.resource_version if smeta else None,
-        }
 
     async def _create_secret(self, obj: JSON, state: snowflake_keys.KeyState) -> None:
         meta = obj["metadata"]
@@ -424,13 +401,9 @@ class CredentialReconciler:
                     }
                 ],
             },
-            "data": {k: _b64(v) for k, v in data.items() if v is not None},
+            "stringData": {k: v for k, v in data.items() if v is not None},
         }
-        try:
-            create: Any = self.kube.core.create_namespaced_secret
-            await asyncio.to_thread(create, meta["namespace"], body)
-        except ApiException as exc:
-            raise _secret_error("create", meta["namespace"], secret_name, exc) from None
+        await self.kube.create_secret(body)
 
     async def _patch_secret(
         self, namespace: str, name: str, resource_version: str, state: snowflake_keys.KeyState
@@ -438,31 +411,13 @@ class CredentialReconciler:
         """Write `state` into the Secret, only over the version read (a concurrent change fails the reconcile,
         which the next one redoes from the Secret)."""
         data, annotations = snowflake_keys.to_secret(state)
-        patch = {
-            "metadata": {"annotations": annotations, "resourceVersion": resource_version},
-            "data": {k: None if v is None else _b64(v) for k, v in data.items()},
-        }
-        try:
-            await asyncio.to_thread(self.kube.core.patch_namespaced_secret, name, namespace, patch)
-        except ApiException as exc:
-            raise _secret_error("update", namespace, name, exc) from None
+        metadata = {"annotations": annotations, "resourceVersion": resource_version}
+        await self.kube.patch_secret(namespace, name, data, metadata)
 
     async def _write(self, obj: JSON, status: JSON, updates: JSON) -> JSON:
         patch = {k: v for k, v in updates.items() if status.get(k) != v}
         meta = obj["metadata"]
         if patch:
-            try:
-                await self.kube.patch_status(WHC, meta["namespace"], meta["name"], patch)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            with contextlib.suppress(NotFound):
+                await self.kube.patch_status(WHC_PLURAL, meta["namespace"], meta["name"], patch)
         return {**status, **patch}
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode("utf-8")).decode("ascii")
-
-
-def _secret_error(action: str, namespace: str, name: str, exc: ApiException) -> RuntimeError:
-    """An error without the API response body (which could echo what was sent)."""
-    return RuntimeError(f"cannot {action} Secret {namespace}/{name}: HTTP {exc.status} {exc.reason}")

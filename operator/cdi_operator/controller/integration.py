@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
+    CDI_PLURAL,
+    WHC_PLURAL,
     CdiIntegrationSpec,
     Phase,
     RunResult,
@@ -31,11 +33,11 @@ from cdi_operator.controller import conditions, connection, observability, sync_
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.history import runs_with_last_sync
-from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi, suspend_cronjob
 from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.controller.snowflake_keys import resolved_spec
+from cdi_operator.kube.aio import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ class IntegrationReconciler:
 
     async def _list_by_source(self, namespace: str) -> dict[tuple[str, str], list[JSON]]:
         index: dict[tuple[str, str], list[JSON]] = {}
-        for other in await self.kube.list_objects(CDI, namespace):
+        for other in await self.kube.list_objects(CDI_PLURAL, namespace):
             key = _source_key(other)
             if key is not None:
                 index.setdefault(key, []).append(other)
@@ -241,7 +243,7 @@ class IntegrationReconciler:
         return index.get(key, [])
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        obj = await self.kube.get(CDI, namespace, name)
+        obj = await self.kube.get(CDI_PLURAL, namespace, name)
         if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
             if self.observer is not None:
                 self.observer.forget(namespace, name)
@@ -277,7 +279,7 @@ class _Run:
     async def write(self) -> None:
         patch = status_patch(self.status, self.updates)
         if patch:
-            await self.kube.patch_status(CDI, self.namespace, self.name, patch)
+            await self.kube.patch_status(CDI_PLURAL, self.namespace, self.name, patch)
             self.status.update(patch)
         self.updates = {}
 
@@ -292,7 +294,7 @@ class _Run:
 
     async def stop(self, phase: Phase, reason: str, message: str, connection_status: str | None = None) -> None:
         """Not schedulable: suspend the CronJob if there is one, write the status, refuse a sync-now."""
-        await suspend_cronjob(self.kube, self.namespace, cronjob_name(self.name))
+        await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
         self.set(phase, conditions.stalled(reason, message, connection=connection_status))  # type: ignore[arg-type]
         changed = self.status.get("phase") != phase.value or _reason(self.status, conditions.STALLED) != reason
         if changed and not self.tested:  # a test that just failed has had its own Event
@@ -319,7 +321,7 @@ class _Run:
                 f"one or {duplicate}",
             )
             return
-        credential = await self.kube.get(WHC, self.namespace, spec.credential_ref.name)
+        credential = await self.kube.get(WHC_PLURAL, self.namespace, spec.credential_ref.name)
         if credential is None:
             await self.stop(
                 Phase.DRAFT,
@@ -390,7 +392,7 @@ class _Run:
         if requested is not None:
             extra["lastHandledTestConnection"] = requested
         if not live:
-            await suspend_cronjob(self.kube, self.namespace, cronjob_name(self.name))
+            await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
         self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **extra)
         await self.write()
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())

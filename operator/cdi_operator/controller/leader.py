@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client import ApiException
-
 from cdi_operator.api.json import JSON
+from cdi_operator.kube import Conflict, Kube, KubeError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +64,12 @@ def available(spec: JSON, identity: str, now: datetime) -> bool:
 class LeaderLease:
     """`await acquire()` waits until this process holds the Lease; `keep()` renews it until lost or cancelled."""
 
-    def __init__(self, api_client: client.ApiClient, settings: LeaseSettings) -> None:
-        self.api: Any = client.CoordinationV1Api(api_client)  # dict bodies: the client serializes them as JSON
+    def __init__(self, kube: Kube, settings: LeaseSettings) -> None:
+        self.kube = kube
         self.settings = settings
 
     def _read(self) -> JSON | None:
-        try:
-            lease = self.api.read_namespaced_lease(self.settings.name, self.settings.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(self.api.api_client.sanitize_for_serialization(lease))
+        return self.kube.read_lease(self.settings.namespace, self.settings.name)
 
     def _try(self) -> bool:
         """One attempt to take or renew the Lease (optimistic concurrency); True when held afterwards."""
@@ -99,14 +91,12 @@ class LeaderLease:
         body: JSON = {"metadata": {"name": s.name, "namespace": s.namespace}, "spec": spec}
         try:
             if current is None:
-                self.api.create_namespaced_lease(s.namespace, body)
+                self.kube.create_lease(s.namespace, body)
             else:
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                self.api.replace_namespaced_lease(s.name, s.namespace, body)
-        except ApiException as exc:
-            if exc.status in (409, 404):  # someone else wrote first: read again next time
-                return False
-            raise
+                self.kube.replace_lease(s.namespace, s.name, body)
+        except (Conflict, NotFound):  # someone else wrote first: read again next time
+            return False
         if taking:
             log.info("leader election: %s holds Lease %s/%s", s.identity, s.namespace, s.name)
         return True
@@ -117,7 +107,7 @@ class LeaderLease:
             try:
                 if await asyncio.to_thread(self._try):
                     return
-            except ApiException as exc:
+            except KubeError as exc:
                 log.warning("leader election: Lease %s/%s: %s", self.settings.namespace, self.settings.name, exc)
             if not waiting_logged:
                 log.info("leader election: another operator holds the Lease; waiting to take over")
@@ -131,7 +121,7 @@ class LeaderLease:
             await asyncio.sleep(self.settings.renew_seconds)
             try:
                 held = await asyncio.to_thread(self._try)
-            except ApiException as exc:
+            except KubeError as exc:
                 log.warning("leader election: renewing failed: %s", exc)
                 held = False
             if held:
@@ -149,6 +139,6 @@ class LeaderLease:
                 return
             current["spec"]["holderIdentity"] = None
             current["spec"]["renewTime"] = None
-            self.api.replace_namespaced_lease(s.name, s.namespace, current)
-        except ApiException as exc:
+            self.kube.replace_lease(s.namespace, s.name, current)
+        except KubeError as exc:
             log.warning("leader election: could not release the Lease: %s", exc)

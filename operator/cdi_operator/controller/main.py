@@ -21,15 +21,15 @@ from typing import Any
 
 import kopf
 
-from cdi_operator.api.models import GROUP, VERSION
+from cdi_operator.api.models import CDI_PLURAL, GROUP, VERSION, WHC_PLURAL
 from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
-from cdi_operator.controller.kubeapi import CDI, WHC, KubeApi
 from cdi_operator.controller.leader import LeaderLease, LeaseSettings
 from cdi_operator.controller.observability import Observer
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
-from cdi_operator.kube import KubeError, load_config
+from cdi_operator.kube import Kube, KubeError, load_config
+from cdi_operator.kube.aio import KubeApi
 from cdi_operator.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -74,16 +74,20 @@ class Controller:
                 log.exception("reconcile of %s %s/%s failed; retried on the next event or resync", *key)
 
     async def integration(self, namespace: str, name: str, *, wait: bool = True) -> None:
-        await self._locked((CDI, namespace, name), lambda: self.integrations.reconcile(namespace, name), wait=wait)
+        await self._locked(
+            (CDI_PLURAL, namespace, name), lambda: self.integrations.reconcile(namespace, name), wait=wait
+        )
 
     async def credential(self, namespace: str, name: str, *, wait: bool = True) -> None:
-        await self._locked((WHC, namespace, name), lambda: self.credentials.reconcile(namespace, name), wait=wait)
+        await self._locked(
+            (WHC_PLURAL, namespace, name), lambda: self.credentials.reconcile(namespace, name), wait=wait
+        )
 
     async def resync_once(self) -> None:
         scopes: list[str | None] = list(self.settings.namespaces) or [None]
         tasks = []
         for scope in scopes:
-            for plural, fn in ((CDI, self.integration), (WHC, self.credential)):
+            for plural, fn in ((CDI_PLURAL, self.integration), (WHC_PLURAL, self.credential)):
                 for obj in await self.kube.list_objects(plural, scope):
                     meta = obj.get("metadata") or {}
                     tasks.append(fn(meta["namespace"], meta["name"], wait=False))
@@ -129,7 +133,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         # a rotated ServiceAccount token is picked up.
         return connection_info(load_config().api_client.configuration, kwargs["settings"])
 
-    @kopf.on.event(GROUP, VERSION, CDI, registry=registry)
+    @kopf.on.event(GROUP, VERSION, CDI_PLURAL, registry=registry)
     async def integration_event(**kwargs: Any) -> None:
         namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
         await controller.integration(namespace, name)
@@ -138,7 +142,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
             if credential:
                 await controller.credential(namespace, credential)
 
-    @kopf.on.event(GROUP, VERSION, WHC, registry=registry)
+    @kopf.on.event(GROUP, VERSION, WHC_PLURAL, registry=registry)
     async def credential_event(**kwargs: Any) -> None:
         await controller.credential(kwargs["namespace"], kwargs["name"])
 
@@ -156,7 +160,7 @@ async def operate(settings: OperatorSettings) -> bool:
     if settings.leader_lease is not None:
         namespace, name = settings.leader_lease
         identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        lease = LeaderLease(kube.api_client, LeaseSettings(namespace=namespace, name=name, identity=identity))
+        lease = LeaderLease(Kube(kube.api_client), LeaseSettings(namespace=namespace, name=name, identity=identity))
         await lease.acquire()
     controller = Controller(settings, kube)
     stop = asyncio.Event()

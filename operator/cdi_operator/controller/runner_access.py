@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 
 from cdi_operator.api.json import JSON
-from cdi_operator.api.models import GROUP, CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import CDI_PLURAL, GROUP, WHC_PLURAL, CdiIntegrationSpec, WarehouseCredentialSpec
 
 PREFIX = "cdi-runner-"
 NAME_MAX = 253
@@ -39,14 +39,14 @@ def secret_names(spec: CdiIntegrationSpec, credential: WarehouseCredentialSpec) 
 
 def role_rules(integration: str, credential: str, secrets: list[str]) -> list[JSON]:
     rules: list[JSON] = [
-        {"apiGroups": [GROUP], "resources": ["cdiintegrations"], "resourceNames": [integration], "verbs": ["get"]},
+        {"apiGroups": [GROUP], "resources": [CDI_PLURAL], "resourceNames": [integration], "verbs": ["get"]},
         {
             "apiGroups": [GROUP],
-            "resources": ["cdiintegrations/status"],
+            "resources": [f"{CDI_PLURAL}/status"],
             "resourceNames": [integration],
             "verbs": ["get", "patch"],
         },
-        {"apiGroups": [GROUP], "resources": ["warehousecredentials"], "resourceNames": [credential], "verbs": ["get"]},
+        {"apiGroups": [GROUP], "resources": [WHC_PLURAL], "resourceNames": [credential], "verbs": ["get"]},
     ]
     if secrets:  # an empty resourceNames would mean every Secret
         rules.append({"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]})

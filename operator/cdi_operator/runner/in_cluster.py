@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from cdi_operator.api.models import CdiIntegration, RunResult, RunSummary, WarehouseCredential
+from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, CdiIntegration, RunResult, RunSummary, WarehouseCredential
 from cdi_operator.braze.client import BrazeClient
 from cdi_operator.cli import (
     EXIT_BAD_INPUT,
@@ -37,7 +37,7 @@ from cdi_operator.cli import (
     open_warehouse,
 )
 from cdi_operator.controller.snowflake_keys import resolved_spec
-from cdi_operator.kube import CDI_PLURAL, WHC_PLURAL, Kube, KubeError, load_config
+from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
 from cdi_operator.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
@@ -58,7 +58,7 @@ class _Failed(Exception):
 
 def _kube_failure(exc: KubeError) -> _Failed:
     # Not found, forbidden, a missing key: fixed by the user (an object, a reference, the Role), so bad input.
-    bad_input = exc.status in (None, 403, 404)
+    bad_input = isinstance(exc, (NotFound, Forbidden, InvalidSecret))
     return _Failed(exc.message, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
 
 
@@ -128,7 +128,7 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
             cfg = load_config()
         except Exception as exc:
             raise _Failed(f"cannot load the Kubernetes client configuration: {exc}", EXIT_BAD_INPUT) from None
-        kube = Kube(cfg.api_client)
+        kube = Kube(cfg.api_client, forbidden_hint="grant the runner's ServiceAccount access to it in its Role")
         namespace, name = _split_key(args.integration, cfg.namespace)
         key = f"{namespace}/{name}"
         try:

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cdi_operator.api.models import RunSummary, Watermark
-from cdi_operator.kube import CDI_PLURAL, Conflict, Kube
+from cdi_operator.api.models import CDI_PLURAL, RunSummary, Watermark
+from cdi_operator.kube import Conflict, Kube
 
 log = logging.getLogger(__name__)
 

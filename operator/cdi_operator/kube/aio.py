@@ -1,17 +1,16 @@
-"""The few Kubernetes API calls the operator makes, async (the blocking client runs in worker threads).
+"""The asyncio Kubernetes client: the few API calls the operator makes (the blocking client runs in worker threads).
 
-Configuration: cdi_operator.kube.load_config (in a pod its ServiceAccount; otherwise $KUBECONFIG or ~/.kube/config),
-the same as kopf's login.
+Every failure is a `KubeError` (kube/errors.py); an absent object is None or False where the caller expects that.
+Configuration: kube/config.py (in a pod its ServiceAccount; otherwise $KUBECONFIG or ~/.kube/config), the same as
+kopf's login.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import secrets as pysecrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,16 +19,25 @@ from kubernetes.client import ApiException
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import GROUP, VERSION, SecretKeyRef
+from cdi_operator.kube import secrets
+from cdi_operator.kube.errors import Conflict, Forbidden, KubeError, NotFound, api_error
 
-CDI, WHC = "cdiintegrations", "warehousecredentials"
 FIELD_MANAGER = "cdi-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "cdi-operator"
 
 
-def is_status(exc: BaseException, *codes: int) -> bool:
-    return isinstance(exc, ApiException) and exc.status in codes
+async def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a worker thread; an ApiException becomes the KubeError for its status."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as exc:
+        raise api_error(exc, what) from None
+
+
+def _custom(plural: str, namespace: str | None, name: str = "") -> str:
+    return f"{plural}.{GROUP} {namespace}/{name}" if namespace else f"{plural}.{GROUP}"
 
 
 class KubeApi:
@@ -50,29 +58,33 @@ class KubeApi:
 
     async def get(self, plural: str, namespace: str, name: str) -> JSON | None:
         try:
-            obj = await asyncio.to_thread(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            obj = await _call(
+                _custom(plural, namespace, name),
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         return cast(JSON, obj)
 
     async def list_objects(self, plural: str, namespace: str | None) -> list[JSON]:
+        what = _custom(plural, namespace)
         if namespace is None:
-            result = await asyncio.to_thread(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+            result = await _call(what, self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
         else:
-            result = await asyncio.to_thread(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
-            )
+            result = await _call(what, self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural)
         return cast(list[JSON], cast(JSON, result).get("items", []))
 
     async def patch_status(self, plural: str, namespace: str, name: str, patch: JSON) -> JSON:
         """A JSON merge patch of the status subresource (lists in it are replaced whole)."""
         return cast(
             JSON,
-            await asyncio.to_thread(
+            await _call(
+                _custom(plural, namespace, name) + " status",
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -88,7 +100,8 @@ class KubeApi:
         """A JSON merge patch of the object (include metadata.resourceVersion for optimistic concurrency)."""
         return cast(
             JSON,
-            await asyncio.to_thread(
+            await _call(
+                _custom(plural, namespace, name),
                 self.custom.patch_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -109,43 +122,95 @@ class KubeApi:
         for ref in refs:
             if ref.name not in cache:
                 try:
-                    secret = await asyncio.to_thread(self.core.read_namespaced_secret, ref.name, namespace)
+                    secret = await _call(
+                        f"Secret {namespace}/{ref.name}", self.core.read_namespaced_secret, ref.name, namespace
+                    )
                     cache[ref.name] = secret.data or {}
-                except ApiException as exc:
-                    if exc.status not in (403, 404):
-                        raise
+                except (Forbidden, NotFound):
                     cache[ref.name] = None
             data = cache[ref.name]
             if data and ref.key in data:
-                try:
-                    values[(ref.name, ref.key)] = base64.b64decode(data[ref.key]).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError):
-                    continue
+                value = secrets.decode(data[ref.key])
+                if value is not None:
+                    values[(ref.name, ref.key)] = value
         return values
+
+    async def read_secret(self, namespace: str, name: str) -> JSON | None:
+        """A Secret's decoded `data` (keys that are not UTF-8 text left out), annotations, owner references
+        (uid, kind) and resourceVersion; None when there is none."""
+        try:
+            secret = await _call(f"Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
+        except NotFound:
+            return None
+        data: dict[str, str] = {}
+        for key, raw in (secret.data or {}).items():
+            value = secrets.decode(raw)
+            if value is not None:
+                data[key] = value
+        meta = secret.metadata
+        owners = [{"uid": r.uid, "kind": r.kind} for r in (meta.owner_references if meta else None) or []]
+        return {
+            "data": data,
+            "annotations": dict((meta.annotations if meta else None) or {}),
+            "ownerReferences": owners,
+            "resourceVersion": meta.resource_version if meta else None,
+        }
+
+    async def create_secret(self, body: JSON) -> None:
+        """Create a Secret; `body["stringData"]` is encoded into `data` here."""
+        meta = body["metadata"]
+        manifest = {k: v for k, v in body.items() if k != "stringData"}
+        manifest["data"] = {k: secrets.encode(v) for k, v in (body.get("stringData") or {}).items()}
+        create: Any = self.core.create_namespaced_secret
+        await _call(f"Secret {meta['namespace']}/{meta['name']}", create, meta["namespace"], manifest)
+
+    async def patch_secret(self, namespace: str, name: str, string_data: dict[str, str | None], metadata: JSON) -> None:
+        """A merge patch of a Secret's `metadata` and `data` (from `string_data`; a None value deletes the key)."""
+        patch = {
+            "metadata": metadata,
+            "data": {k: None if v is None else secrets.encode(v) for k, v in string_data.items()},
+        }
+        await _call(f"Secret {namespace}/{name}", self.core.patch_namespaced_secret, name, namespace, patch)
 
     # --- CronJobs and Jobs ---
 
     async def get_cronjob(self, namespace: str, name: str) -> JSON | None:
         try:
-            obj = await asyncio.to_thread(self.batch.read_namespaced_cron_job, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+            obj = await _call(f"CronJob {namespace}/{name}", self.batch.read_namespaced_cron_job, name, namespace)
+        except NotFound:
+            return None
         return cast(JSON, self._plain(obj))
 
     async def apply_cronjob(self, manifest: JSON) -> JSON:
         """Server-side apply: creates or updates, idempotent, owns exactly the fields in `manifest`."""
-        obj = await asyncio.to_thread(
+        meta = manifest["metadata"]
+        obj = await _call(
+            f"CronJob {meta['namespace']}/{meta['name']}",
             self.batch.patch_namespaced_cron_job,
-            manifest["metadata"]["name"],
-            manifest["metadata"]["namespace"],
+            meta["name"],
+            meta["namespace"],
             manifest,
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY_PATCH,
         )
         return cast(JSON, self._plain(obj))
+
+    async def suspend_cronjob(self, namespace: str, name: str) -> bool:
+        """Set spec.suspend on an existing CronJob; False when there is none."""
+        try:
+            await _call(
+                f"CronJob {namespace}/{name}",
+                self.batch.patch_namespaced_cron_job,
+                name,
+                namespace,
+                {"spec": {"suspend": True}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+            )
+        except NotFound:
+            return False
+        return True
 
     async def apply_runner_access(self, manifests: list[JSON]) -> None:
         """Server-side apply of a runner's ServiceAccount, Role and RoleBinding (controller/runner_access.py)."""
@@ -156,7 +221,8 @@ class KubeApi:
         }
         for manifest in manifests:
             meta = manifest["metadata"]
-            await asyncio.to_thread(
+            await _call(
+                f"{manifest['kind']} {meta['namespace']}/{meta['name']}",
                 patchers[manifest["kind"]],
                 meta["name"],
                 meta["namespace"],
@@ -167,18 +233,17 @@ class KubeApi:
             )
 
     async def list_jobs(self, namespace: str, selector: str) -> list[JSON]:
-        result = await asyncio.to_thread(self.batch.list_namespaced_job, namespace, label_selector=selector)
+        result = await _call(f"Jobs in {namespace}", self.batch.list_namespaced_job, namespace, label_selector=selector)
         return [cast(JSON, self._plain(j)) for j in result.items]
 
     async def create_job(self, manifest: JSON) -> bool:
         """Create a Job; False when one of that name exists already (created before a restart)."""
+        meta = manifest["metadata"]
         try:
             create: Any = self.batch.create_namespaced_job
-            await asyncio.to_thread(create, manifest["metadata"]["namespace"], manifest)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
+            await _call(f"Job {meta['namespace']}/{meta['name']}", create, meta["namespace"], manifest)
+        except Conflict:
+            return False
         return True
 
     # --- events ---
@@ -211,24 +276,6 @@ class KubeApi:
             "lastTimestamp": now,
             "count": 1,
         }
-        with contextlib.suppress(ApiException):  # an Event is best effort
+        with contextlib.suppress(KubeError):  # an Event is best effort
             create: Any = self.core.create_namespaced_event
-            await asyncio.to_thread(create, namespace, body)
-
-
-async def suspend_cronjob(kube: KubeApi, namespace: str, name: str) -> bool:
-    """Set spec.suspend on an existing CronJob; False when there is none."""
-    try:
-        await asyncio.to_thread(
-            kube.batch.patch_namespaced_cron_job,
-            name,
-            namespace,
-            {"spec": {"suspend": True}},
-            field_manager=FIELD_MANAGER,
-            _content_type=MERGE_PATCH,
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+            await _call(f"Event {namespace}", create, namespace, body)
