@@ -25,6 +25,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from test_crds_apiserver import install_crds
 
+from cdi_operator.api import snowflake_key
 from cdi_operator.controller import snowflake_keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -137,7 +138,7 @@ def test_snowflake_key_pair_rotation_conflict_and_gc(
     operator: OperatorProcess, kube_api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube_api)
-    secret_name = snowflake_keys.secret_name("sf")
+    secret_name = snowflake_key.secret_name("sf")
     created = create_credential(kube_api, namespace, "sf")
 
     # 1. The owned Secret, the public key and the statement in status; the login with the key passes.
@@ -243,7 +244,7 @@ def test_snowflake_key_pair_rotation_conflict_and_gc(
     # 5. Deleting a credential garbage-collects its Secret; the other one's flag clears.
     client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(GROUP, VERSION, namespace, WHC, "sf-twin")
     wait_until(
-        lambda: secret_data(kube_api, namespace, snowflake_keys.secret_name("sf-twin")) is None,
+        lambda: secret_data(kube_api, namespace, snowflake_key.secret_name("sf-twin")) is None,
         WAIT,
         "the garbage collector to delete the twin's Secret",
     )

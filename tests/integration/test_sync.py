@@ -20,7 +20,7 @@ import yaml
 from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, run_cdi, sync, user_row
 
 from cdi_operator.braze.emulator import BrazeEmulator
-from cdi_operator.cli import ProgressView, open_warehouse
+from cdi_operator.commands.common import ProgressView, open_warehouse
 from cdi_operator.manifests import load_manifests
 from cdi_operator.runner import frontier
 from cdi_operator.runner.state import JsonFileStore

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cdi_operator.api import snowflake_key
 from cdi_operator.api.models import WarehouseCredentialSpec, WarehouseCredentialStatus
 from cdi_operator.controller import snowflake_keys as sk
 
@@ -146,13 +147,13 @@ def test_secret_round_trip() -> None:
 
 
 def test_resolved_spec_points_at_the_owned_secret_only_without_own_key() -> None:
-    resolved = sk.resolved_spec(spec(), "wh")
+    resolved = snowflake_key.resolved_spec(spec(), "wh")
     assert resolved.snowflake is not None and resolved.snowflake.private_key_secret_ref is not None
     ref = resolved.snowflake.private_key_secret_ref
     assert (ref.name, ref.key) == ("wh-snowflake-key", "private-key")
     assert resolved.secret_refs() == [ref]
     own = spec(privateKeySecretRef={"name": "mine", "key": "k"})
-    assert sk.resolved_spec(own, "wh") is own and not sk.managed(own)
+    assert snowflake_key.resolved_spec(own, "wh") is own and not snowflake_key.managed(own)
 
 
 def test_conflicting_credentials() -> None:

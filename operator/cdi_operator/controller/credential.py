@@ -15,6 +15,7 @@ from functools import partial
 
 from pydantic import ValidationError
 
+from cdi_operator.api import snowflake_key
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
@@ -158,7 +159,7 @@ class CredentialReconciler:
                 },
             )
             return
-        spec = snowflake_keys.resolved_spec(spec, name)
+        spec = snowflake_key.resolved_spec(spec, name)
         if wanted:
             message = f"testing the connection to the {spec.type.value} warehouse"
             testing = {
@@ -209,7 +210,7 @@ class CredentialReconciler:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         rotate_value = ((meta.get("annotations") or {}).get(ROTATE_KEY_ANNOTATION)) or None
-        if not snowflake_keys.managed(spec):
+        if not snowflake_key.managed(spec):
             updates: JSON = {k: None for k in KEY_STATUS_FIELDS if status.get(k) is not None}
             if rotate_value and rotate_value != status.get("lastHandledRotateKey"):
                 await self.kube.event(
@@ -227,7 +228,7 @@ class CredentialReconciler:
         assert spec.snowflake is not None
         user = spec.snowflake.user
         wants = await self._conflicts(obj, status, spec)
-        secret_name = snowflake_keys.secret_name(name)
+        secret_name = snowflake_key.secret_name(name)
         secret = await self.kube.read_secret(namespace, secret_name)
         if secret is None:
             state = snowflake_keys.initial_state(rotate_value)
@@ -254,7 +255,7 @@ class CredentialReconciler:
             elif found is None:
                 reason = "KeySecretInvalid"
                 problem = (
-                    f"Secret {secret_name} has no key {snowflake_keys.ACTIVE_KEY!r}; delete the Secret to have a "
+                    f"Secret {secret_name} has no key {snowflake_key.ACTIVE_KEY!r}; delete the Secret to have a "
                     "new key pair generated (and run the new ALTER USER statement from status)"
                 )
             if found is None or problem is not None or reason is not None:
@@ -331,7 +332,7 @@ class CredentialReconciler:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         assert spec.snowflake is not None and state.next_pem is not None
-        secret_name = snowflake_keys.secret_name(name)
+        secret_name = snowflake_key.secret_name(name)
         ref = SecretKeyRef(name=secret_name, key=snowflake_keys.NEXT_KEY)
         next_spec = spec.model_copy(
             update={"snowflake": spec.snowflake.model_copy(update={"private_key_secret_ref": ref})}
@@ -381,7 +382,7 @@ class CredentialReconciler:
     async def _create_secret(self, obj: JSON, state: snowflake_keys.KeyState) -> None:
         meta = obj["metadata"]
         data, annotations = snowflake_keys.to_secret(state)
-        secret_name = snowflake_keys.secret_name(meta["name"])
+        secret_name = snowflake_key.secret_name(meta["name"])
         body: JSON = {
             "apiVersion": "v1",
             "kind": "Secret",

@@ -29,6 +29,7 @@ from cdi_operator.api.models import (
     SourceTable,
     WarehouseCredentialSpec,
 )
+from cdi_operator.api.snowflake_key import resolved_spec
 from cdi_operator.controller import conditions, connection, observability, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
@@ -36,8 +37,8 @@ from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
-from cdi_operator.controller.snowflake_keys import resolved_spec
 from cdi_operator.kube.aio import KubeApi
+from cdi_operator.runner import contract
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ MANAGED_BY = "cdi-operator"
 CRONJOB_NAME_MAX = 52  # the CronJob controller appends "-<minutes>" (11 characters) for its Jobs
 LABEL_VALUE_MAX = 63
 RUNNER_CONTAINER = "runner"
-ENV_BRAZE_ENDPOINT = "CDI_BRAZE_REST_ENDPOINT"
-ENV_BRAZE_API_KEY = "CDI_BRAZE_API_KEY"
-ENV_JOB_NAME = "CDI_JOB_NAME"
 RUNNER_ACCESS_REFRESH = 600.0
 
 
@@ -128,15 +126,15 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
     name, namespace = meta["name"], meta["namespace"]
     labels = {INTEGRATION_LABEL: label_value(name), MANAGED_BY_LABEL: MANAGED_BY}
     env: list[JSON] = [
-        {"name": ENV_JOB_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
+        {"name": contract.ENV_JOB_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
     ]
     braze = spec.braze
     if (braze is None or braze.rest_endpoint is None) and settings.braze_default_endpoint:
-        env.append({"name": ENV_BRAZE_ENDPOINT, "value": settings.braze_default_endpoint})
+        env.append({"name": contract.ENV_BRAZE_ENDPOINT, "value": settings.braze_default_endpoint})
     if (braze is None or braze.api_key_secret_ref is None) and settings.braze_default_secret_name:
         env.append(
             {
-                "name": ENV_BRAZE_API_KEY,
+                "name": contract.ENV_BRAZE_API_KEY,
                 "valueFrom": {
                     "secretKeyRef": {
                         "name": settings.braze_default_secret_name,
@@ -149,7 +147,7 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
         "name": RUNNER_CONTAINER,
         "image": settings.runner_image,
         "imagePullPolicy": settings.runner_image_pull_policy,
-        "args": ["sync", "--in-cluster", "--integration", f"{namespace}/{name}", "--trigger", "schedule"],
+        "args": contract.runner_args(namespace, name),
         "env": env,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }

@@ -1,9 +1,9 @@
 """Snowflake key pairs the operator generates for a WarehouseCredential, and their rotation, as plain data.
 
 A snowflake credential without `spec.snowflake.privateKeySecretRef` gets a key pair: the private key stays in a
-Secret the operator owns (`<credential>-snowflake-key`, key `private-key`), the public key and the exact
-`ALTER USER … SET RSA_PUBLIC_KEY='…'` statement go to the credential's status. Nothing here ever puts a private
-key into a message, a status field or a log line.
+Secret the operator owns (`<credential>-snowflake-key`, key `private-key`; api/snowflake_key.py resolves it for
+whoever connects), the public key and the exact `ALTER USER … SET RSA_PUBLIC_KEY='…'` statement go to the
+credential's status. Nothing here ever puts a private key into a message, a status field or a log line.
 
 Rotation uses Snowflake's two key slots (RSA_PUBLIC_KEY and RSA_PUBLIC_KEY_2) so that syncs never stop:
 
@@ -29,10 +29,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cdi_operator.api.models import GROUP, SecretKeyRef, SnowflakeSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import GROUP, SnowflakeSpec, WarehouseCredentialSpec
+from cdi_operator.api.snowflake_key import ACTIVE_KEY
 
 KEY_SIZE = 2048
-ACTIVE_KEY = "private-key"
 NEXT_KEY = "private-key-next"
 SLOT_ANNOTATION = f"{GROUP}/key-slot"
 RETIRED_SLOT_ANNOTATION = f"{GROUP}/retired-key-slot"
@@ -44,29 +44,6 @@ PHASE_COMPLETED = "Completed"  # the new key is active; the old slot may be unse
 
 # An identifier Snowflake takes unquoted (and then stores in upper case).
 _UNQUOTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
-
-
-def secret_name(credential: str) -> str:
-    """The name of the Secret the operator owns for `credential`'s key pair."""
-    return f"{credential}-snowflake-key"
-
-
-def managed(spec: WarehouseCredentialSpec) -> bool:
-    """Whether the operator generates the key: a snowflake credential that does not bring its own."""
-    return isinstance(spec.snowflake, SnowflakeSpec) and spec.snowflake.private_key_secret_ref is None
-
-
-def resolved_spec(spec: WarehouseCredentialSpec, credential: str) -> WarehouseCredentialSpec:
-    """`spec` with privateKeySecretRef pointing at the owned Secret's active key when the operator manages the key.
-
-    The operator never writes spec (GitOps tools would fight it): whoever connects resolves the key this way.
-    """
-    if not managed(spec):
-        return spec
-    assert spec.snowflake is not None
-    ref = SecretKeyRef(name=secret_name(credential), key=ACTIVE_KEY)
-    snowflake = spec.snowflake.model_copy(update={"private_key_secret_ref": ref})
-    return spec.model_copy(update={"snowflake": snowflake})
 
 
 # --- keys ----------------------------------------------------------------------------------------------------------

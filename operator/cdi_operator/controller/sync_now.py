@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from cdi_operator.api.models import SYNC_NOW_ANNOTATION
+from cdi_operator.runner.contract import FLAG_TRIGGER, TRIGGER_SYNC_NOW
 
 TRIGGER_LABEL = "cdi.ingest.dev/trigger"
 SYNC_NOW_VALUE_ANNOTATION = "cdi.ingest.dev/sync-now-value"
@@ -97,14 +98,14 @@ def build_job(cronjob: dict[str, Any], value: str) -> dict[str, Any]:
     spec = template["spec"]
     for container in spec["template"]["spec"]["containers"]:
         args = list(container.get("args") or [])
-        if "--trigger" in args and args.index("--trigger") + 1 < len(args):
-            args[args.index("--trigger") + 1] = "syncNow"
+        if FLAG_TRIGGER in args and args.index(FLAG_TRIGGER) + 1 < len(args):
+            args[args.index(FLAG_TRIGGER) + 1] = TRIGGER_SYNC_NOW
         elif args:
-            args += ["--trigger", "syncNow"]
+            args += [FLAG_TRIGGER, TRIGGER_SYNC_NOW]
         container["args"] = args
-    labels = {**(template_meta.get("labels") or {}), TRIGGER_LABEL: "syncNow"}
+    labels = {**(template_meta.get("labels") or {}), TRIGGER_LABEL: TRIGGER_SYNC_NOW}
     pod_meta = spec["template"].setdefault("metadata", {})
-    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), TRIGGER_LABEL: "syncNow"}
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), TRIGGER_LABEL: TRIGGER_SYNC_NOW}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

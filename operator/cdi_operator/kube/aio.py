@@ -19,8 +19,8 @@ from kubernetes.client import ApiException
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import GROUP, VERSION, SecretKeyRef
-from cdi_operator.kube import secrets
 from cdi_operator.kube.errors import Conflict, Forbidden, KubeError, NotFound, api_error
+from cdi_operator.kube.secrets import decode, encode
 
 FIELD_MANAGER = "cdi-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -130,7 +130,7 @@ class KubeApi:
                     cache[ref.name] = None
             data = cache[ref.name]
             if data and ref.key in data:
-                value = secrets.decode(data[ref.key])
+                value = decode(data[ref.key])
                 if value is not None:
                     values[(ref.name, ref.key)] = value
         return values
@@ -144,7 +144,7 @@ class KubeApi:
             return None
         data: dict[str, str] = {}
         for key, raw in (secret.data or {}).items():
-            value = secrets.decode(raw)
+            value = decode(raw)
             if value is not None:
                 data[key] = value
         meta = secret.metadata
@@ -160,7 +160,7 @@ class KubeApi:
         """Create a Secret; `body["stringData"]` is encoded into `data` here."""
         meta = body["metadata"]
         manifest = {k: v for k, v in body.items() if k != "stringData"}
-        manifest["data"] = {k: secrets.encode(v) for k, v in (body.get("stringData") or {}).items()}
+        manifest["data"] = {k: encode(v) for k, v in (body.get("stringData") or {}).items()}
         create: Any = self.core.create_namespaced_secret
         await _call(f"Secret {meta['namespace']}/{meta['name']}", create, meta["namespace"], manifest)
 
@@ -168,7 +168,7 @@ class KubeApi:
         """A merge patch of a Secret's `metadata` and `data` (from `string_data`; a None value deletes the key)."""
         patch = {
             "metadata": metadata,
-            "data": {k: None if v is None else secrets.encode(v) for k, v in string_data.items()},
+            "data": {k: None if v is None else encode(v) for k, v in string_data.items()},
         }
         await _call(f"Secret {namespace}/{name}", self.core.patch_namespaced_secret, name, namespace, patch)
 

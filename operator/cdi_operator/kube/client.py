@@ -10,8 +10,8 @@ from kubernetes.client import ApiException
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import GROUP, VERSION
-from cdi_operator.kube import secrets
 from cdi_operator.kube.errors import InvalidSecret, api_error
+from cdi_operator.kube.secrets import decode
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -49,7 +49,7 @@ class Kube:
         data = secret.data or {}
         if key not in data:
             raise InvalidSecret(None, f"{what} has no key {key!r}; add it or fix the secret reference's key")
-        value = secrets.decode(data[key])
+        value = decode(data[key])
         if value is None:
             raise InvalidSecret(None, f"{what}: key {key!r} is not UTF-8 text")
         return value

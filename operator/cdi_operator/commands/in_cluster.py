@@ -9,12 +9,12 @@ Exit status as for `cdi sync -f`: 0 completed (row errors included), 1 failed as
 the objects, a missing Secret or key, access the ServiceAccount lacks, a missing setting). Every failure after the
 CdiIntegration was read is also written to `status.lastSync` (result Error, message), best effort.
 
-`$CDI_JOB_NAME`, when set (e.g. from the pod label `job-name` by the downward API), is recorded as the run's `job`.
+`$CDI_JOB_NAME` (runner/contract.py), when set (e.g. from the pod label `job-name` by the downward API), is
+recorded as the run's `job`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -25,26 +25,27 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, CdiIntegration, RunResult, RunSummary, WarehouseCredential
+from cdi_operator.api.snowflake_key import resolved_spec
 from cdi_operator.braze.client import BrazeClient
-from cdi_operator.cli import (
+from cdi_operator.commands.common import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
     BadInput,
     ProgressView,
-    _print_result,
     braze_settings,
     open_warehouse,
+    print_result,
 )
-from cdi_operator.controller.snowflake_keys import resolved_spec
 from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
 from cdi_operator.manifests import ManifestError, Manifests, format_validation_error
+from cdi_operator.runner.contract import ENV_JOB_NAME
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
 from cdi_operator.warehouses.base import WarehouseError
 
-log = logging.getLogger("cdi")
-JOB_NAME_ENV = "CDI_JOB_NAME"
+log = logging.getLogger(__name__)
+RUNNER_FORBIDDEN_HINT = "grant the runner's ServiceAccount access to it in its Role"
 
 
 class _Failed(Exception):
@@ -116,20 +117,29 @@ def _record_failure(store: CrStatusStore, trigger: Trigger, started: datetime, m
         log.error("%s: cannot record the failure in status.lastSync: %s", store.key, type(exc).__name__)
 
 
-async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int:
+async def in_cluster_sync_command(
+    integration_key: str | None,
+    out: IO[str],
+    *,
+    trigger: Trigger = "schedule",
+    dry_run: bool = False,
+    output: str = "json",
+    braze_endpoint: str | None = None,
+) -> int:
+    """One sync of the CdiIntegration `integration_key` (NAMESPACE/NAME, or NAME in the pod's namespace); the
+    result goes to `out` as `output` ("text" or "json"). Returns the exit status."""
     started = datetime.now(UTC)
-    trigger: Trigger = args.trigger
-    key = args.integration or "?"
+    key = integration_key or "?"
     store: CrStatusStore | None = None
     try:
-        if not args.integration:
+        if not integration_key:
             raise _Failed("--in-cluster needs --integration NAMESPACE/NAME", EXIT_BAD_INPUT)
         try:
             cfg = load_config()
         except Exception as exc:
             raise _Failed(f"cannot load the Kubernetes client configuration: {exc}", EXIT_BAD_INPUT) from None
-        kube = Kube(cfg.api_client, forbidden_hint="grant the runner's ServiceAccount access to it in its Role")
-        namespace, name = _split_key(args.integration, cfg.namespace)
+        kube = Kube(cfg.api_client, forbidden_hint=RUNNER_FORBIDDEN_HINT)
+        namespace, name = _split_key(integration_key, cfg.namespace)
         key = f"{namespace}/{name}"
         try:
             raw = await asyncio.to_thread(kube.get_custom, CDI_PLURAL, namespace, name)
@@ -140,7 +150,7 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
             namespace,
             name,
             resource_version=raw["metadata"].get("resourceVersion"),
-            job=os.environ.get(JOB_NAME_ENV) or None,
+            job=os.environ.get(ENV_JOB_NAME) or None,
         )
         integration: CdiIntegration = _validated(CdiIntegration, raw, f"CdiIntegration {key}")
         credential_name = integration.spec.credential_ref.name
@@ -159,12 +169,12 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
             raise _Failed(f"CdiIntegration {key}: {exc.message}", EXIT_BAD_INPUT) from None
         manifests = await asyncio.to_thread(_secrets, kube, integration, credential)
         try:
-            settings = braze_settings(integration, manifests, args.braze_endpoint, required=not args.dry_run)
+            settings = braze_settings(integration, manifests, braze_endpoint, required=not dry_run)
         except (BadInput, ManifestError) as exc:
             raise _Failed(str(exc), EXIT_BAD_INPUT) from None
         try:
             await asyncio.to_thread(store.load_watermark)  # an unusable watermark is found before anything is sent
-            if not args.dry_run:
+            if not dry_run:
                 running = RunSummary(trigger=trigger, started_at=started, result=RunResult.RUNNING)
                 await asyncio.to_thread(store.mark_running, running)
         except StatusStoreError as exc:
@@ -179,9 +189,9 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
             raise _Failed(f"cannot connect to the warehouse: {exc}", EXIT_FAILED) from None
     except _Failed as failure:
         print(f"error: {failure.message}", file=sys.stderr)
-        if store is not None and not args.dry_run:
+        if store is not None and not dry_run:
             await asyncio.to_thread(_record_failure, store, trigger, started, failure.message)
-        _print_result(out, args.output, key, None, None, failure=failure.message)
+        print_result(out, output, key, None, None, failure=failure.message)
         return failure.exit_code
 
     view = ProgressView(sys.stderr, interactive=False)
@@ -193,7 +203,7 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
         braze_requests[label] = braze_requests.get(label, 0) + 1
 
     try:
-        if settings is None or args.dry_run:
+        if settings is None or dry_run:
             summary, run = await run_sync(job, warehouse, None, store, trigger=trigger, on_progress=view)
         else:
             async with BrazeClient(settings, on_response=count_response) as client:
@@ -202,11 +212,11 @@ async def in_cluster_sync_command(args: argparse.Namespace, out: IO[str]) -> int
         message = f"cannot save progress in the CdiIntegration's status: {exc}"
         print(f"error: {message}", file=sys.stderr)
         await asyncio.to_thread(_record_failure, store, trigger, started, message)
-        _print_result(out, args.output, key, None, None, failure=message)
+        print_result(out, output, key, None, None, failure=message)
         return EXIT_FAILED
     finally:
         await asyncio.to_thread(warehouse.close)
     if braze_requests and summary.braze_requests is None:
         summary = summary.model_copy(update={"braze_requests": dict(braze_requests)})
-    _print_result(out, args.output, key, summary, run.dry_run_report)
+    print_result(out, output, key, summary, run.dry_run_report)
     return EXIT_FAILED if summary.result is RunResult.ERROR else EXIT_OK

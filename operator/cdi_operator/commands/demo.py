@@ -1,12 +1,12 @@
 """`cdi demo`: a real sync from an embedded DuckDB table to the Braze emulator on loopback, with nothing to set up.
 
-It writes the same kind of manifest a user applies to a cluster and runs it through `cdi sync`, so what the demo
-shows is what the product does: then it adds a late row at the watermark and an updated row, and syncs again.
+It writes the same kind of manifest a user applies to a cluster and runs it through `cdi sync` (commands/sync.py), so
+what the demo shows is what the product does: then it adds a late row at the watermark and an updated row, and syncs
+again.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -19,7 +19,7 @@ from typing import IO, Any
 import duckdb
 
 from cdi_operator.braze.emulator import BrazeEmulator
-from cdi_operator.cli import sync_command
+from cdi_operator.commands.sync import sync_command
 
 API_KEY = "demo-rest-api-key"
 FIRST_NAMES = ["Ada", "Grace", "Linus", "Margaret", "Alan", "Barbara", "Ken", "Frances", "Dennis", "Radia", "Sophie"]
@@ -96,10 +96,7 @@ def create_table(path: Path, rows: int, now: datetime, seed: int = 7) -> None:
 
 
 def _sync(manifest: Path, state: Path, out: IO[str]) -> int:
-    args = argparse.Namespace(
-        file=[str(manifest)], integration=None, state=str(state), dry_run=False, output="text", braze_endpoint=None
-    )
-    return asyncio.run(sync_command(args, out))
+    return asyncio.run(sync_command([manifest], out, state=state))
 
 
 def run_demo(rows: int, directory: Path | None, out: IO[str]) -> int:
