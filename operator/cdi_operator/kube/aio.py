@@ -36,6 +36,22 @@ async def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
         raise api_error(exc, what) from None
 
 
+async def _apply(patch: Callable[..., Any], manifest: JSON) -> Any:
+    """Server-side apply of `manifest` with `patch` (the kind's patch_namespaced_… call), owning its fields."""
+    meta = manifest["metadata"]
+    what = f"{manifest.get('kind', 'object')} {meta['namespace']}/{meta['name']}"
+    return await _call(
+        what,
+        patch,
+        meta["name"],
+        meta["namespace"],
+        manifest,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type=APPLY_PATCH,
+    )
+
+
 def _custom(plural: str, namespace: str | None, name: str = "") -> str:
     return f"{plural}.{GROUP} {namespace}/{name}" if namespace else f"{plural}.{GROUP}"
 
@@ -183,18 +199,7 @@ class KubeApi:
 
     async def apply_cronjob(self, manifest: JSON) -> JSON:
         """Server-side apply: creates or updates, idempotent, owns exactly the fields in `manifest`."""
-        meta = manifest["metadata"]
-        obj = await _call(
-            f"CronJob {meta['namespace']}/{meta['name']}",
-            self.batch.patch_namespaced_cron_job,
-            meta["name"],
-            meta["namespace"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY_PATCH,
-        )
-        return cast(JSON, self._plain(obj))
+        return cast(JSON, self._plain(await _apply(self.batch.patch_namespaced_cron_job, manifest)))
 
     async def suspend_cronjob(self, namespace: str, name: str) -> bool:
         """Set spec.suspend on an existing CronJob; False when there is none."""
@@ -220,17 +225,7 @@ class KubeApi:
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }
         for manifest in manifests:
-            meta = manifest["metadata"]
-            await _call(
-                f"{manifest['kind']} {meta['namespace']}/{meta['name']}",
-                patchers[manifest["kind"]],
-                meta["name"],
-                meta["namespace"],
-                manifest,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY_PATCH,
-            )
+            await _apply(patchers[manifest["kind"]], manifest)
 
     async def list_jobs(self, namespace: str, selector: str) -> list[JSON]:
         result = await _call(f"Jobs in {namespace}", self.batch.list_namespaced_job, namespace, label_selector=selector)
