@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from test_alerts import alerts, prometheus_rule
 
 from cdi_operator.api.models import RunResult, RunSummary
-from cdi_operator.metrics import Metrics
+from cdi_operator.controller.metrics import Metrics
 
 # DESIGN.md "Metrics": the names dashboards and alerts may rely on, as Prometheus stores them.
 DOCUMENTED_METRICS = frozenset(

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cdi_operator.api.models import CdiIntegration, RunResult, RunSummary
-from cdi_operator.notify import NotifyError, SmtpSettings, failure_key, notify_failure
+from cdi_operator.controller.notify import NotifyError, SmtpSettings, failure_key, notify_failure
 
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 SMTP_PASSWORD = "smtp-secret-password"

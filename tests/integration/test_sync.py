@@ -21,7 +21,7 @@ from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, run_cdi, sync, use
 
 from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.commands.common import ProgressView, open_warehouse
-from cdi_operator.manifests import load_manifests
+from cdi_operator.commands.manifests import load_manifests
 from cdi_operator.runner import frontier
 from cdi_operator.runner.state import JsonFileStore
 from cdi_operator.runner.sync import Progress, SyncJob, run_sync

@@ -22,7 +22,7 @@ from cdi_operator.api.models import (
     WarehouseCredential,
     WarehouseType,
 )
-from cdi_operator.manifests import load_manifests
+from cdi_operator.commands.manifests import load_manifests
 from cdi_operator.runner.sync import SyncJob
 
 REPO = Path(__file__).resolve().parents[2]

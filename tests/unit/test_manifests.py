@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdi_operator.api.models import SecretKeyRef, WarehouseType
-from cdi_operator.manifests import ManifestError, Manifests, load_manifests
+from cdi_operator.commands.manifests import ManifestError, Manifests, load_manifests
 
 SECRET = """\
 apiVersion: v1

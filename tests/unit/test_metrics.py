@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-import cdi_operator.metrics as metrics_module
+import cdi_operator.controller.metrics as metrics_module
 from cdi_operator.api.models import RunResult, RunSummary
-from cdi_operator.metrics import Metrics, start_metrics_server
+from cdi_operator.controller.metrics import Metrics, start_metrics_server
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

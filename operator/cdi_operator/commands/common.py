@@ -18,7 +18,7 @@ from typing import IO, Any
 from cdi_operator import warehouses
 from cdi_operator.api.models import CdiIntegration, RunSummary, WarehouseCredential
 from cdi_operator.braze.client import BrazeSettings
-from cdi_operator.manifests import Manifests
+from cdi_operator.commands.manifests import Manifests
 from cdi_operator.runner.contract import ENV_BRAZE_API_KEY, ENV_BRAZE_ENDPOINT
 from cdi_operator.runner.sync import DryRunReport, Progress
 

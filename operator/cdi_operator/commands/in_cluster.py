@@ -37,8 +37,8 @@ from cdi_operator.commands.common import (
     open_warehouse,
     print_result,
 )
+from cdi_operator.commands.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
-from cdi_operator.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.runner.contract import ENV_JOB_NAME
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync

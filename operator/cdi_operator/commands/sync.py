@@ -19,7 +19,7 @@ from cdi_operator.commands.common import (
     open_warehouse,
     print_result,
 )
-from cdi_operator.manifests import ManifestError, load_manifests
+from cdi_operator.commands.manifests import ManifestError, load_manifests
 from cdi_operator.runner.state import JsonFileStore, StateFileError
 from cdi_operator.runner.sync import SyncFailed, SyncJob, run_sync
 from cdi_operator.warehouses.base import WarehouseError

@@ -31,6 +31,7 @@ from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.errors import Conflict, NotFound
+from cdi_operator.kube.objects import controller_reference
 
 log = logging.getLogger(__name__)
 
@@ -393,13 +394,7 @@ class CredentialReconciler:
                 "labels": {snowflake_keys.CREDENTIAL_LABEL: meta["name"]},
                 "annotations": {k: v for k, v in annotations.items() if v is not None},
                 "ownerReferences": [
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": "WarehouseCredential",
-                        "name": meta["name"],
-                        "uid": meta["uid"],
-                        "controller": True,
-                    }
+                    controller_reference(API_VERSION, "WarehouseCredential", meta, block_owner_deletion=False)
                 ],
             },
             "stringData": {k: v for k, v in data.items() if v is not None},

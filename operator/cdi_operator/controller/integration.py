@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
+    API_VERSION,
     CDI_PLURAL,
     WHC_PLURAL,
     CdiIntegrationSpec,
@@ -38,6 +39,7 @@ from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.kube.aio import KubeApi
+from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner import contract
 
 log = logging.getLogger(__name__)
@@ -158,16 +160,7 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
             "name": cronjob_name(name),
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": obj.get("apiVersion", "cdi.ingest.dev/v1alpha1"),
-                    "kind": "CdiIntegration",
-                    "name": name,
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference(obj.get("apiVersion", API_VERSION), "CdiIntegration", meta)],
         },
         "spec": {
             "schedule": spec.schedule,

@@ -26,11 +26,11 @@ from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
 from cdi_operator.controller.leader import LeaderLease, LeaseSettings
+from cdi_operator.controller.metrics import start_metrics_server
 from cdi_operator.controller.observability import Observer
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
 from cdi_operator.kube import Kube, KubeError, load_config
 from cdi_operator.kube.aio import KubeApi
-from cdi_operator.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cdi_operator import metrics, notify
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
-from cdi_operator.controller import conditions, connection
+from cdi_operator.controller import conditions, connection, metrics, notify
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,15 @@ from __future__ import annotations
 import hashlib
 
 from cdi_operator.api.json import JSON
-from cdi_operator.api.models import CDI_PLURAL, GROUP, WHC_PLURAL, CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import (
+    API_VERSION,
+    CDI_PLURAL,
+    GROUP,
+    WHC_PLURAL,
+    CdiIntegrationSpec,
+    WarehouseCredentialSpec,
+)
+from cdi_operator.kube.objects import controller_reference
 
 PREFIX = "cdi-runner-"
 NAME_MAX = 253
@@ -60,14 +68,7 @@ def build_runner_access(
     meta = obj["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     account = runner_account_name(name)
-    owner = {
-        "apiVersion": obj.get("apiVersion", f"{GROUP}/v1alpha1"),
-        "kind": "CdiIntegration",
-        "name": name,
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    owner = controller_reference(obj.get("apiVersion", API_VERSION), "CdiIntegration", meta)
 
     def metadata() -> JSON:
         return {"name": account, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}

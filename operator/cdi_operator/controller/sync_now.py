@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from cdi_operator.api.models import SYNC_NOW_ANNOTATION
+from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner.contract import FLAG_TRIGGER, TRIGGER_SYNC_NOW
 
 TRIGGER_LABEL = "cdi.ingest.dev/trigger"
@@ -118,16 +119,7 @@ def build_job(cronjob: dict[str, Any], value: str) -> dict[str, Any]:
                 "cronjob.kubernetes.io/instantiate": "manual",
                 SYNC_NOW_VALUE_ANNOTATION: value[:256],
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "CronJob",
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [controller_reference("batch/v1", "CronJob", meta)],
         },
         "spec": spec,
     }
