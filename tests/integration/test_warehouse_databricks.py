@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import catalog_contract
 import pytest
 from contract_rows import ROWS
 from databricks_standin import HTTP_PATH, TOKEN, DatabricksStandin
@@ -333,3 +334,17 @@ def test_databricks(dbx: DatabricksStandin, braze: BrazeEmulator, tmp_path: Path
         [_payload_text(r) for r in ROWS],
     )
     assert_contract_delivered(source, braze, tmp_path)
+
+
+def test_databricks_catalog(dbx: DatabricksStandin, braze: BrazeEmulator, tmp_path: Path) -> None:
+    """The catalog contract table (catalog_contract.py) with PAYLOAD as STRING."""
+    source = Source(
+        "databricks",
+        {"standin": dbx, "catalog": CATALOG, "schema": "sales", "http_path": HTTP_PATH, "token": TOKEN},
+    )
+    source.create_table(
+        catalog_contract.TABLE,
+        "UPDATED_AT TIMESTAMPTZ, ID VARCHAR, PAYLOAD VARCHAR, DELETED BOOLEAN",
+        catalog_contract.text_rows(),
+    )
+    catalog_contract.assert_catalog_delivered(source, braze, tmp_path)
