@@ -172,18 +172,19 @@ class BrazeEmulator:
         with self._lock:
             return list(self._records.skipped)
 
-    def create_catalog(self, name: str, fields: Mapping[str, str]) -> None:
-        """Create (or redefine, keeping its items) a catalog with `fields` {name: type}; types are Braze's:
-        string, number, boolean, time, array, object. The `id` field is implicit."""
+    def create_catalog(self, name: str, fields: Mapping[str, str], items: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Create (or redefine, keeping its items) a catalog with `fields` {name: type}, holding `items` too; types
+        are Braze's: string, number, boolean, time, array, object. The `id` field is implicit."""
         unknown = set(fields.values()) - CATALOG_FIELD_TYPES
         if unknown:
             raise ValueError(f"unknown field types {sorted(unknown)}; one of {', '.join(sorted(CATALOG_FIELD_TYPES))}")
         with self._lock:
             catalog = self._records.catalogs.get(name)
             if catalog is None:
-                self._records.catalogs[name] = Catalog(dict(fields))
+                catalog = self._records.catalogs[name] = Catalog(dict(fields))
             else:
                 catalog.fields = dict(fields)
+            catalog.items.update({str(item["id"]): dict(item) for item in items})
 
     def delete_catalog(self, name: str) -> None:
         with self._lock:
