@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sources import Source, sync
+from sources import CdiResult, Source, sync
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
@@ -64,12 +64,16 @@ def text_rows() -> list[tuple[Any, ...]]:
     return [(t, i, None if p is None else json.dumps(p, ensure_ascii=False), d) for t, i, p, d in ROWS]
 
 
-def assert_catalog_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+def sync_catalog(source: Source, braze: BrazeEmulator, tmp_path: Path, table: str = TABLE) -> CdiResult:
+    """`cdi sync` of `table` as a catalogItems integration into the emulator's catalog `products`."""
     braze.create_catalog(CATALOG, FIELDS)
-    manifest = source.manifest(tmp_path / "catalog.yaml", TABLE, "catalogItems", braze.url)
+    manifest = source.manifest(tmp_path / f"{table}.yaml", table, "catalogItems", braze.url)
     manifest.write_text(manifest.read_text() + f"  catalog: {{name: {CATALOG}}}\n")
+    return sync(manifest, tmp_path / f"{table}-state.json")
 
-    result = sync(manifest, tmp_path / "catalog-state.json")
+
+def assert_catalog_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    result = sync_catalog(source, braze, tmp_path)
 
     assert result.exit_code == 0, result.stdout
     assert braze.catalog_items(CATALOG) == EXPECTED_ITEMS
