@@ -160,3 +160,20 @@ async def test_update_existing_only_skips_unknown_users(emu: BrazeEmulator) -> N
     assert emu.profiles == {"known": {"plan": "pro"}}
     assert [o["external_id"] for o in emu.skipped] == ["stranger"]
     assert emu.tracked("attributes") == objects, "both were received, flag included"
+
+
+async def test_admin_api_for_subprocess_users(emu: BrazeEmulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        for body in (
+            {"name": "shops", "fields": {"city": "string"}, "items": [{"id": "s1", "city": "Porto"}]},
+            {"storage_limit": 5},
+            {"name": "products", "delete": True},
+        ):
+            async with session.post(emu.url + "/_emulator/catalogs", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+        async with session.get(emu.url + "/_emulator/state") as resp:
+            state = await resp.json()
+    assert state["catalogs"] == {
+        "shops": {"fields": {"city": "string"}, "items": {"s1": {"id": "s1", "city": "Porto"}}}
+    }
+    assert emu.catalog_storage_limit == 5

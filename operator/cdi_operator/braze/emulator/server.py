@@ -537,16 +537,20 @@ class BrazeEmulator:
     async def _handle_create_catalog(self, request: web.Request) -> web.Response:
         try:
             body = orjson.loads(await request.read())
-            if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-                raise ValueError('the body must be {"name": …, "fields": {name: type}} or {"name": …, "delete": true}')
-            if body.get("delete"):
-                self.delete_catalog(body["name"])
-            else:
-                self.create_catalog(body["name"], {str(k): str(v) for k, v in dict(body.get("fields") or {}).items()})
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if "fields" in body or body.get("delete"):
+                if not isinstance(body.get("name"), str):
+                    raise ValueError("'name' (a string) is required with 'fields' or 'delete'")
+                if body.get("delete"):
+                    self.delete_catalog(body["name"])
+                else:
+                    fields = {str(k): str(v) for k, v in dict(body["fields"] or {}).items()}
+                    self.create_catalog(body["name"], fields, list(body.get("items") or []))
             if "storage_limit" in body:
                 limit = body["storage_limit"]
                 self.catalog_storage_limit = None if limit is None else int(limit)
-        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
             return _json(400, {"message": str(exc)})
         return _json(200, {"message": "success"})
 
