@@ -24,6 +24,7 @@ from harness.helpers import wait_until
 from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from test_operator_observability import (
+    BRAZE_KEY,
     CDI,
     GROUP,
     VERSION,
@@ -33,45 +34,22 @@ from test_operator_observability import (
     condition,
     core,
     custom,
-    free_port,
     jobs_finished,
     wait_status,
 )
-from test_operator_observability import crds as crds  # the CRDs, installed once per module
-from test_operator_observability import smtp as smtp  # the SMTP server fixture
+from test_operator_observability import braze as braze  # the emulator, the operator, the CRDs and the SMTP server
+from test_operator_observability import crds as crds
+from test_operator_observability import operator as operator
+from test_operator_observability import smtp as smtp
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-BRAZE_KEY = "e2e-catalog-braze-key"
 CONTACT = "catalog-team@example.com"
 CATALOG = "products"
 FIELDS = {"name": "string", "price": "number"}
 NAME = "products"
-
-
-@pytest.fixture(scope="module")
-def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY, catalog_list_rate_limit=50) as emulator:
-        yield emulator
-
-
-@pytest.fixture(scope="module")
-def operator(
-    crds: list[str],
-    kubeconfig: str,
-    braze: BrazeEmulator,
-    smtp: tuple[Mailbox, int],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[MetricsOperator]:
-    proc = MetricsOperator(
-        kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", braze.url, free_port(), smtp[1]
-    )
-    proc.start()
-    yield proc
-    proc.stop()
-    assert BRAZE_KEY not in proc.log_path.read_text(encoding="utf-8", errors="replace"), "a secret reached the log"
 
 
 @pytest.fixture
