@@ -49,11 +49,7 @@ class CatalogRowConverter(RowConverter):
 
     def _convert(self, row: Sequence[Any]) -> Delivery:
         if len(row) != self._width:
-            raise Reject(
-                R.INVALID_ROW,
-                f"the row has {len(row)} values but {self._width} columns were selected "
-                f"({', '.join(self.plan.columns)}); this is a warehouse adapter bug, please report it",
-            )
+            raise self._wrong_width(row)
         item_id = self._item_id(row[self._id_index])
         updated_at = row[0]
         if type(updated_at) is not datetime or updated_at.tzinfo is not UTC:

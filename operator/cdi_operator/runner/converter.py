@@ -183,11 +183,7 @@ class RowConverter:
 
     def _convert(self, row: Sequence[Any]) -> Delivery:
         if len(row) != self._width:
-            raise Reject(
-                R.INVALID_ROW,
-                f"the row has {len(row)} values but {self._width} columns were selected "
-                f"({', '.join(self.plan.columns)}); this is a warehouse adapter bug, please report it",
-            )
+            raise self._wrong_width(row)
         kind, value, user_key, identity = self._identify(row)
         updated_at = row[0]
         if type(updated_at) is not datetime or updated_at.tzinfo is not UTC:
@@ -566,6 +562,13 @@ class RowConverter:
             f"{column} is {type_name(value)}; identifiers must be text (or whole numbers) — cast the "
             "column to a "
             "string",
+        )
+
+    def _wrong_width(self, row: Sequence[Any]) -> Reject:
+        return Reject(
+            R.INVALID_ROW,
+            f"the row has {len(row)} values but {self._width} columns were selected "
+            f"({', '.join(self.plan.columns)}); this is a warehouse adapter bug, please report it",
         )
 
     def _identifier_too_long(self, column: str, value: str) -> Reject:
