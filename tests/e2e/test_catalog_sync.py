@@ -160,6 +160,9 @@ def test_catalog_sync_end_to_end(
     assert mailbox.received() == [], "row errors are never e-mailed"
 
     # 3. The catalog is gone: the run fails as a whole, told once; a re-test keeps the integration from Active.
+    wait_until(
+        lambda: jobs_finished(kube_api, ns), 180, "the first Job to finish", interval=1, details=operator.log_tail
+    )
     braze.delete_catalog(CATALOG)
     later = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
     sql(
