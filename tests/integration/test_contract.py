@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from catalog_contract import TABLE, assert_catalog_delivered, text_rows
 from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, UNDATED_ROWS, normalise
 from sources import BRAZE_KEY, Source, sync
 
@@ -64,3 +65,21 @@ def test_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> 
 def test_redshift(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
     create_in_postgres(pg_source)
     assert_contract_delivered(pg_source, braze, tmp_path)
+
+
+# --- the catalog version (catalog_contract.py) ---------------------------------------------------------------------
+
+
+def test_catalog_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    with duckdb.connect(duckdb_source.settings["path"]) as con:
+        con.execute(f"CREATE TABLE {TABLE} (UPDATED_AT TIMESTAMPTZ, ID VARCHAR, PAYLOAD JSON, DELETED BOOLEAN)")
+        con.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?)", text_rows())
+    assert_catalog_delivered(duckdb_source, braze, tmp_path)
+
+
+@pytest.mark.postgres
+def test_catalog_redshift(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    pg_source.create_table(
+        TABLE, "UPDATED_AT TIMESTAMPTZ, ID VARCHAR(300), PAYLOAD VARCHAR(65535), DELETED BOOLEAN", text_rows()
+    )
+    assert_catalog_delivered(pg_source, braze, tmp_path)

@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import catalog_contract
 import pytest
 from bigquery_standin import BigQueryStandIn, translate
 from contract_rows import ROWS
@@ -404,3 +405,16 @@ def test_a_query_that_runs_too_long_is_cancelled(
     error = failure(lambda: warehouse.count_after(("ds", "users"), "UPDATED_AT", at(0)))
     assert error.reason is FailureReason.QUERY_FAILED and "cancelled" in error.message
     assert any(m == "POST" and p.endswith("/cancel") for m, p, _ in standin.requests)
+
+
+def test_bigquery_catalog(standin: BigQueryStandIn, sa_key: str, braze: BrazeEmulator, tmp_path: Path) -> None:
+    """The catalog contract table (catalog_contract.py) with PAYLOAD as JSON."""
+    source = Source(
+        "bigquery", {"standin": standin, "project": PROJECT, "schema": "ds", "key_json": json.dumps(sa_key)}
+    )
+    source.create_table(
+        catalog_contract.TABLE,
+        "UPDATED_AT TIMESTAMPTZ, ID VARCHAR, PAYLOAD JSON, DELETED BOOLEAN",
+        catalog_contract.text_rows(),
+    )
+    catalog_contract.assert_catalog_delivered(source, braze, tmp_path)

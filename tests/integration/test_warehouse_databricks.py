@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import catalog_contract
 import pytest
 from contract_rows import ROWS
 from databricks_standin import HTTP_PATH, TOKEN, DatabricksStandin
@@ -333,3 +334,43 @@ def test_databricks(dbx: DatabricksStandin, braze: BrazeEmulator, tmp_path: Path
         [_payload_text(r) for r in ROWS],
     )
     assert_contract_delivered(source, braze, tmp_path)
+
+
+def test_databricks_catalog(dbx: DatabricksStandin, braze: BrazeEmulator, tmp_path: Path) -> None:
+    """The catalog contract table (catalog_contract.py) with PAYLOAD as STRING."""
+    source = Source(
+        "databricks",
+        {"standin": dbx, "catalog": CATALOG, "schema": "sales", "http_path": HTTP_PATH, "token": TOKEN},
+    )
+    source.create_table(
+        catalog_contract.TABLE,
+        "UPDATED_AT TIMESTAMPTZ, ID VARCHAR, PAYLOAD VARCHAR, DELETED BOOLEAN",
+        catalog_contract.text_rows(),
+    )
+    catalog_contract.assert_catalog_delivered(source, braze, tmp_path)
+
+
+def test_databricks_catalog_native_struct_and_map(dbx: DatabricksStandin, braze: BrazeEmulator, tmp_path: Path) -> None:
+    """Catalog items from a native STRUCT PAYLOAD holding an array and a MAP."""
+    source = Source(
+        "databricks",
+        {"standin": dbx, "catalog": CATALOG, "schema": "sales", "http_path": HTTP_PATH, "token": TOKEN},
+    )
+    source.execute(
+        "CREATE TABLE sales.catalog_native (UPDATED_AT TIMESTAMPTZ, ID VARCHAR, "
+        "PAYLOAD STRUCT(name VARCHAR, price DOUBLE, tags VARCHAR[], spec MAP(VARCHAR, INTEGER)), DELETED BOOLEAN)"
+    )
+    source.execute(
+        "INSERT INTO sales.catalog_native VALUES "
+        "(TIMESTAMPTZ '2026-03-01 12:00:01+00', 'sku-1', {'name': 'Lamp', 'price': 9.5, 'tags': ['a', 'b'], "
+        "'spec': MAP {'w': 3, 'h': 4}}, false), "
+        "(TIMESTAMPTZ '2026-03-01 12:00:02+00', 'sku-2', NULL, true)"
+    )
+    braze.create_catalog(catalog_contract.CATALOG, catalog_contract.FIELDS, items=[{"id": "sku-2"}])
+
+    result = catalog_contract.sync_catalog(source, braze, tmp_path, "catalog_native")
+
+    assert result.exit_code == 0, result.stdout
+    assert braze.catalog_items(catalog_contract.CATALOG) == {
+        "sku-1": {"id": "sku-1", "name": "Lamp", "price": 9.5, "tags": ["a", "b"], "spec": {"w": 3, "h": 4}}
+    }

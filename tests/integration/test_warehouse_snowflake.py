@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import catalog_contract
 import jwt
 import pytest
 from contract_rows import ROWS
@@ -499,3 +500,16 @@ def create_in_snowflake(source: Source) -> None:
 def test_snowflake(snowflake_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
     create_in_snowflake(snowflake_source)
     assert_contract_delivered(snowflake_source, braze, tmp_path)
+
+
+def test_snowflake_catalog(snowflake_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    """The catalog contract table (catalog_contract.py) with PAYLOAD as VARIANT."""
+    snowflake_source.execute(
+        f"CREATE TABLE {catalog_contract.TABLE} (UPDATED_AT TIMESTAMP_TZ, ID VARCHAR, PAYLOAD VARIANT, DELETED BOOLEAN)"
+    )
+    for updated_at, item_id, payload, deleted in catalog_contract.text_rows():
+        snowflake_source.execute(
+            f"INSERT INTO {catalog_contract.TABLE} SELECT ?, ?, PARSE_JSON(?), ?",
+            [("TIMESTAMP_TZ", updated_at) if updated_at else None, item_id, payload, deleted],
+        )
+    catalog_contract.assert_catalog_delivered(snowflake_source, braze, tmp_path)

@@ -248,6 +248,7 @@ def test_enums() -> None:
         "customEvents",
         "purchaseEvents",
         "userDeletes",
+        "catalogItems",
     }
     assert (
         set(at(cdi, "status.phase")["enum"]) == {p.value for p in Phase} == {"Draft", "Active", "Suspended", "Failed"}

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from cdi_operator.api.models import DataType
+from cdi_operator.runner.catalog_rows import CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason, RowLimits
@@ -25,6 +26,8 @@ ALL_IDS = ["EXTERNAL_ID", "ALIAS_NAME", "ALIAS_LABEL", "BRAZE_ID", "EMAIL", "PHO
 
 
 def converter(data_type: DataType, columns: Sequence[str] | None = None) -> RowConverter:
+    if data_type is DataType.CATALOG_ITEMS:  # test_catalog_rows.py has its own cases
+        return CatalogRowConverter(plan_columns(data_type, columns or ["UPDATED_AT", "ID", "PAYLOAD", "DELETED"]))
     if columns is None:
         columns = ["UPDATED_AT", *ALL_IDS] + ([] if data_type == DataType.USER_DELETES else ["PAYLOAD"])
     return RowConverter(data_type, plan_columns(data_type, columns))
@@ -201,6 +204,9 @@ def test_every_reason_code_has_a_case() -> None:
         R.MISSING_UPDATED_AT,  # test_missing_updated_at
         R.INVALID_ROW,  # test_wrong_row_width
         R.BRAZE_REJECTED,  # set by the runner only
+        R.MISSING_ITEM_ID,  # test_catalog_rows.py
+        R.INVALID_ITEM_ID,
+        R.ITEM_ID_TOO_LONG,
     }
     assert covered == set(RowErrorReason)
 

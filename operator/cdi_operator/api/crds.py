@@ -292,6 +292,22 @@ KINDS: tuple[Kind, ...] = (
                     message="dataType is immutable; create a new CdiIntegration for another data type",
                 )
             ],
+            "spec.catalog": [
+                Rule(
+                    rule="self == oldSelf",
+                    message="catalog is immutable; create a new CdiIntegration for another Braze catalog",
+                )
+            ],
+            "spec": [
+                Rule(
+                    rule="self.dataType != 'catalogItems' || has(self.catalog)",
+                    message="dataType catalogItems needs spec.catalog.name: the Braze catalog to fill",
+                ),
+                Rule(
+                    rule="!has(self.catalog) || self.dataType == 'catalogItems'",
+                    message="spec.catalog is for dataType catalogItems only; remove it",
+                ),
+            ],
         },
         extra={
             # models.CdiIntegrationSpec checks the addresses in a validator; the same check, for the apiserver.

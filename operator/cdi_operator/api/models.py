@@ -41,6 +41,7 @@ class DataType(StrEnum):
     CUSTOM_EVENTS = "customEvents"
     PURCHASE_EVENTS = "purchaseEvents"
     USER_DELETES = "userDeletes"
+    CATALOG_ITEMS = "catalogItems"
 
 
 class WarehouseType(StrEnum):
@@ -295,6 +296,15 @@ class SyncOptions(Model):
     )
 
 
+class CatalogSpec(Model):
+    """The Braze catalog a `catalogItems` integration fills; it must exist in Braze, with its fields."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,250}$",
+        description="The catalog's name in Braze (letters, digits, '-' and '_'). Immutable.",
+    )
+
+
 class CdiIntegrationSpec(Model):
     credential_ref: CredentialRef = Field(alias="credentialRef")
     source: SourceTable
@@ -307,6 +317,28 @@ class CdiIntegrationSpec(Model):
     suspend: bool = False
     braze: BrazeSpec | None = None
     sync: SyncOptions = Field(default_factory=SyncOptions)
+    catalog: CatalogSpec | None = Field(
+        default=None, description="For dataType catalogItems: the Braze catalog the items go to. Immutable."
+    )
+    update_existing_only: bool = Field(
+        default=False,
+        alias="updateExistingOnly",
+        description="customAttributes only: rows for users Braze does not know are skipped by Braze instead of "
+        "creating them (each object is sent with _update_existing_only: true).",
+    )
+
+    @model_validator(mode="after")
+    def _catalog_matches_data_type(self) -> Self:
+        if self.data_type is DataType.CATALOG_ITEMS and self.catalog is None:
+            raise ValueError("dataType catalogItems needs spec.catalog.name: the Braze catalog to fill")
+        if self.data_type is not DataType.CATALOG_ITEMS and self.catalog is not None:
+            raise ValueError(f"spec.catalog is for dataType catalogItems, not {self.data_type.value}; remove it")
+        if self.update_existing_only and self.data_type is not DataType.CUSTOM_ATTRIBUTES:
+            raise ValueError(
+                f"spec.updateExistingOnly applies to dataType customAttributes only, not {self.data_type.value}; "
+                "remove it"
+            )
+        return self
 
     @field_validator("schedule")
     @classmethod

@@ -1,4 +1,4 @@
-"""The asyncio client for Braze's `/users/track` and `/users/delete` REST endpoints.
+"""The asyncio client for Braze's `/users/track`, `/users/delete` and catalog item REST endpoints.
 
 One `BrazeClient` owns one aiohttp session. Many tasks call `track()` / `delete()` concurrently; the client bounds
 the requests in flight (`max_in_flight`), paces them with a token bucket (`requests_per_second`), retries what is
@@ -20,6 +20,15 @@ Decisions where BRAZE-API.md is silent:
 - `SendResult.errors`: Braze's 201 `errors` list, keyed by the index of the object the item names when it names
   the array that was sent and an index inside the request; every other item (no index, another array, an index out
   of range, not an object) goes under key -1 as text. Several items for one key are joined with "; ".
+- Catalogs (`catalog_put()`, `catalog_delete()`: `PUT` / `DELETE /catalogs/{name}/items`, at most 50 items) are
+  paced by a bucket of their own at the lower of `requests_per_second` and 16,000 a minute (the asynchronous item
+  endpoints' limit). A 400 whose errors are about items (`invalid-ids`, `invalid-fields`, ...) splits the request in
+  halves, again and again, until each offending item is alone: the good items are delivered, and each offending
+  item comes back in `SendResult.errors` as `"<Braze's error id>: <message>"`. `catalog-not-found` (a 404, or in a
+  400's errors) and "the catalog tier is out of space" (an error id in `catalog_out_of_space_errors`, or a message
+  saying "out of space"; Braze does not document its id) are `BrazeError`s `CatalogNotFound` / `CatalogOutOfSpace`:
+  nothing more can be delivered to that catalog. `catalogs()` lists the catalogs with their fields (`GET /catalogs`,
+  following the `Link` header's `rel="next"`).
 - The API key is only ever put in the Authorization header. Braze's messages quoted in errors are cut at 300
   characters and have any occurrence of the key replaced by `***`.
 """
@@ -29,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +50,8 @@ import aiohttp
 import orjson
 
 __all__ = [
+    "CATALOG_ITEM_LIMIT",
+    "CATALOG_REQUESTS_PER_SECOND",
     "DELETE_LIMIT",
     "RATE_LIMITED_ATTEMPTS",
     "BrazeClient",
@@ -54,7 +67,13 @@ DeleteIdType = Literal["external_ids", "user_aliases", "braze_ids"]
 
 TRACK_PATH = "/users/track"
 DELETE_PATH = "/users/delete"
+CATALOGS_PATH = "/catalogs"
 DELETE_LIMIT = 50
+CATALOG_ITEM_LIMIT = 50
+CATALOG_REQUESTS_PER_SECOND = 16_000 / 60  # shared by the asynchronous catalog item endpoints
+CATALOG_NOT_FOUND = "catalog-not-found"
+CATALOG_OUT_OF_SPACE = "catalog-out-of-space"  # our name: Braze's pages do not give this error's id
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 RATE_LIMITED_ATTEMPTS = 100  # 429s tolerated for one request before giving up (about 5 minutes of 3 s windows)
 _CLOCK_SKEW_TOLERANCE = 2.0
 _QUOTED_MESSAGE_LIMIT = 300
@@ -76,6 +95,7 @@ class BrazeSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     max_rate_limit_wait: float = 300.0
+    catalog_out_of_space_errors: frozenset[str] = frozenset({CATALOG_OUT_OF_SPACE})
 
     def __post_init__(self) -> None:
         if not self.rest_endpoint.startswith(("http://", "https://")):
@@ -105,11 +125,14 @@ class SendResult:
 class BrazeError(Exception):
     """A failure of the sync as a whole: the request was not delivered and retrying will not help."""
 
-    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, status: int | None = None, errors: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
         self.message = message
+        self.errors = list(errors)  # a catalog 400's `errors` items ({"id", "message", ...})
 
 
 _FIXES: dict[int, tuple[str, str]] = {
@@ -165,6 +188,8 @@ class BrazeClient:
         self._semaphore = asyncio.Semaphore(settings.max_in_flight)
         burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)
+        catalog_rate = min(settings.requests_per_second, CATALOG_REQUESTS_PER_SECOND)
+        self._catalog_bucket = _TokenBucket(catalog_rate, max(1.0, min(float(settings.max_in_flight), catalog_rate)))
         self._paused_until = 0.0  # time.monotonic() before which no request starts (429 / remaining 0)
         self._random = random.Random()
 
@@ -207,7 +232,7 @@ class BrazeClient:
                 f"{len(objects)} objects exceed max_objects_per_request={self.settings.max_objects_per_request}"
             )
         body = orjson.dumps({array: objects}, default=_plain)
-        return await self._send(TRACK_PATH, body, array, len(objects))
+        return await self._send("POST", TRACK_PATH, body, array, len(objects))
 
     async def delete(self, id_type: DeleteIdType, identifiers: Sequence[Any]) -> SendResult:
         """Delete the users named by `identifiers` (at most 50, all of `id_type`) with one `/users/delete` request."""
@@ -218,14 +243,97 @@ class BrazeClient:
         if len(identifiers) > DELETE_LIMIT:
             raise ValueError(f"{len(identifiers)} identifiers exceed the /users/delete limit of {DELETE_LIMIT}")
         body = orjson.dumps({id_type: identifiers}, default=_plain)
-        return await self._send(DELETE_PATH, body, id_type, len(identifiers))
+        return await self._send("POST", DELETE_PATH, body, id_type, len(identifiers))
+
+    async def catalog_put(self, catalog: str, items: Sequence[Mapping[str, Any]]) -> SendResult:
+        """Create or replace `items` (each with its "id", at most 50) in `catalog`; see the module docstring for
+        how a 400 is split."""
+        return await self._catalog_items("PUT", catalog, items)
+
+    async def catalog_delete(self, catalog: str, ids: Sequence[str]) -> SendResult:
+        """Delete the items with `ids` (at most 50) from `catalog`."""
+        return await self._catalog_items("DELETE", catalog, [{"id": item_id} for item_id in ids])
+
+    async def catalogs(self) -> dict[str, dict[str, str]]:
+        """The workspace's catalogs: name -> {field name: field type} (`GET /catalogs`, every page)."""
+        found: dict[str, dict[str, str]] = {}
+        url: str | None = self._base + CATALOGS_PATH
+        while url is not None:
+            status, headers, payload, _ = await self._request("GET", CATALOGS_PATH, url, None, None)
+            try:
+                parsed = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                parsed = None
+            listed = parsed.get("catalogs") if isinstance(parsed, dict) else None
+            if not isinstance(listed, list):
+                raise BrazeError(
+                    "UnexpectedResponse",
+                    f"GET {CATALOGS_PATH} got HTTP {status} without a 'catalogs' list; check restEndpoint",
+                    status,
+                )
+            for catalog in listed:
+                if isinstance(catalog, dict) and isinstance(catalog.get("name"), str):
+                    fields = catalog.get("fields")
+                    if not isinstance(fields, list):
+                        fields = []
+                    found[catalog["name"]] = {
+                        str(f["name"]): str(f.get("type", "")) for f in fields if isinstance(f, dict) and "name" in f
+                    }
+            match = _LINK_NEXT.search(headers.get("Link", ""))
+            url = urllib.parse.urljoin(self._base + "/", match.group(1)) if match else None
+        return found
+
+    # --- catalogs: split a refused request until its offending items are alone ------------------------------------
+
+    async def _catalog_items(self, method: str, catalog: str, items: Sequence[Mapping[str, Any]]) -> SendResult:
+        if not items:
+            raise ValueError("an empty batch: send at least one item")
+        if len(items) > CATALOG_ITEM_LIMIT:
+            raise ValueError(f"{len(items)} items exceed the catalog limit of {CATALOG_ITEM_LIMIT} per request")
+        path = f"/catalogs/{urllib.parse.quote(catalog, safe='')}/items"
+        body = orjson.dumps({"items": items}, default=_plain)
+        try:
+            return await self._send(method, path, body, "items", len(items), catalog=True)
+        except BrazeError as exc:
+            if exc.status != 400 or exc.reason != "BadRequest" or not exc.errors:
+                raise
+            if len(items) == 1:
+                text = "; ".join(f"{e.get('id')}: {e.get('message') or ''}".rstrip(": ") for e in exc.errors)
+                return SendResult(status=400, queued=False, errors={0: text}, attempts=1)
+        half = len(items) // 2
+        first, second = await asyncio.gather(
+            self._catalog_items(method, catalog, items[:half]), self._catalog_items(method, catalog, items[half:])
+        )
+        errors = dict(first.errors)
+        errors.update({(i + half if i >= 0 else i): text for i, text in second.errors.items()})
+        status = 202 if not errors else 400
+        return SendResult(status=status, queued=False, errors=errors, attempts=first.attempts + second.attempts)
 
     # --- one request, with its retries ---------------------------------------------------------------------------
 
-    async def _send(self, path: str, body: bytes, array: str, count: int) -> SendResult:
+    async def _send(
+        self, method: str, path: str, body: bytes, array: str, count: int, *, catalog: bool = False
+    ) -> SendResult:
+        bucket = self._catalog_bucket if catalog else self._bucket
+        endpoint = f"{method} /catalogs/items" if catalog else path
+        status, _, payload, total = await self._request(method, endpoint, self._base + path, body, bucket, path)
+        errors = {} if catalog else _map_errors(payload, array, count)
+        return SendResult(status=status, queued=status == 202 and not catalog, errors=errors, attempts=total)
+
+    async def _request(
+        self,
+        method: str,
+        endpoint: str,
+        url: str,
+        body: bytes | None,
+        bucket: _TokenBucket | None,
+        path: str | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes, int]:
+        """(status, headers, body, attempts) of a 2xx; retries what is worth it, raises BrazeError otherwise.
+        `endpoint` labels the responses for on_response; `path` is what messages show."""
         if self._session is None:
             raise RuntimeError("BrazeClient is not open: use `async with BrazeClient(settings) as client:`")
-        url = self._base + path
+        shown = f"{method} {path or endpoint}"
         attempts = 0  # attempts that count against max_attempts
         rate_limited = 0
         total = 0
@@ -233,30 +341,31 @@ class BrazeClient:
         while True:
             total += 1
             try:
-                status, headers, payload = await self._attempt(url, body)
+                status, headers, payload = await self._attempt(method, url, body, bucket)
             except _RETRYABLE_EXCEPTIONS as exc:
                 code = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
-                self._hook(path, code)
+                self._hook(endpoint, code)
                 attempts += 1
-                await self._back_off(path, attempts, f"{code} ({type(exc).__name__})", last_status)
+                await self._back_off(shown, attempts, f"{code} ({type(exc).__name__})", last_status)
                 continue
-            self._hook(path, str(status))
+            self._hook(endpoint, str(status))
             if 200 <= status < 300:
                 self._note_remaining(headers)
-                errors = _map_errors(payload, array, count)
-                return SendResult(status=status, queued=status == 202, errors=errors, attempts=total)
+                return status, headers, payload, total
             if status == 429:
                 rate_limited += 1
-                await self._pause_for_rate_limit(path, headers, rate_limited)
+                await self._pause_for_rate_limit(shown, headers, rate_limited)
                 continue
             if status >= 500 or status == 408:
                 attempts += 1
                 last_status = status
-                await self._back_off(path, attempts, f"HTTP {status} {self._quote(payload)}".rstrip(), status)
+                await self._back_off(shown, attempts, f"HTTP {status} {self._quote(payload)}".rstrip(), status)
                 continue
-            raise self._fatal(path, status, payload)
+            raise self._fatal(shown, status, payload)
 
-    async def _attempt(self, url: str, body: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _attempt(
+        self, method: str, url: str, body: bytes | None, bucket: _TokenBucket | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
         assert self._session is not None
         async with self._semaphore:
             while True:
@@ -264,29 +373,32 @@ class BrazeClient:
                 if wait <= 0:
                     break
                 await asyncio.sleep(wait)
-            await self._bucket.acquire()
-            async with self._session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
+            if bucket is not None:
+                await bucket.acquire()
+            async with self._session.request(
+                method, url, data=body, headers=self._headers, allow_redirects=False
+            ) as resp:
                 payload = await resp.read()
                 return resp.status, resp.headers, payload
 
-    async def _back_off(self, path: str, attempts: int, problem: str, status: int | None) -> None:
+    async def _back_off(self, shown: str, attempts: int, problem: str, status: int | None) -> None:
         settings = self.settings
         if attempts >= settings.max_attempts:
             raise BrazeError(
                 "RetriesExhausted",
-                f"POST {path} failed {attempts} times in a row, the last with {problem}; check that restEndpoint "
+                f"{shown} failed {attempts} times in a row, the last with {problem}; check that restEndpoint "
                 f"{settings.rest_endpoint} is reachable from the runner and Braze's status page",
                 status,
             )
         ceiling = min(settings.backoff_max, settings.backoff_initial * (2 ** (attempts - 1)))
         await asyncio.sleep(self._random.uniform(0, ceiling))
 
-    async def _pause_for_rate_limit(self, path: str, headers: Mapping[str, str], rate_limited: int) -> None:
+    async def _pause_for_rate_limit(self, shown: str, headers: Mapping[str, str], rate_limited: int) -> None:
         settings = self.settings
         if rate_limited > RATE_LIMITED_ATTEMPTS:
             raise BrazeError(
                 "RateLimitWaitExceeded",
-                f"POST {path} was rate limited (HTTP 429) {rate_limited} times in a row; lower requestsPerSecond or "
+                f"{shown} was rate limited (HTTP 429) {rate_limited} times in a row; lower requestsPerSecond or "
                 "the load other clients put on this workspace's REST API",
                 429,
             )
@@ -297,7 +409,7 @@ class BrazeClient:
         if wait > settings.max_rate_limit_wait:
             raise BrazeError(
                 "RateLimitWaitExceeded",
-                f"POST {path} was rate limited (HTTP 429) and Braze asked to wait {wait:.0f} s, more than "
+                f"{shown} was rate limited (HTTP 429) and Braze asked to wait {wait:.0f} s, more than "
                 f"max_rate_limit_wait={settings.max_rate_limit_wait:g} s; lower requestsPerSecond or retry later",
                 429,
             )
@@ -328,6 +440,9 @@ class BrazeClient:
             parsed = None
         if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
             text: str = parsed["message"]
+            details = _catalog_errors(parsed)
+            if details:
+                text += " (" + "; ".join(f"{e.get('id')}: {e.get('message') or ''}" for e in details) + ")"
         else:
             text = payload.decode("utf-8", "replace").strip()
         if len(text) > _QUOTED_MESSAGE_LIMIT:
@@ -337,14 +452,41 @@ class BrazeClient:
             text = text.replace(key, "***")
         return f'"{text}"' if text else ""
 
-    def _fatal(self, path: str, status: int, payload: bytes) -> BrazeError:
-        reason, fix = _FIXES.get(
-            status,
-            ("UnexpectedResponse", "check restEndpoint and any proxy between the runner and Braze"),
-        )
+    def _fatal(self, shown: str, status: int, payload: bytes) -> BrazeError:
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            parsed = None
+        errors = _catalog_errors(parsed)
+        ids = {str(e.get("id")) for e in errors}
+        messages = " ".join(str(e.get("message") or "") for e in errors).lower()
+        catalog = " /catalogs/" in shown
+        if catalog and (CATALOG_NOT_FOUND in ids or status == 404):
+            reason, fix = (
+                "CatalogNotFound",
+                "create the catalog in Braze (a sync never creates one) or fix spec.catalog.name",
+            )
+        elif catalog and (ids & self.settings.catalog_out_of_space_errors or "out of space" in messages):
+            reason, fix = (
+                "CatalogOutOfSpace",
+                "the catalog tier is out of space: delete items or catalogs, or upgrade the catalog tier in Braze",
+            )
+        else:
+            reason, fix = _FIXES.get(
+                status,
+                ("UnexpectedResponse", "check restEndpoint and any proxy between the runner and Braze"),
+            )
         quoted = self._quote(payload)
         said = f": Braze said {quoted}" if quoted else ""
-        return BrazeError(reason, f"POST {path} got HTTP {status} {reason}{said}; {fix}", status)
+        return BrazeError(reason, f"{shown} got HTTP {status} {reason}{said}; {fix}", status, errors)
+
+
+def _catalog_errors(parsed: Any) -> list[Mapping[str, Any]]:
+    """The `errors` items of a catalog error body (`[{"id": "invalid-ids", "message": ...}]`)."""
+    items = parsed.get("errors") if isinstance(parsed, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
 
 def _plain(obj: Any) -> Any:

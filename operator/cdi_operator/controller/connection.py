@@ -1,5 +1,8 @@
 """Connection tests: of an integration (its table, columns and a preview) and of a credential (reach + log in).
 
+A catalogItems integration's test also asks Braze (`GET /catalogs`) that its catalog exists and that the fields of
+the preview's PAYLOADs are fields of that catalog, naming any it lacks: Braze refuses such items.
+
 The tests are blocking (warehouse client libraries are); `run_test` runs one in a worker thread with a timeout.
 Every failure becomes a reason a user can act on; messages come from WarehouseError / SourceColumnsError, which
 never hold a secret value.
@@ -21,9 +24,10 @@ from pydantic import ValidationError
 
 from cdi_operator import warehouses
 from cdi_operator.api.json import JSON
-from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, DataType, WarehouseCredentialSpec
+from cdi_operator.braze.client import BrazeClient, BrazeError, BrazeSettings
 from cdi_operator.controller.conditions import shorten, timestamp
-from cdi_operator.runner.columns import SourceColumnsError, plan_columns
+from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.warehouses import MissingSecretError, WarehouseError
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,17 @@ PREVIEW_VALUE_CHARS = 64
 PASSED, FAILED, TESTING = "Passed", "Failed", "Testing"
 SECRET_MISSING = "SecretMissing"
 TIMEOUT = "Timeout"
+CATALOG_NOT_FOUND = "BrazeCatalogNotFound"  # the reason of a run that met catalog-not-found, too (one e-mail)
+CATALOG_FIELD_MISSING = "CatalogFieldMissing"
+BRAZE_SETTINGS_MISSING = "BrazeSettingsMissing"
+
+
+@dataclass(frozen=True)
+class BrazeAccess:
+    """Where the integration's runner sends to, for the checks that ask Braze."""
+
+    rest_endpoint: str | None
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -104,9 +119,13 @@ def _failure(exc: BaseException) -> Outcome:
 
 
 def check_integration(
-    credential: WarehouseCredentialSpec, secrets: Mapping[tuple[str, str], str], spec: CdiIntegrationSpec
+    credential: WarehouseCredentialSpec,
+    secrets: Mapping[tuple[str, str], str],
+    spec: CdiIntegrationSpec,
+    braze: BrazeAccess | None = None,
 ) -> Outcome:
-    """Open the warehouse, describe the source, check its columns, preview a few rows (blocking)."""
+    """Open the warehouse, describe the source, check its columns, preview a few rows, and for catalogItems ask
+    Braze about the catalog (blocking)."""
     table = spec.source.qualified_parts(credential.type)
     try:
         warehouse = warehouses.connect(credential, secrets)
@@ -122,6 +141,11 @@ def check_integration(
             outcome.columns = columns
             return outcome
         rows = warehouse.preview(table, list(plan.columns), PREVIEW_ROWS)
+        if spec.data_type is DataType.CATALOG_ITEMS and spec.catalog is not None:
+            problem = check_catalog(spec.catalog.name, braze, plan, rows)
+            if problem is not None:
+                problem.columns, problem.preview = columns, preview_rows(rows)
+                return problem
         return Outcome(
             PASSED,
             PASSED,
@@ -136,6 +160,55 @@ def check_integration(
             warehouse.close()
         except Exception:
             log.debug("closing the warehouse failed", exc_info=True)
+
+
+def check_catalog(name: str, braze: BrazeAccess | None, plan: ColumnPlan, rows: list[dict[str, Any]]) -> Outcome | None:
+    """The failed Outcome when Braze has no catalog `name` or it lacks a field of the preview's PAYLOADs (blocking)."""
+    if braze is None or not braze.rest_endpoint or not braze.api_key:
+        return Outcome(
+            FAILED,
+            BRAZE_SETTINGS_MISSING,
+            "the catalog cannot be checked without Braze settings: set spec.braze.restEndpoint and "
+            "spec.braze.apiKeySecretRef, or the chart's braze defaults",
+        )
+    try:
+        catalogs = asyncio.run(_catalogs(braze.rest_endpoint, braze.api_key))
+    except BrazeError as exc:
+        return Outcome(FAILED, f"Braze{exc.reason}", exc.message)
+    fields = catalogs.get(name)
+    if fields is None:
+        known = ", ".join(sorted(catalogs)[:10]) or "none"
+        return Outcome(
+            FAILED,
+            CATALOG_NOT_FOUND,
+            f"Braze has no catalog {name!r} (catalogs: {known}); create it in Braze with its fields (a sync never "
+            "creates one) or fix spec.catalog.name",
+        )
+    payload_column = plan.columns[plan.payload] if plan.payload is not None else None
+    lacking: set[str] = set()
+    for row in rows:
+        payload = row.get(payload_column) if payload_column else None
+        if isinstance(payload, str | bytes):
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                continue  # the run reports it as a row error
+        if isinstance(payload, Mapping):
+            lacking |= {str(key) for key in payload if key != "id" and key not in fields}
+    if lacking:
+        return Outcome(
+            FAILED,
+            CATALOG_FIELD_MISSING,
+            f"catalog {name!r} has no field {', '.join(repr(f) for f in sorted(lacking))}, which the preview's "
+            "PAYLOAD holds; add the field to the catalog in Braze or drop it from PAYLOAD (Braze refuses such items)",
+        )
+    return None
+
+
+async def _catalogs(endpoint: str, api_key: str) -> dict[str, dict[str, str]]:
+    settings = BrazeSettings(rest_endpoint=endpoint, api_key=api_key, max_attempts=3, max_rate_limit_wait=60.0)
+    async with BrazeClient(settings) as client:
+        return await client.catalogs()
 
 
 def check_credential(credential: WarehouseCredentialSpec, secrets: Mapping[tuple[str, str], str]) -> Outcome:

@@ -25,8 +25,10 @@ from cdi_operator.api.models import (
     CDI_PLURAL,
     WHC_PLURAL,
     CdiIntegrationSpec,
+    DataType,
     Phase,
     RunResult,
+    SecretKeyRef,
     SourceTable,
     WarehouseCredentialSpec,
 )
@@ -387,8 +389,9 @@ class _Run:
         self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **extra)
         await self.write()
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())
+        braze = await self.braze_access(spec) if spec.data_type is DataType.CATALOG_ITEMS else None
         outcome = await connection.run_test(
-            partial(connection.check_integration, credential_spec, secrets, spec),
+            partial(connection.check_integration, credential_spec, secrets, spec, braze),
             self.settings.connection_test_timeout,
         )
         self.updates["connectionTest"] = outcome.status(fingerprint)
@@ -399,6 +402,16 @@ class _Run:
         else:
             await self.kube.event(self.obj, "Warning", "ConnectionTestFailed", f"{outcome.reason}: {outcome.message}")
         self.tested = True
+
+    async def braze_access(self, spec: CdiIntegrationSpec) -> connection.BrazeAccess:
+        """The Braze endpoint and key the integration's runner gets (its spec.braze, else the operator's)."""
+        braze = spec.braze
+        endpoint = braze.rest_endpoint if braze and braze.rest_endpoint else self.settings.braze_default_endpoint
+        ref = braze.api_key_secret_ref if braze else None
+        if ref is None and self.settings.braze_default_secret_name:
+            ref = SecretKeyRef(name=self.settings.braze_default_secret_name, key=self.settings.braze_default_secret_key)
+        key = (await self.kube.secret_values(self.namespace, [ref])).get((ref.name, ref.key)) if ref else None
+        return connection.BrazeAccess(endpoint, key)
 
     async def handle_sync_now(self, phase: Phase, manifest: JSON | None) -> None:
         decision = sync_now.decide(self.obj, phase.value, [])

@@ -1,8 +1,9 @@
 """The source contract's columns: check a table's columns once per sync and say which to read.
 
 A problem here is sync-level (`SourceColumnsError`), checked by the runner before it reads and by the
-controller's connection test. Columns other than UPDATED_AT, the identifier columns and PAYLOAD are ignored (not
-selected); two columns that differ only in case and match the same contract column are an error.
+controller's connection test. Columns other than UPDATED_AT, the identifier columns and PAYLOAD (for catalogItems:
+UPDATED_AT, ID, PAYLOAD and DELETED) are ignored (not selected); two columns that differ only in case and match the
+same contract column are an error.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ __all__ = [
     "ALIAS_LABEL",
     "ALIAS_NAME",
     "BRAZE_ID",
+    "DELETED",
     "EMAIL",
     "EXTERNAL_ID",
     "IDENTIFIER_COLUMNS",
+    "ITEM_ID",
     "PAYLOAD",
     "PHONE",
     "UPDATED_AT",
@@ -35,9 +38,13 @@ BRAZE_ID = "BRAZE_ID"
 EMAIL = "EMAIL"
 PHONE = "PHONE"
 PAYLOAD = "PAYLOAD"
+ITEM_ID = "ID"
+DELETED = "DELETED"
 
 IDENTIFIER_COLUMNS = (EXTERNAL_ID, ALIAS_NAME, ALIAS_LABEL, BRAZE_ID, EMAIL, PHONE)
 _CONTRACT_COLUMNS = (UPDATED_AT, *IDENTIFIER_COLUMNS, PAYLOAD)
+_CATALOG_COLUMNS = (UPDATED_AT, ITEM_ID, PAYLOAD, DELETED)
+_FIELDS = {ITEM_ID: "item_id"}
 
 
 class SourceColumnsError(ValueError):
@@ -61,12 +68,14 @@ class ColumnPlan:
     email: int | None = None
     phone: int | None = None
     payload: int | None = None
+    item_id: int | None = None
+    deleted: int | None = None
 
     def index(self, contract_column: str) -> int | None:
         """Position of a contract column (e.g. "EXTERNAL_ID") in `columns`, None when the table lacks it."""
         if contract_column == UPDATED_AT:
             return 0
-        value: int | None = getattr(self, contract_column.lower())
+        value: int | None = getattr(self, _FIELDS.get(contract_column, contract_column.lower()))
         return value
 
 
@@ -74,25 +83,11 @@ def plan_columns(data_type: DataType, table_columns: Sequence[str]) -> ColumnPla
     """Check the table's columns against the source contract and say which to read. Raises "
     "SourceColumnsError."""
     data_type = DataType(data_type)
-    found: dict[str, str] = {}
-    problems: list[str] = []
-    for name in table_columns:
-        canonical = name.upper()
-        if canonical not in _CONTRACT_COLUMNS:
-            continue
-        if canonical in found:
-            problems.append(
-                f"columns {found[canonical]!r} and {name!r} both match {canonical} (names are matched "
-                "case-insensitively); rename or drop one of them, for example in a view"
-            )
-            continue
-        found[canonical] = name
+    if data_type is DataType.CATALOG_ITEMS:
+        return _plan_catalog_columns(table_columns)
+    found, problems = _match(table_columns, _CONTRACT_COLUMNS)
     if UPDATED_AT not in found:
-        problems.append(
-            "column UPDATED_AT is missing; add a UTC timestamp column named UPDATED_AT holding when each "
-            "row last "
-            "changed"
-        )
+        problems.append(_MISSING_UPDATED_AT)
     if (ALIAS_NAME in found) != (ALIAS_LABEL in found):
         have, lack = (ALIAS_NAME, ALIAS_LABEL) if ALIAS_NAME in found else (ALIAS_LABEL, ALIAS_NAME)
         problems.append(f"column {have} is present without {lack}; an alias needs both columns, add {lack}")
@@ -137,4 +132,50 @@ def plan_columns(data_type: DataType, table_columns: Sequence[str]) -> ColumnPla
         email=positions.get(EMAIL),
         phone=positions.get(PHONE),
         payload=positions.get(PAYLOAD),
+    )
+
+
+_MISSING_UPDATED_AT = (
+    "column UPDATED_AT is missing; add a UTC timestamp column named UPDATED_AT holding when each row last changed"
+)
+
+
+def _match(table_columns: Sequence[str], contract: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Contract column -> the table's column of that name (case-insensitively), and the clashes."""
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for name in table_columns:
+        canonical = name.upper()
+        if canonical not in contract:
+            continue
+        if canonical in found:
+            problems.append(
+                f"columns {found[canonical]!r} and {name!r} both match {canonical} (names are matched "
+                "case-insensitively); rename or drop one of them, for example in a view"
+            )
+            continue
+        found[canonical] = name
+    return found, problems
+
+
+def _plan_catalog_columns(table_columns: Sequence[str]) -> ColumnPlan:
+    found, problems = _match(table_columns, _CATALOG_COLUMNS)
+    if UPDATED_AT not in found:
+        problems.append(_MISSING_UPDATED_AT)
+    if ITEM_ID not in found:
+        problems.append("column ID is missing; add an ID column holding each catalog item's id")
+    if PAYLOAD not in found:
+        problems.append(
+            "column PAYLOAD is missing; add a PAYLOAD column holding a JSON object with the catalog item's fields"
+        )
+    if problems:
+        raise SourceColumnsError(problems)
+    wanted = [c for c in _CATALOG_COLUMNS if c in found]
+    positions = {c: i for i, c in enumerate(wanted)}
+    return ColumnPlan(
+        data_type=DataType.CATALOG_ITEMS,
+        columns=tuple(found[c] for c in wanted),
+        payload=positions[PAYLOAD],
+        item_id=positions[ITEM_ID],
+        deleted=positions.get(DELETED),
     )

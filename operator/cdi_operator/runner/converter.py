@@ -15,8 +15,10 @@ Decisions where BRAZE-API.md is silent (strict where it matters, documented here
   text; floats, booleans, etc. are refused.
 - Identifiers are "string values" too, so they are held to 255 characters (`VALUE_TOO_LONG`).
 - Alias, email and phone objects get `"_update_existing_only": false` (attributes, events and purchases) so
-  Braze creates the user; braze_id and external_id objects never get it from us. A PAYLOAD may set
-  `_update_existing_only` itself (a boolean); its value wins.
+  Braze creates the user; braze_id and external_id objects never get it from us, unless
+  `spec.updateExistingOnly` is set: then every attributes object gets `"_update_existing_only": true`, and Braze
+  skips rows for users it does not know. A PAYLOAD may set `_update_existing_only` itself (a boolean); its value
+  wins.
 - `IDENTIFIER_IN_PAYLOAD`: `external_id`, `user_alias`, `braze_id` are always refused in a PAYLOAD
   (identifiers come from the identifier columns). `email` and `phone` are also standard profile attributes, so
   in custom attributes they are refused only where they would conflict: `email` when the row is identified by
@@ -119,10 +121,18 @@ class RowConverter:
     """Turns rows (values in `plan.columns` order) into Deliveries or RowErrors. Never raises from "
     "`convert()`."""
 
-    def __init__(self, data_type: DataType, plan: ColumnPlan, *, limits: RowLimits | None = None) -> None:
+    def __init__(
+        self,
+        data_type: DataType,
+        plan: ColumnPlan,
+        *,
+        limits: RowLimits | None = None,
+        update_existing_only: bool = False,
+    ) -> None:
         self.data_type = DataType(data_type)
         self.plan = plan
         self.limits = limits or RowLimits()
+        self.update_existing_only = update_existing_only
         self._width = len(plan.columns)
         self._deletes = self.data_type == DataType.USER_DELETES
         self._target = _TARGETS.get(self.data_type, "")
@@ -173,11 +183,7 @@ class RowConverter:
 
     def _convert(self, row: Sequence[Any]) -> Delivery:
         if len(row) != self._width:
-            raise Reject(
-                R.INVALID_ROW,
-                f"the row has {len(row)} values but {self._width} columns were selected "
-                f"({', '.join(self.plan.columns)}); this is a warehouse adapter bug, please report it",
-            )
+            raise self._wrong_width(row)
         kind, value, user_key, identity = self._identify(row)
         updated_at = row[0]
         if type(updated_at) is not datetime or updated_at.tzinfo is not UTC:
@@ -328,8 +334,11 @@ class RowConverter:
                         f"{limits.max_nested_attribute_bytes} bytes — split it or drop fields",
                     )
         payload[_TRACK_KEYS[kind]] = value
-        if kind in "amp" and "_update_existing_only" not in payload:
-            payload["_update_existing_only"] = False
+        if "_update_existing_only" not in payload:
+            if self.update_existing_only:
+                payload["_update_existing_only"] = True
+            elif kind in "amp":
+                payload["_update_existing_only"] = False
         return payload
 
     def _attribute_special_keys(self, payload: dict[str, Any], kind: str, value: Any) -> None:
@@ -553,6 +562,13 @@ class RowConverter:
             f"{column} is {type_name(value)}; identifiers must be text (or whole numbers) — cast the "
             "column to a "
             "string",
+        )
+
+    def _wrong_width(self, row: Sequence[Any]) -> Reject:
+        return Reject(
+            R.INVALID_ROW,
+            f"the row has {len(row)} values but {self._width} columns were selected "
+            f"({', '.join(self.plan.columns)}); this is a warehouse adapter bug, please report it",
         )
 
     def _identifier_too_long(self, column: str, value: str) -> Reject:

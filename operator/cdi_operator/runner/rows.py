@@ -32,8 +32,17 @@ Row error reasons (`RowErrorReason`; the value is the code shown in status, logs
 - `INVALID_FIELD_TYPE`: a value of the wrong type: identifier not text/integer, UPDATED_AT not a timestamp,
   `name` / `app_id` / `product_id` not a string, `properties` not an object, `_merge_objects` /
   `_update_existing_only` not a boolean, a native value with no JSON form (bytes, NaN, ...)
+- `MISSING_ITEM_ID`: catalogItems row whose ID is NULL or blank
+- `INVALID_ITEM_ID`: a catalog item ID holding anything but letters, digits, `-` and `_` (or not text)
+- `ITEM_ID_TOO_LONG`: a catalog item ID over 250 characters
 - `INVALID_ROW`: the row itself is unusable (wrong number of values) or failed in an unexpected way
-- `BRAZE_REJECTED`: set by the runner: Braze's 201 `errors` list named the object
+- `BRAZE_REJECTED`: set by the runner: Braze's 201 `errors` list named the object, or (catalogs) Braze refused
+  the item with a 400 once it was alone in its request; the message starts with Braze's error id
+
+Catalog items (catalogItems) are held to Braze's catalog limits instead of the user limits: keys without `.` or
+`$` (`INVALID_KEY`), string values at most 5,000 characters at any depth (`VALUE_TOO_LONG`), at most 50 levels of
+nesting (`NESTING_TOO_DEEP`), `DELETED` a boolean (`INVALID_FIELD_TYPE`), a PAYLOAD `id` other than the ID column
+(`IDENTIFIER_IN_PAYLOAD`), and the PAYLOAD checks above for rows that are not deleted.
 
 """
 
@@ -71,6 +80,9 @@ class RowErrorReason(StrEnum):
     INVALID_QUANTITY = "INVALID_QUANTITY"
     PROPERTIES_TOO_LARGE = "PROPERTIES_TOO_LARGE"
     INVALID_FIELD_TYPE = "INVALID_FIELD_TYPE"
+    MISSING_ITEM_ID = "MISSING_ITEM_ID"
+    INVALID_ITEM_ID = "INVALID_ITEM_ID"
+    ITEM_ID_TOO_LONG = "ITEM_ID_TOO_LONG"
     INVALID_ROW = "INVALID_ROW"
     BRAZE_REJECTED = "BRAZE_REJECTED"
 
@@ -85,9 +97,13 @@ class RowError:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    target: str  # "attributes" | "events" | "purchases" | "external_ids" | "user_aliases" | "braze_ids"
-    body: Any  # the /users/track object, or the /users/delete identifier (str or {"alias_name", "alias_label"})
-    user_key: str  # "e:u1", "a:<label>\x1f<name>", "b:…", "m:<email lowercased>", "p:<phone>"
+    # "attributes" | "events" | "purchases" | "external_ids" | "user_aliases" | "braze_ids" | "items" (catalog PUT)
+    # | "delete_items" (catalog DELETE)
+    target: str
+    # the /users/track object, the /users/delete identifier (str or {"alias_name", "alias_label"}), or the catalog
+    # item ({"id": …, fields…}; {"id": …} to delete)
+    body: Any
+    user_key: str  # "e:u1", "a:<label>\x1f<name>", "b:…", "m:<email lowercased>", "p:<phone>", "i:<item id>"
     fingerprint: str  # 16 hex chars
     updated_at: datetime  # aware UTC
 
@@ -103,6 +119,9 @@ class RowLimits:
     max_nested_attribute_bytes: int = 100_000
     max_properties_bytes: int = 50_000
     max_depth: int = 32
+    max_item_id_chars: int = 250
+    max_catalog_value_chars: int = 5_000
+    max_catalog_depth: int = 50
 
 
 class Reject(Exception):  # internal control flow, never escapes RowConverter.convert()

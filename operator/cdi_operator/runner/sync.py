@@ -28,7 +28,8 @@ from cdi_operator.api.models import (
     WarehouseCredential,
     Watermark,
 )
-from cdi_operator.braze.client import BrazeClient, BrazeError
+from cdi_operator.braze.client import CATALOG_ITEM_LIMIT, BrazeClient, BrazeError
+from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
@@ -54,6 +55,8 @@ class SyncJob:
     table: tuple[str, ...]  # qualified name parts for the warehouse
     options: SyncOptions
     max_objects_per_request: int = 75
+    catalog: str | None = None  # catalogItems: the Braze catalog's name
+    update_existing_only: bool = False
 
     @classmethod
     def for_integration(cls, integration: CdiIntegration, credential: WarehouseCredential) -> SyncJob:
@@ -69,6 +72,8 @@ class SyncJob:
             table=integration.spec.source.qualified_parts(warehouse),
             options=integration.spec.sync,
             max_objects_per_request=braze.max_objects_per_request if braze else 75,
+            catalog=integration.spec.catalog.name if integration.spec.catalog else None,
+            update_existing_only=integration.spec.update_existing_only,
         )
 
 
@@ -109,6 +114,7 @@ class _Batch:
     deliveries: list[Delivery] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     users: set[str] = field(default_factory=set)
+    positions: dict[str, int] = field(default_factory=dict)  # catalogs: item key -> index (ids unique per request)
     after: set[_Batch] = field(default_factory=set)  # batches that must be acknowledged before this one is sent
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # acknowledged, or failed
     delivered: bool = False
@@ -134,6 +140,8 @@ def _identifier_of(body: Any) -> str:
             return f"email={mask_email(str(body['email']))}"
         if "phone" in body:
             return f"phone={mask_phone(str(body['phone']))}"
+        if "id" in body:
+            return f"id={body['id']}"
         return ""
     return f"id={body}"
 
@@ -261,7 +269,11 @@ class SyncRun:
             raise SyncFailed(FailureReason.COLUMN_MISSING.value, "; ".join(exc.problems)) from None
 
     async def _stream(self, plan: ColumnPlan, window: ReadWindow) -> None:
-        converter = RowConverter(self.job.data_type, plan)
+        converter = (
+            CatalogRowConverter(plan)
+            if self.job.data_type is DataType.CATALOG_ITEMS
+            else RowConverter(self.job.data_type, plan, update_existing_only=self.job.update_existing_only)
+        )
         chunks: Iterator[list[tuple[Any, ...]]] = await self._in_reader(
             self.warehouse.read_changes,
             self.job.table,
@@ -297,6 +309,7 @@ class SyncRun:
         limit = self.job.options.max_rows_per_run
         progress = self.progress
         batch_limit = self._batch_limit()
+        catalog = self.job.data_type is DataType.CATALOG_ITEMS
         for row in chunk:
             converted = converter.convert(row)
             # The limit finishes the tie group it falls in: the next run can then start after it (frontier.py).
@@ -313,12 +326,24 @@ class SyncRun:
                 frontier.add(converted.updated_at, converted.fingerprint, done=True)
                 progress.rows_skipped += 1
                 continue
+            earlier = self._last_batch_of_user.get(converted.user_key)
+            if earlier is not None and earlier.target != converted.target and self._open.get(earlier.target) is earlier:
+                # A catalog item put, then deleted (or the reverse): the earlier batch must go first, and waiting
+                # on a batch still open could wait on itself later.
+                await self._dispatch(earlier.target)
             batch = self._open.get(converted.target)
             if batch is None:
                 batch = self._open[converted.target] = _Batch(converted.target)
-            earlier = self._last_batch_of_user.get(converted.user_key)
             if earlier is not None and earlier is not batch:
                 batch.after.add(earlier)
+            if catalog:
+                position = batch.positions.get(converted.user_key)
+                if position is not None:  # a later row for the same item in one request: the later one wins
+                    batch.bodies[position] = converted.body
+                    batch.deliveries[position] = converted
+                    batch.entries.append(frontier.add(converted.updated_at, converted.fingerprint))
+                    continue
+                batch.positions[converted.user_key] = len(batch.bodies)
             self._last_batch_of_user[converted.user_key] = batch
             batch.users.add(converted.user_key)
             batch.bodies.append(converted.body)
@@ -334,6 +359,8 @@ class SyncRun:
     def _batch_limit(self) -> int:
         if self.job.data_type is DataType.USER_DELETES:
             return DELETE_BATCH_LIMIT
+        if self.job.data_type is DataType.CATALOG_ITEMS:
+            return CATALOG_ITEM_LIMIT
         return self.job.max_objects_per_request
 
     async def _dispatch(self, target: str) -> None:
@@ -356,7 +383,13 @@ class SyncRun:
                 await earlier.settled.wait()
                 if not earlier.delivered:
                     return  # the run is failing; sending now would put this user's rows out of order
-            if self.job.data_type is DataType.USER_DELETES:
+            if self.job.catalog is not None:
+                if batch.target == DELETE_TARGET:
+                    ids = [body["id"] for body in batch.bodies]
+                    result = await self.braze.catalog_delete(self.job.catalog, ids)
+                else:
+                    result = await self.braze.catalog_put(self.job.catalog, batch.bodies)
+            elif self.job.data_type is DataType.USER_DELETES:
                 result = await self.braze.delete(batch.target, batch.bodies)  # type: ignore[arg-type]
             else:
                 result = await self.braze.track(batch.target, batch.bodies)  # type: ignore[arg-type]

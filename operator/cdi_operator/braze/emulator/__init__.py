@@ -1,4 +1,5 @@
-"""A Braze REST API emulator (`/users/track`, `/users/delete`) with fault injection for tests, benchmarks, `cdi demo`.
+"""A Braze REST API emulator (`/users/track`, `/users/delete`, catalogs) with fault injection for tests, benchmarks,
+`cdi demo`.
 
 It follows BRAZE-API.md and validates every object with its own rules, written apart from the runner's validator so
 that a test passing against it means something. Three ways to run it:
@@ -19,17 +20,31 @@ Decisions where BRAZE-API.md is silent:
   the profile only with `"_update_existing_only": false`, and a `braze_id` object only updates an existing profile
   (seed one with `add_profile()`); the object is accepted either way. Only attributes are kept in a profile: `null`
   removes one, `_merge_objects: true` deep-merges object values, anything else replaces the value.
+- `"_update_existing_only": true` on an attributes object for a user the emulator does not know (an external id
+  too) applies it to no profile: the object is accepted and kept in `skipped`, as Braze skips such rows.
+- Catalogs exist when a test creates them (`create_catalog(name, fields, items)`, or `POST /_emulator/catalogs`
+  `{"name", "fields": {name: type}, "items": [...]}`, `{"name", "delete": true}`, `{"storage_limit": n}`), with Braze's
+  field types (string, number, boolean, time, array, object). `GET /catalogs` lists them (5 a minute by default,
+  the stricter of Braze's pages); `PUT` / `DELETE /catalogs/{name}/items` answer 202 `{"message": "success"}`,
+  or refuse the whole request: 404 `catalog-not-found`, or 400 with Braze's `errors` (`items-missing-ids`,
+  `ids-not-strings`, `ids-too-large`, `invalid-ids`, `ids-not-unique`, `invalid-fields`,
+  `invalid-keys-in-value-object`, `items-too-large`, `too-deep-nesting-in-value-object`, `unable-to-coerce-value`,
+  `item-array-invalid`, `request-includes-too-many-items`). Items are checked against the catalog's fields (`null`
+  fits any type). `catalog_storage_limit` caps the items all catalogs hold together: a PUT beyond it is a 400 with
+  the id `out_of_space_error_id` (default `catalog-out-of-space`; Braze does not document its id). The item
+  endpoints share one window of 16,000 requests a minute, and take the faults as `/users/*` do.
+  `catalog_items(name)` is what a catalog holds.
 - Events and purchases are strict: a top-level key that is not a field of the object is an error. Purchases need
   `time` as the REST API says (the table's default to UPDATED_AT is the runner's job).
 - Rate limits use fixed windows aligned to multiples of the window length since the epoch, so
   `X-RateLimit-Reset` (rounded up to a whole second) is where the window really ends when windows are whole seconds.
   Every request to an endpoint counts, including the ones refused.
-- Faults are consumed in arrival order by `/users/*` requests, queued ones first, then the random mode. Kinds:
-  `http500`, `http502`, `http503`, `http429` (nothing applied), `slow` (waits, then handles the request normally:
-  a client that timed out meanwhile still gets its objects applied), `drop` (reads the body, closes the connection
-  without a response, nothing applied), `drop_after` (applies the request, then closes the connection: delivered,
-  ack lost), `queued` (202 `{"message": "queued"}`, objects applied). `status_counts` counts a closed connection
-  under 0.
+- Faults are consumed in arrival order by `/users/*` and catalog item requests, queued ones first, then the random
+  mode. Kinds: `http500`, `http502`, `http503`, `http429` (nothing applied), `slow` (waits, then handles the request
+  normally: a client that timed out meanwhile still gets its objects applied), `drop` (reads the body, closes the
+  connection without a response, nothing applied), `drop_after` (applies the request, then closes the connection:
+  delivered, ack lost), `queued` (202 `{"message": "queued"}`, objects applied). `status_counts` counts a closed
+  connection under 0.
 """
 
 from cdi_operator.braze.emulator.cli import main

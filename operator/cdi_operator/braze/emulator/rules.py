@@ -186,3 +186,114 @@ def delete_item_error(id_type: str, item: Any) -> str | None:
     if not isinstance(item, str) or not item:
         return f"every {id_type} item must be a non-empty string"
     return None
+
+
+# --- catalogs ------------------------------------------------------------------------------------------------------
+
+CATALOG_ITEM_LIMIT = 50
+CATALOG_ID_LIMIT = 250
+CATALOG_VALUE_LIMIT = 5_000
+CATALOG_DEPTH_LIMIT = 50
+CATALOG_FIELD_TYPES = frozenset(("string", "number", "boolean", "time", "array", "object"))
+_CATALOG_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def catalog_error(code: str, message: str, parameter: str = "", value: Any = None) -> dict[str, Any]:
+    """One item of a catalog 400's `errors`, in Braze's shape."""
+    return {
+        "id": code,
+        "message": message,
+        "parameters": [parameter] if parameter else [],
+        "parameter_values": [value] if parameter else [],
+    }
+
+
+def _catalog_value_error(value: Any, depth: int) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        if len(value) > CATALOG_VALUE_LIMIT:
+            return catalog_error("items-too-large", f"Item values can't exceed {CATALOG_VALUE_LIMIT} characters")
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    if depth > CATALOG_DEPTH_LIMIT:
+        return catalog_error(
+            "too-deep-nesting-in-value-object", f"Item objects can't have more than {CATALOG_DEPTH_LIMIT} levels"
+        )
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        if isinstance(value, dict) and (not isinstance(key, str) or "." in key or "$" in key):
+            return catalog_error(
+                "invalid-keys-in-value-object", "Item object keys can't include '.' or '$'", "items", str(key)
+            )
+        error = _catalog_value_error(item, depth + 1)
+        if error:
+            return error
+    return None
+
+
+def _coerces(kind: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "time":
+        return isinstance(value, str) and _time_error(value) is None
+    if kind == "array":
+        return isinstance(value, list)
+    return isinstance(value, dict)
+
+
+def catalog_items_errors(body: Any, fields: Mapping[str, str], *, with_fields: bool) -> list[dict[str, Any]]:
+    """Braze's errors for a PUT (`with_fields`) or DELETE items body; empty when it is accepted whole."""
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        return [catalog_error("item-array-invalid", "'items' must be a non-empty array of objects")]
+    if len(items) > CATALOG_ITEM_LIMIT:
+        return [catalog_error("request-includes-too-many-items", f"At most {CATALOG_ITEM_LIMIT} items per request")]
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            errors.append(catalog_error("item-array-invalid", "Every item must be an object"))
+            continue
+        if "id" not in item:
+            errors.append(catalog_error("items-missing-ids", "Every item needs an 'id'"))
+            continue
+        item_id = item["id"]
+        if not isinstance(item_id, str):
+            errors.append(catalog_error("ids-not-strings", "Item ids must be strings", "id", item_id))
+            continue
+        if len(item_id) > CATALOG_ID_LIMIT:
+            errors.append(catalog_error("ids-too-large", f"Item ids can't exceed {CATALOG_ID_LIMIT} characters"))
+            continue
+        if not item_id or not set(item_id) <= _CATALOG_ID_CHARS:
+            errors.append(
+                catalog_error(
+                    "invalid-ids", "Item ids can only include letters, numbers, hyphens and underscores", "id", item_id
+                )
+            )
+            continue
+        if item_id in seen:
+            errors.append(catalog_error("ids-not-unique", "Item ids must be unique in the request", "id", item_id))
+            continue
+        seen.add(item_id)
+        if not with_fields:
+            continue
+        for key, value in item.items():
+            if key == "id":
+                continue
+            if key not in fields:
+                errors.append(catalog_error("invalid-fields", "Items include fields the catalog lacks", "fields", key))
+                break
+            error = _catalog_value_error(value, 1)
+            if error is None and not _coerces(fields[key], value):
+                error = catalog_error(
+                    "unable-to-coerce-value", f"The value of '{key}' is not a {fields[key]}", "fields", key
+                )
+            if error is not None:
+                errors.append(error)
+                break
+    return errors

@@ -1,4 +1,4 @@
-"""The emulator's HTTP server: `/users/track`, `/users/delete`, the rate limits, the faults, the admin API."""
+"""The emulator's HTTP server: `/users/track`, `/users/delete`, catalogs, the rate limits, the faults, the admin API."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
@@ -16,16 +17,19 @@ from aiohttp import web
 
 from cdi_operator.braze.emulator.faults import Fault, Faults
 from cdi_operator.braze.emulator.rules import (
+    CATALOG_FIELD_TYPES,
     DELETE_ID_TYPES,
     DELETE_LIMIT,
     TRACK_ARRAYS,
     attributes_error,
+    catalog_error,
+    catalog_items_errors,
     delete_item_error,
     event_error,
     identify,
     purchase_error,
 )
-from cdi_operator.braze.emulator.state import Records, RequestRecord
+from cdi_operator.braze.emulator.state import Catalog, Records, RequestRecord
 
 STATE_OBJECT_LIMIT = 10_000  # GET /_emulator/state leaves the objects out above this many
 
@@ -76,6 +80,11 @@ class BrazeEmulator:
         latency: float = 0.0,
         seed: int | None = None,
         request_log_size: int = 100_000,
+        catalog_rate_limit: int = 16_000,
+        catalog_rate_window: float = 60.0,
+        catalog_list_rate_limit: int = 5,
+        catalog_list_rate_window: float = 60.0,
+        out_of_space_error_id: str = "catalog-out-of-space",
     ) -> None:
         if limit_mode not in ("total", "perArray"):
             raise ValueError("limit_mode must be 'total' or 'perArray'")
@@ -92,6 +101,10 @@ class BrazeEmulator:
         self._lock = threading.Lock()
         self._track_window = Window(track_rate_limit, track_rate_window)
         self._delete_window = Window(delete_rate_limit, delete_rate_window)
+        self._catalog_window = Window(catalog_rate_limit, catalog_rate_window)
+        self._catalog_list_window = Window(catalog_list_rate_limit, catalog_list_rate_window)
+        self.out_of_space_error_id = out_of_space_error_id
+        self._catalog_storage_limit: int | None = None
         self._faults = Faults(seed)
         self._reject_external_ids: frozenset[str] = frozenset()
         self._request_log_size = request_log_size
@@ -152,6 +165,45 @@ class BrazeEmulator:
     def reject_external_ids(self, ids: Iterable[str]) -> None:
         self._reject_external_ids = frozenset(ids)
 
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Attribute objects with `_update_existing_only: true` for users the emulator does not know: received,
+        applied to no profile."""
+        with self._lock:
+            return list(self._records.skipped)
+
+    def create_catalog(self, name: str, fields: Mapping[str, str], items: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Create (or redefine, keeping its items) a catalog with `fields` {name: type}, holding `items` too; types
+        are Braze's: string, number, boolean, time, array, object. The `id` field is implicit."""
+        unknown = set(fields.values()) - CATALOG_FIELD_TYPES
+        if unknown:
+            raise ValueError(f"unknown field types {sorted(unknown)}; one of {', '.join(sorted(CATALOG_FIELD_TYPES))}")
+        with self._lock:
+            catalog = self._records.catalogs.get(name)
+            if catalog is None:
+                catalog = self._records.catalogs[name] = Catalog(dict(fields))
+            else:
+                catalog.fields = dict(fields)
+            catalog.items.update({str(item["id"]): dict(item) for item in items})
+
+    def delete_catalog(self, name: str) -> None:
+        with self._lock:
+            self._records.catalogs.pop(name, None)
+
+    def catalog_items(self, name: str) -> dict[str, dict[str, Any]]:
+        """The items `name` holds now, by id (KeyError when there is no such catalog)."""
+        with self._lock:
+            return {item_id: dict(item) for item_id, item in self._records.catalogs[name].items.items()}
+
+    @property
+    def catalog_storage_limit(self) -> int | None:
+        """Items all catalogs may hold together; a PUT that would go beyond is "out of space". None: no limit."""
+        return self._catalog_storage_limit
+
+    @catalog_storage_limit.setter
+    def catalog_storage_limit(self, limit: int | None) -> None:
+        self._catalog_storage_limit = limit
+
     def add_profile(self, key: str, attributes: Mapping[str, Any] | None = None) -> None:
         """Create a profile (e.g. `braze_id:<id>`, which Braze never creates from /users/track)."""
         with self._lock:
@@ -181,6 +233,7 @@ class BrazeEmulator:
         with self._lock:
             self._faults.clear()
             self._reject_external_ids = frozenset()
+            self._catalog_storage_limit = None
             in_flight = self._records.in_flight
             self._records = Records(self._request_log_size)
             self._records.in_flight = in_flight
@@ -202,6 +255,11 @@ class BrazeEmulator:
                 state["objects"] = {name: list(items) for name, items in self._records.tracked.items()}
                 state["objects"]["deleted"] = list(self._records.deleted)
                 state["profiles"] = {key: dict(p) for key, p in self._records.profiles.items()}
+                state["skipped"] = list(self._records.skipped)
+                state["catalogs"] = {
+                    name: {"fields": dict(c.fields), "items": dict(c.items)}
+                    for name, c in self._records.catalogs.items()
+                }
             return state
 
     # --- serving --------------------------------------------------------------------------------------------------
@@ -210,7 +268,11 @@ class BrazeEmulator:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         app.router.add_post("/users/track", self._handle_track)
         app.router.add_post("/users/delete", self._handle_delete)
+        app.router.add_get("/catalogs", self._handle_catalogs)
+        app.router.add_put("/catalogs/{name}/items", partial(self._handle_items, put=True))
+        app.router.add_delete("/catalogs/{name}/items", partial(self._handle_items, put=False))
         app.router.add_get("/_emulator/state", self._handle_state)
+        app.router.add_post("/_emulator/catalogs", self._handle_create_catalog)
         app.router.add_post("/_emulator/faults", self._handle_faults)
         app.router.add_post("/_emulator/reset", self._handle_reset)
         return app
@@ -305,11 +367,16 @@ class BrazeEmulator:
     async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._delete_window, self._apply_delete)
 
+    async def _handle_items(self, request: web.Request, *, put: bool) -> web.StreamResponse:
+        return await self._handle(
+            request, self._catalog_window, partial(self._apply_items, request.match_info["name"], put)
+        )
+
     async def _handle(
         self,
         request: web.Request,
         window: Window,
-        apply: Any,
+        apply: Callable[[Any], tuple[int, dict[str, Any], int]],
     ) -> web.StreamResponse:
         path = request.path
         fault = self._next_fault()
@@ -426,6 +493,67 @@ class BrazeEmulator:
         self._records.track(array, obj, key, id_kind, keep=self.record)
         return None
 
+    def _apply_items(self, name: str, put: bool, body: Any) -> tuple[int, dict[str, Any], int]:
+        # Called with the lock held. Braze refuses the whole request when one item is wrong.
+        catalog = self._records.catalogs.get(name)
+        if catalog is None:
+            return (
+                404,
+                _invalid([catalog_error("catalog-not-found", "Could not find catalog", "catalog_name", name)]),
+                0,
+            )
+        errors = catalog_items_errors(body, catalog.fields, with_fields=put)
+        if errors:
+            return 400, _invalid(errors), 0
+        items: list[dict[str, Any]] = body["items"]
+        if put:
+            limit = self._catalog_storage_limit
+            new = {item["id"] for item in items} - set(catalog.items)
+            if limit is not None and sum(len(c.items) for c in self._records.catalogs.values()) + len(new) > limit:
+                error = catalog_error(self.out_of_space_error_id, "The catalog tier is out of space")
+                return 400, _invalid([error]), 0
+            for item in items:
+                catalog.items[item["id"]] = dict(item)
+        else:
+            for item in items:
+                catalog.items.pop(item["id"], None)
+        return 202, {"message": "success"}, len(items)
+
+    async def _handle_catalogs(self, request: web.Request) -> web.Response:
+        with self._lock:
+            now = time.time()
+            allowed, remaining, reset = self._catalog_list_window.hit(now)
+            if request.headers.get("Authorization") != self._auth:
+                return _json(401, {"message": "Invalid API key"})
+            if not allowed:
+                return self._rate_limited(self._catalog_list_window, reset, now)
+            listing = [c.listing(name) for name, c in self._records.catalogs.items()]
+        return _json(
+            200,
+            {"catalogs": listing, "message": "success"},
+            _limit_headers(self._catalog_list_window, remaining, reset),
+        )
+
+    async def _handle_create_catalog(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if "fields" in body or body.get("delete"):
+                if not isinstance(body.get("name"), str):
+                    raise ValueError("'name' (a string) is required with 'fields' or 'delete'")
+                if body.get("delete"):
+                    self.delete_catalog(body["name"])
+                else:
+                    fields = {str(k): str(v) for k, v in dict(body["fields"] or {}).items()}
+                    self.create_catalog(body["name"], fields, list(body.get("items") or []))
+            if "storage_limit" in body:
+                limit = body["storage_limit"]
+                self.catalog_storage_limit = None if limit is None else int(limit)
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            return _json(400, {"message": str(exc)})
+        return _json(200, {"message": "success"})
+
     def _apply_delete(self, body: Any) -> tuple[int, dict[str, Any], int]:
         # Called with the lock held.
         if not isinstance(body, dict):
@@ -478,6 +606,10 @@ class BrazeEmulator:
     async def _handle_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return _json(200, {"message": "reset"})
+
+
+def _invalid(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"errors": errors, "message": "Invalid Request"}
 
 
 def _limit_headers(window: Window, remaining: int, reset: int) -> dict[str, str]:

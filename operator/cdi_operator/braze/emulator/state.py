@@ -1,11 +1,11 @@
-"""What the emulator has accepted: the objects, deletes, profiles, counts and the log of requests."""
+"""What the emulator has accepted: the objects, deletes, profiles, catalogs, counts and the log of requests."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdi_operator.braze.emulator.rules import FLAG_KEYS, TRACK_ARRAYS
@@ -20,6 +20,23 @@ class RequestRecord:
     fault: str | None
 
 
+@dataclass
+class Catalog:
+    """A catalog as the test created it (its fields and their types) and the items it holds, by id."""
+
+    fields: dict[str, str]
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def listing(self, name: str) -> dict[str, Any]:
+        """The catalog as `GET /catalogs` shows it."""
+        return {
+            "name": name,
+            "description": "",
+            "fields": [{"name": "id", "type": "string"}] + [{"name": k, "type": v} for k, v in self.fields.items()],
+            "num_items": len(self.items),
+        }
+
+
 class Records:
     """The emulator's state; not locked itself (the emulator holds its lock around every use)."""
 
@@ -27,6 +44,8 @@ class Records:
         self.tracked: dict[str, list[dict[str, Any]]] = {name: [] for name in TRACK_ARRAYS}
         self.deleted: list[Any] = []
         self.profiles: dict[str, dict[str, Any]] = {}
+        self.catalogs: dict[str, Catalog] = {}
+        self.skipped: list[dict[str, Any]] = []  # objects for unknown users with _update_existing_only: true
         self.counts: Counter[str] = Counter()
         self.status_counts: Counter[int] = Counter()
         self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
@@ -48,6 +67,8 @@ class Records:
             profile = self.profiles.get(key)
             if profile is None and creates_user(obj, id_kind):
                 profile = self.profiles[key] = {}
+            elif profile is None and obj.get("_update_existing_only") is True:
+                self.skipped.append(obj)
             if profile is not None and array == "attributes":
                 apply_attributes(profile, obj, id_kind)
 
@@ -93,7 +114,7 @@ def delete_key(id_type: str, identifier: Any) -> str:
 
 def creates_user(obj: Mapping[str, Any], id_kind: str) -> bool:
     if id_kind == "external_id":
-        return True
+        return obj.get("_update_existing_only") is not True
     if id_kind == "braze_id":
         return False
     return obj.get("_update_existing_only") is False
