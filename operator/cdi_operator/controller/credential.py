@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 
@@ -42,6 +42,9 @@ KEY_CONFLICT = "KeyConflict"  # condition: another credential manages the same S
 # How often a pending rotation tries to log in with the new key (also on each new test-connection value).
 NEXT_KEY_CHECK_SECONDS = 300.0
 KEY_STATUS_FIELDS = ("publicKey", "keyFingerprint", "keySlot", "alterUserStatement", "rotation", "lastHandledRotateKey")
+
+
+CredentialCheck = Callable[[WarehouseCredentialSpec, Mapping[tuple[str, str], str]], connection.Outcome]
 
 
 def users_of(credential: str, integrations: list[JSON]) -> list[str]:
@@ -98,11 +101,16 @@ def credential_fingerprint(obj: JSON) -> str:
 
 class CredentialReconciler:
     def __init__(
-        self, kube: KubeApi, settings: OperatorSettings, on_test: Callable[[str, str], None] | None = None
+        self,
+        kube: KubeApi,
+        settings: OperatorSettings,
+        on_test: Callable[[str, str], None] | None = None,
+        check: CredentialCheck = connection.check_credential,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.on_test = on_test  # (warehouse type, result) after each connection test: the metrics
+        self.check = check  # the login test; the reconciler tests give a Snowflake that knows which keys were set
 
     async def reconcile(self, namespace: str, name: str) -> None:
         obj = await self.kube.get(WHC_PLURAL, namespace, name)
@@ -175,7 +183,7 @@ class CredentialReconciler:
             status = await self._write(obj, status, testing)
             secrets = await self.kube.secret_values(namespace, spec.secret_refs())
             outcome = await connection.run_test(
-                partial(connection.check_credential, spec, secrets), self.settings.connection_test_timeout
+                partial(self.check, spec, secrets), self.settings.connection_test_timeout
             )
             test = outcome.status(fingerprint)
             if self.on_test is not None:
@@ -339,7 +347,7 @@ class CredentialReconciler:
             update={"snowflake": spec.snowflake.model_copy(update={"private_key_secret_ref": ref})}
         )
         outcome = await connection.run_test(
-            partial(connection.check_credential, next_spec, {(ref.name, ref.key): state.next_pem}),
+            partial(self.check, next_spec, {(ref.name, ref.key): state.next_pem}),
             self.settings.connection_test_timeout,
         )
         if not outcome.passed:

@@ -1,0 +1,628 @@
+"""The reconciler tier: both reconcilers, every branch, against the in-memory KubeApi (fake_kube.py).
+
+Warehouses are real: a DuckDB file per test (the connection test of an integration runs for real). Snowflake's
+login is the one stand-in (`SnowflakeLogins`): it accepts a key only once its ALTER USER statement was "run", which
+is what a key rotation depends on and what fakesnow (which takes any key) cannot show.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from fake_kube import FakeKube
+
+from cdi_operator.api import snowflake_key
+from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, WarehouseCredentialSpec
+from cdi_operator.controller import conditions, connection, snowflake_keys
+from cdi_operator.controller.credential import IN_USE_FINALIZER, CredentialReconciler
+from cdi_operator.controller.integration import IntegrationReconciler, cronjob_name
+from cdi_operator.controller.observability import Observer
+from cdi_operator.controller.settings import OperatorSettings
+
+NS = "data"
+SETTINGS = OperatorSettings(runner_image="cdi:test", connection_test_timeout=30)
+SYNC_NOW = "cdi.ingest.dev/sync-now"
+TEST_CONNECTION = "cdi.ingest.dev/test-connection"
+ROTATE_KEY = "cdi.ingest.dev/rotate-key"
+
+
+def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    found = conditions.find(status.get("conditions"), type_)
+    assert found is not None, f"no {type_} condition in {status.get('conditions')}"
+    return found
+
+
+@dataclass
+class World:
+    """A namespace with a DuckDB warehouse file, the fake API, and the two reconcilers on it."""
+
+    kube: FakeKube
+    duckdb_path: Path
+    settings: OperatorSettings = SETTINGS
+    logins: SnowflakeLogins = field(default_factory=lambda: SnowflakeLogins())
+
+    def credential(self, name: str = "wh", spec: dict[str, Any] | None = None, **meta: Any) -> None:
+        body = spec if spec is not None else {"type": "duckdb", "duckdb": {"path": str(self.duckdb_path)}}
+        self.kube.add(
+            WHC_PLURAL,
+            {"kind": "WarehouseCredential", "metadata": {"name": name, "namespace": NS, **meta}, "spec": body},
+        )
+
+    def integration(self, name: str = "users", created: str = "2026-01-01T00:00:00Z", **spec: Any) -> None:
+        body = {
+            "credentialRef": {"name": "wh"},
+            "source": {"table": "users"},
+            "dataType": "customAttributes",
+            "schedule": "0 3 * * *",
+            **spec,
+        }
+        meta = {"name": name, "namespace": NS, "creationTimestamp": created}
+        self.kube.add(CDI_PLURAL, {"kind": "CdiIntegration", "metadata": meta, "spec": body})
+
+    def integrations(self, observer: Observer | None = None) -> IntegrationReconciler:
+        return IntegrationReconciler(self.kube, self.settings, observer)
+
+    def credentials(self) -> CredentialReconciler:
+        return CredentialReconciler(self.kube, self.settings, check=self.logins.check)
+
+    def status(self, name: str = "users") -> dict[str, Any]:
+        return self.kube.status(CDI_PLURAL, NS, name)
+
+    def credential_status(self, name: str = "wh") -> dict[str, Any]:
+        return self.kube.status(WHC_PLURAL, NS, name)
+
+
+class SnowflakeLogins:
+    """Snowflake's key-pair login as far as the operator can tell: a key logs in once its public half was set on the
+    user with the ALTER USER statement the operator showed (`run`). Other warehouses go to the real check."""
+
+    def __init__(self) -> None:
+        self.public_keys: set[str] = set()
+
+    def run(self, statement: str) -> None:
+        match = re.fullmatch(r"ALTER USER \S+ SET RSA_PUBLIC_KEY(?:_2)?='([A-Za-z0-9+/=]+)'", statement)
+        assert match, statement
+        self.public_keys.add(match.group(1))
+
+    def check(self, spec: WarehouseCredentialSpec, secrets: Mapping[tuple[str, str], str]) -> connection.Outcome:
+        if spec.snowflake is None:
+            return connection.check_credential(spec, secrets)
+        ref = spec.snowflake.private_key_secret_ref
+        assert ref is not None
+        pem = secrets.get((ref.name, ref.key))
+        if pem is not None and snowflake_keys.public_key(pem) in self.public_keys:
+            return connection.Outcome(connection.PASSED, connection.PASSED, "logged in")
+        return connection.Outcome(connection.FAILED, "AuthFailed", "JWT token is invalid")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE users (EXTERNAL_ID VARCHAR, UPDATED_AT TIMESTAMP, PAYLOAD VARCHAR)")
+        con.execute("INSERT INTO users VALUES ('u1', TIMESTAMP '2026-01-01 00:00:00', '{\"plan\": \"gold\"}')")
+        con.execute("CREATE TABLE no_updated_at (EXTERNAL_ID VARCHAR, PAYLOAD VARCHAR)")
+    return World(FakeKube(), path)
+
+
+# --- CdiIntegration: the phase each situation leads to ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntegrationCase:
+    id: str
+    setup: Callable[[World], None]
+    phase: str
+    reason: str  # of Ready
+    events: tuple[str, ...]
+
+
+def _active(w: World) -> None:
+    w.credential()
+    w.integration()
+
+
+def _suspended(w: World) -> None:
+    w.credential()
+    w.integration(suspend=True)
+
+
+def _invalid_spec(w: World) -> None:
+    w.credential()
+    w.integration(schedule="* * * * *")
+
+
+def _credential_missing(w: World) -> None:
+    w.integration()
+
+
+def _credential_invalid(w: World) -> None:
+    w.credential(spec={"type": "duckdb"})
+    w.integration()
+
+
+def _invalid_source(w: World) -> None:
+    w.credential()
+    w.integration(source={"table": "users", "project": "p"})
+
+
+def _duplicate_table(w: World) -> None:
+    w.credential()
+    w.integration("older", created="2025-01-01T00:00:00Z")
+    w.integration()
+
+
+def _table_missing(w: World) -> None:
+    w.credential()
+    w.integration(source={"table": "nope"})
+
+
+def _column_missing(w: World) -> None:
+    w.credential()
+    w.integration(source={"table": "no_updated_at"})
+
+
+def _database_missing(w: World) -> None:
+    w.credential(spec={"type": "duckdb", "duckdb": {"path": str(w.duckdb_path) + ".gone"}})
+    w.integration()
+
+
+INTEGRATION_CASES = [
+    IntegrationCase("active", _active, "Active", "Active", ("ConnectionTestPassed", "Active")),
+    IntegrationCase("suspended", _suspended, "Suspended", "Suspended", ("ConnectionTestPassed", "Suspended")),
+    IntegrationCase("invalid-spec", _invalid_spec, "Failed", "InvalidSpec", ("InvalidSpec",)),
+    IntegrationCase("credential-missing", _credential_missing, "Draft", "CredentialNotFound", ("CredentialNotFound",)),
+    IntegrationCase("credential-invalid", _credential_invalid, "Draft", "CredentialInvalid", ("CredentialInvalid",)),
+    IntegrationCase("invalid-source", _invalid_source, "Draft", "InvalidSource", ("InvalidSource",)),
+    IntegrationCase("duplicate-table", _duplicate_table, "Draft", "DuplicateTable", ("DuplicateTable",)),
+    IntegrationCase("table-missing", _table_missing, "Draft", "TableMissing", ("ConnectionTestFailed",)),
+    IntegrationCase("column-missing", _column_missing, "Draft", "ColumnMissing", ("ConnectionTestFailed",)),
+    IntegrationCase("database-missing", _database_missing, "Draft", "DatabaseMissing", ("ConnectionTestFailed",)),
+]
+
+
+@pytest.mark.parametrize("case", INTEGRATION_CASES, ids=lambda c: c.id)
+async def test_integration_phase(world: World, case: IntegrationCase) -> None:
+    case.setup(world)
+    reconciler = world.integrations()
+
+    await reconciler.reconcile(NS, "users")
+
+    status = world.status()
+    assert status["phase"] == case.phase
+    assert status["observedGeneration"] == 1
+    live = case.phase in ("Active", "Suspended")
+    ready = condition(status, conditions.READY)
+    assert (ready["status"], ready["reason"]) == ("True" if live else "False", case.reason)
+    assert condition(status, conditions.STALLED)["status"] == ("False" if live else "True")
+    assert [e.reason for e in world.kube.events if e.name == "users"] == list(case.events)
+    cronjob = world.kube.cronjobs.get((NS, cronjob_name("users")))
+    if live:
+        assert cronjob is not None and cronjob["spec"]["suspend"] is (case.phase == "Suspended")
+        assert condition(status, conditions.CONNECTION_VERIFIED)["status"] == "True"
+        assert status["connectionTest"]["result"] == "Passed" and status["connectionTest"]["preview"]
+        assert IN_USE_FINALIZER in world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"]["finalizers"]
+        kinds = sorted(kind for kind, _, _ in world.kube.runner_access)
+        assert kinds == ["Role", "RoleBinding", "ServiceAccount"]
+    else:
+        assert cronjob is None
+        assert not world.kube.runner_access
+
+    # Level-triggered: the same state again writes nothing and tells nothing.
+    writes, events = len(world.kube.writes_of("patch_status")), len(world.kube.events)
+    await reconciler.reconcile(NS, "users")
+    assert len(world.kube.writes_of("patch_status")) == writes
+    assert len(world.kube.events) == events
+
+
+async def test_connection_test_writes_testing_first_then_the_outcome(world: World) -> None:
+    _active(world)
+
+    await world.integrations().reconcile(NS, "users")
+
+    patches = [w.body for w in world.kube.writes_of("patch_status")]
+    assert patches[0]["connectionTest"]["result"] == "Testing"
+    assert condition(patches[0], conditions.RECONCILING)["status"] == "True"
+    assert len(patches) == 2  # "testing" (a test may take minutes), then the outcome and the phase together
+
+
+async def test_operator_service_account_setting_makes_no_runner_access(world: World) -> None:
+    _active(world)
+    world.settings = OperatorSettings(runner_image="cdi:test", runner_service_account="shared-runner")
+
+    await world.integrations().reconcile(NS, "users")
+
+    assert world.status()["phase"] == "Active"
+    assert not world.kube.runner_access
+    cronjob = world.kube.cronjobs[(NS, cronjob_name("users"))]
+    assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == "shared-runner"
+
+
+async def test_active_integration_whose_credential_goes_away_stops(world: World) -> None:
+    _active(world)
+    reconciler = world.integrations()
+    await reconciler.reconcile(NS, "users")
+    del world.kube.objects[(WHC_PLURAL, NS, "wh")]
+
+    await reconciler.reconcile(NS, "users")
+
+    status = world.status()
+    assert status["phase"] == "Draft"
+    assert condition(status, conditions.STALLED)["reason"] == "CredentialNotFound"
+    assert world.kube.cronjobs[(NS, cronjob_name("users"))]["spec"]["suspend"] is True
+    assert world.kube.reasons()[-1] == "CredentialNotFound"
+
+
+async def test_suspend_and_resume(world: World) -> None:
+    _active(world)
+    reconciler = world.integrations()
+    await reconciler.reconcile(NS, "users")
+
+    world.kube.update_spec(CDI_PLURAL, NS, "users", {"suspend": True})
+    await reconciler.reconcile(NS, "users")
+    assert world.status()["phase"] == "Suspended"
+    assert world.status()["observedGeneration"] == 2
+    assert world.kube.cronjobs[(NS, cronjob_name("users"))]["spec"]["suspend"] is True
+
+    world.kube.update_spec(CDI_PLURAL, NS, "users", {"suspend": False})
+    await reconciler.reconcile(NS, "users")
+    assert world.status()["phase"] == "Active"
+    assert world.kube.cronjobs[(NS, cronjob_name("users"))]["spec"]["suspend"] is False
+    assert world.kube.reasons()[-2:] == ["Suspended", "Active"]
+
+
+async def test_test_connection_annotation_retests_and_stays_active(world: World) -> None:
+    _active(world)
+    reconciler = world.integrations()
+    await reconciler.reconcile(NS, "users")
+    first = world.status()["connectionTest"]["time"]
+
+    world.kube.annotate(CDI_PLURAL, NS, "users", **{TEST_CONNECTION: "again"})
+    await reconciler.reconcile(NS, "users")
+
+    status = world.status()
+    assert status["lastHandledTestConnection"] == "again"
+    assert status["phase"] == "Active" and status["connectionTest"]["time"] >= first
+    testing = world.kube.writes_of("patch_status")[-2].body
+    assert "phase" not in testing, "a re-test of a live integration keeps it Active"
+    assert world.kube.reasons()[-1] == "ConnectionTestPassed"
+
+
+async def test_deleted_integration_is_left_alone(world: World) -> None:
+    await world.integrations().reconcile(NS, "users")  # never existed
+    _active(world)
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+
+    await world.integrations().reconcile(NS, "users")
+
+    assert not world.kube.writes and not world.kube.events
+
+
+# --- sync-now -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncNowCase:
+    id: str
+    setup: Callable[[World], None]
+    created: bool
+    event: str | None  # the reason of the sync-now Event, None for none
+
+
+def _unfinished_job(w: World) -> None:
+    _active(w)
+    w.kube.jobs[(NS, "users-29000000")] = {
+        "metadata": {"name": "users-29000000", "namespace": NS, "labels": {"cdi.ingest.dev/integration": "users"}},
+        "status": {"active": 1},
+    }
+
+
+def _finished_job(w: World) -> None:
+    _active(w)
+    w.kube.jobs[(NS, "users-29000000")] = {
+        "metadata": {"name": "users-29000000", "namespace": NS, "labels": {"cdi.ingest.dev/integration": "users"}},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-01-01T00:10:00Z"},
+    }
+
+
+def _running_without_job(w: World) -> None:
+    _active(w)
+    w.kube.objects[(CDI_PLURAL, NS, "users")]["status"] = {
+        "lastSync": {"startedAt": "2026-01-01T00:00:00Z", "result": "Running", "trigger": "local"}
+    }
+
+
+def _already_handled(w: World) -> None:
+    _active(w)
+    w.kube.objects[(CDI_PLURAL, NS, "users")]["status"] = {"lastHandledSyncNow": "1"}
+
+
+SYNC_NOW_CASES = [
+    SyncNowCase("active-idle", _active, True, "SyncNow"),
+    SyncNowCase("after-a-finished-job", _finished_job, True, "SyncNow"),
+    SyncNowCase("busy-job", _unfinished_job, False, "SyncNowRefused"),
+    SyncNowCase("busy-lastsync-running", _running_without_job, False, "SyncNowRefused"),
+    SyncNowCase("not-active", _credential_missing, False, "SyncNowRefused"),
+    SyncNowCase("suspended", _suspended, False, "SyncNowRefused"),
+    SyncNowCase("same-value-again", _already_handled, False, None),
+]
+
+
+@pytest.mark.parametrize("case", SYNC_NOW_CASES, ids=lambda c: c.id)
+async def test_sync_now(world: World, case: SyncNowCase) -> None:
+    case.setup(world)
+    world.kube.annotate(CDI_PLURAL, NS, "users", **{SYNC_NOW: "1"})
+
+    await world.integrations().reconcile(NS, "users")
+
+    created = [w.body for w in world.kube.writes_of("create_job")]
+    assert len(created) == (1 if case.created else 0)
+    if case.created:
+        job = created[0]
+        assert job["metadata"]["labels"]["cdi.ingest.dev/trigger"] == "syncNow"
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--trigger") + 1] == "syncNow"
+    sync_now_events = [e.reason for e in world.kube.events if e.reason.startswith("SyncNow")]
+    assert sync_now_events == ([case.event] if case.event else [])
+    assert world.status()["lastHandledSyncNow"] == "1"
+
+    # Handled once per value.
+    await world.integrations().reconcile(NS, "users")
+    assert len(world.kube.writes_of("create_job")) == len(created)
+    assert [e.reason for e in world.kube.events if e.reason.startswith("SyncNow")] == sync_now_events
+
+
+# --- finished runs: history, Synced, Events ------------------------------------------------------------------
+
+
+RUN = {"trigger": "schedule", "job": "users-1", "startedAt": "2026-01-01T03:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("last_sync", "synced", "reason", "event"),
+    [
+        ({**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Success", "rowsSynced": 3}, "True", "Success", None),
+        ({**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Partial", "rowsFailed": 1}, "True", "Partial", None),
+        (
+            {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Error", "message": "TableMissing: gone"},
+            "False",
+            "TableMissing",
+            "TableMissing",
+        ),
+        (
+            {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "LimitExceeded"},
+            "False",
+            "LimitExceeded",
+            "LimitExceeded",
+        ),
+        ({**RUN, "result": "Running"}, None, None, None),
+    ],
+    ids=["success", "partial", "error", "limit", "running"],
+)
+async def test_finished_run(
+    world: World, last_sync: dict[str, Any], synced: str | None, reason: str | None, event: str | None
+) -> None:
+    _active(world)
+    reconciler = world.integrations(Observer(env={}))
+    await reconciler.reconcile(NS, "users")
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = last_sync
+    events = len(world.kube.events)
+
+    await reconciler.reconcile(NS, "users")
+
+    status = world.status()
+    if synced is None:
+        assert conditions.find(status.get("conditions"), "Synced") is None
+        assert not status.get("runs")
+    else:
+        assert status["runs"] == [last_sync]
+        found = condition(status, "Synced")
+        assert (found["status"], found["reason"]) == (synced, reason)
+    assert [e.reason for e in world.kube.events[events:]] == ([event] if event else [])
+
+    await reconciler.reconcile(NS, "users")  # seen once: no second Event, runs unchanged
+    assert len(world.kube.events) == events + (1 if event else 0)
+    assert world.status().get("runs") == status.get("runs")
+
+
+# --- WarehouseCredential ----------------------------------------------------------------------------------------
+
+
+async def test_credential_passing_and_failing_tests(world: World) -> None:
+    world.credential()
+    world.credential("broken", {"type": "duckdb", "duckdb": {"path": str(world.duckdb_path) + ".gone"}})
+    world.credential("bad", {"type": "duckdb"})
+    reconciler = world.credentials()
+
+    for name in ("wh", "broken", "bad"):
+        await reconciler.reconcile(NS, name)
+
+    good = world.credential_status("wh")
+    assert condition(good, conditions.READY)["reason"] == "Verified"
+    assert condition(good, conditions.CONNECTION_VERIFIED)["status"] == "True"
+    assert good["connectionTest"]["result"] == "Passed"
+    broken = world.credential_status("broken")
+    assert (condition(broken, conditions.STALLED)["status"], condition(broken, conditions.STALLED)["reason"]) == (
+        "True",
+        "DatabaseMissing",
+    )
+    bad = world.credential_status("bad")
+    assert condition(bad, conditions.STALLED)["reason"] == "InvalidSpec"
+    assert "spec" in condition(bad, conditions.READY)["message"]
+    assert [(e.name, e.reason) for e in world.kube.events] == [
+        ("wh", "ConnectionTestPassed"),
+        ("broken", "ConnectionTestFailed"),
+    ]
+
+    writes = len(world.kube.writes)
+    for name in ("wh", "broken", "bad"):
+        await reconciler.reconcile(NS, name)
+    assert len(world.kube.writes) == writes, "nothing changed: nothing written"
+
+
+async def test_credential_in_use_finalizer_and_deletion(world: World) -> None:
+    _active(world)
+    await world.integrations().reconcile(NS, "users")
+    credentials = world.credentials()
+    await credentials.reconcile(NS, "wh")
+    assert IN_USE_FINALIZER in world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"]["finalizers"]
+
+    world.kube.delete(WHC_PLURAL, NS, "wh")
+    await credentials.reconcile(NS, "wh")
+    status = world.credential_status()
+    assert condition(status, conditions.READY)["reason"] == "InUse"
+    assert "users" in condition(status, conditions.READY)["message"]
+    assert world.kube.reasons()[-1] == "DeletionBlocked"
+    await credentials.reconcile(NS, "wh")
+    assert world.kube.reasons().count("DeletionBlocked") == 1
+
+    del world.kube.objects[(CDI_PLURAL, NS, "users")]
+    await credentials.reconcile(NS, "wh")
+    assert (WHC_PLURAL, NS, "wh") not in world.kube.objects
+
+
+async def test_credential_finalizer_removed_when_unused(world: World) -> None:
+    world.credential(finalizers=[IN_USE_FINALIZER])
+
+    await world.credentials().reconcile(NS, "wh")
+
+    assert world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"].get("finalizers") == []
+
+
+# --- Snowflake key pairs ---------------------------------------------------------------------------------------
+
+
+SNOWFLAKE = {"type": "snowflake", "snowflake": {"account": "org-acct", "user": "CDI", "role": "R", "warehouse": "W"}}
+KEY_SECRET = snowflake_key.secret_name("wh")
+
+
+async def test_key_pair_generated_then_verified_once_its_statement_runs(world: World) -> None:
+    world.credential(spec=SNOWFLAKE)
+    reconciler = world.credentials()
+
+    await reconciler.reconcile(NS, "wh")
+
+    status = world.credential_status()
+    secret = world.kube.secrets[(NS, KEY_SECRET)]
+    assert secret["ownerReferences"][0]["kind"] == "WarehouseCredential"
+    assert status["keySlot"] == 1
+    assert status["publicKey"] == snowflake_keys.public_key(secret["data"]["private-key"])
+    assert status["alterUserStatement"].startswith('ALTER USER "CDI" SET RSA_PUBLIC_KEY=')
+    assert world.kube.reasons() == ["KeyPairGenerated", "ConnectionTestFailed"]
+    assert condition(status, conditions.STALLED)["reason"] == "AuthFailed"
+    assert "PRIVATE KEY" not in repr(world.kube.writes) + repr(world.kube.events)
+
+    world.logins.run(status["alterUserStatement"])
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "1"})
+    await reconciler.reconcile(NS, "wh")
+    status = world.credential_status()
+    assert condition(status, conditions.READY)["status"] == "True"
+    assert status["lastHandledTestConnection"] == "1"
+
+
+async def _verified_snowflake(world: World) -> CredentialReconciler:
+    world.credential(spec=SNOWFLAKE)
+    reconciler = world.credentials()
+    await reconciler.reconcile(NS, "wh")
+    world.logins.run(world.credential_status()["alterUserStatement"])
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "0"})
+    await reconciler.reconcile(NS, "wh")
+    assert condition(world.credential_status(), conditions.READY)["status"] == "True"
+    return reconciler
+
+
+async def test_key_rotation_through_its_states(world: World) -> None:
+    reconciler = await _verified_snowflake(world)
+    old_key = world.kube.secrets[(NS, KEY_SECRET)]["data"]["private-key"]
+
+    # 1. rotate-key: a new key for slot 2, the old one stays active.
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{ROTATE_KEY: "r1"})
+    await reconciler.reconcile(NS, "wh")
+    status = world.credential_status()
+    rotation = status["rotation"]
+    assert rotation["phase"] == snowflake_keys.PHASE_PENDING and rotation["nextKeySlot"] == 2
+    assert rotation["statement"].startswith('ALTER USER "CDI" SET RSA_PUBLIC_KEY_2=')
+    assert status["keySlot"] == 1 and status["lastHandledRotateKey"] == "r1"
+    assert world.kube.secrets[(NS, KEY_SECRET)]["data"]["private-key"] == old_key
+    assert world.kube.reasons()[-1] == "KeyRotationStarted"
+
+    # 2. Another value while pending: the pending key is kept.
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{ROTATE_KEY: "r2"})
+    await reconciler.reconcile(NS, "wh")
+    assert world.credential_status()["rotation"]["nextPublicKey"] == rotation["nextPublicKey"]
+    assert world.kube.reasons()[-1] == "KeyRotationPending"
+
+    # 3. A test before the statement ran: the new key does not log in, the rotation waits, syncs go on.
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "1"})
+    await reconciler.reconcile(NS, "wh")
+    status = world.credential_status()
+    assert status["rotation"]["phase"] == snowflake_keys.PHASE_PENDING
+    assert "a login with the new key failed (AuthFailed)" in status["rotation"]["message"]
+    assert condition(status, conditions.READY)["status"] == "True"
+
+    # 4. The statement ran: the next test switches keys; status shows the statement retiring slot 1.
+    world.logins.run(rotation["statement"])
+    world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "2"})
+    events = len(world.kube.events)
+    await reconciler.reconcile(NS, "wh")
+    status = world.credential_status()
+    assert status["keySlot"] == 2
+    assert status["rotation"]["phase"] == snowflake_keys.PHASE_COMPLETED
+    assert status["rotation"]["statement"] == 'ALTER USER "CDI" UNSET RSA_PUBLIC_KEY'
+    assert "nextPublicKey" not in status["rotation"]
+    assert world.kube.secrets[(NS, KEY_SECRET)]["data"]["private-key"] != old_key
+    assert world.kube.reasons()[events:] == ["KeyRotated", "ConnectionTestPassed"]
+    assert condition(status, conditions.READY)["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ({"data": {"private-key": "x"}, "ownerReferences": []}, "KeySecretConflict"),
+        ({"data": {}, "ownerReferences": "owned"}, "KeySecretInvalid"),
+    ],
+    ids=["not-owned", "no-key"],
+)
+async def test_unusable_key_secret(world: World, secret: dict[str, Any], reason: str) -> None:
+    world.credential(spec=SNOWFLAKE)
+    uid = world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"]["uid"]
+    owners = [{"uid": uid, "kind": "WarehouseCredential"}] if secret["ownerReferences"] == "owned" else []
+    world.kube.add_secret(NS, KEY_SECRET, secret["data"], ownerReferences=owners)
+
+    await world.credentials().reconcile(NS, "wh")
+
+    status = world.credential_status()
+    assert condition(status, conditions.STALLED)["reason"] == reason
+    assert condition(status, conditions.CONNECTION_VERIFIED)["status"] == "Unknown"
+    assert world.kube.reasons() == [reason]
+    assert "connectionTest" not in status
+
+
+async def test_rotate_key_on_a_credential_with_its_own_key_is_ignored(world: World) -> None:
+    own = {**SNOWFLAKE, "snowflake": {**SNOWFLAKE["snowflake"], "privateKeySecretRef": {"name": "k", "key": "pem"}}}
+    world.credential(spec=own, annotations={ROTATE_KEY: "r1"})
+
+    await world.credentials().reconcile(NS, "wh")
+
+    assert world.credential_status()["lastHandledRotateKey"] == "r1"
+    assert world.kube.reasons()[0] == "KeyRotationIgnored"
+    assert (NS, KEY_SECRET) not in world.kube.secrets
+
+
+async def test_two_credentials_for_one_snowflake_user_are_flagged(world: World) -> None:
+    world.credential(spec=SNOWFLAKE)
+    world.credential("wh2", spec=SNOWFLAKE)
+
+    await world.credentials().reconcile(NS, "wh")
+
+    found = condition(world.credential_status(), "KeyConflict")
+    assert (found["status"], found["reason"]) == ("True", "SameSnowflakeUser")
+    assert "wh2" in found["message"]
+    assert "KeyConflict" in world.kube.reasons()
