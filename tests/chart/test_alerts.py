@@ -4,6 +4,7 @@ and the thresholds in values.yaml reach the rules."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from harness.helm import find, render
+
+from cdi_operator.api import reasons
 
 ALERT_TESTS = Path(__file__).parent / "alerts"
 RULES_FILE = "cdi-operator.rules.yaml"  # what the unit tests' rule_files name
@@ -198,3 +201,14 @@ def strip_annotations(rule: Mapping[str, Any]) -> dict[str, Any]:
         for group in rule["spec"]["groups"]
     ]
     return {**rule, "spec": {"groups": groups}}
+
+
+def test_the_reasons_and_conditions_the_alerts_name_are_the_operators(rule: dict[str, Any]) -> None:
+    # The on-call follows these names to kubectl; a reason the operator does not write would lead nowhere.
+    text = yaml.safe_dump(rule["spec"], width=10_000)
+    named = set(re.findall(r"reason=([A-Za-z]+)", text))
+    named |= set(re.findall(r"\b(Ready|Synced|ConnectionVerified|Stalled|Reconciling) (?:and|condition)", text))
+    known = {value for name, value in vars(reasons).items() if name.isupper() and isinstance(value, str)}
+
+    assert named, "the alerts name no reason or condition any more: drop this test"
+    assert named <= known, named - known

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from cdi_operator.api import reasons
 from cdi_operator.api.models import (
     API_VERSION,
     CdiIntegration,
@@ -475,3 +477,28 @@ def test_status_history_capped_at_ten() -> None:
     run = {"startedAt": T0, "result": "Success"}
     with pytest.raises(ValidationError):
         CdiIntegrationStatus.model_validate({"runs": [run] * 11})
+
+
+def test_public_reason_and_condition_names_do_not_change() -> None:
+    # README, alerts and users' automation name these: a rename breaks them (api/reasons.py says so).
+    public = [
+        (reasons.READY, "Ready"),
+        (reasons.CONNECTION_VERIFIED, "ConnectionVerified"),
+        (reasons.STALLED, "Stalled"),
+        (reasons.RECONCILING, "Reconciling"),
+        (reasons.SYNCED, "Synced"),
+        (reasons.FailureReason.PERMISSION_DENIED, "PermissionDenied"),
+        (reasons.FailureReason.TABLE_MISSING, "TableMissing"),
+        (reasons.FailureReason.COLUMN_MISSING, "ColumnMissing"),
+        (reasons.CREDENTIAL_NOT_FOUND, "CredentialNotFound"),
+        (reasons.DUPLICATE_TABLE, "DuplicateTable"),
+        (reasons.INVALID_SPEC, "InvalidSpec"),
+        (reasons.CONNECTION_TEST_FAILED, "ConnectionTestFailed"),
+        (reasons.SYNC_NOW_REFUSED, "SyncNowRefused"),
+        (reasons.CATALOG_NOT_FOUND, "BrazeCatalogNotFound"),
+        (reasons.CATALOG_FIELD_MISSING, "CatalogFieldMissing"),
+    ]
+    assert all(constant == name for constant, name in public)
+    values = [v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)]
+    pattern = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    assert all(pattern.match(v) for v in [*values, *reasons.FailureReason]), "a reason Kubernetes would refuse"

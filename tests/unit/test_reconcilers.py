@@ -17,7 +17,7 @@ import duckdb
 import pytest
 from fake_kube import FakeKube
 
-from cdi_operator.api import snowflake_key
+from cdi_operator.api import reasons, snowflake_key
 from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, WarehouseCredentialSpec
 from cdi_operator.controller import conditions, connection, snowflake_keys
 from cdi_operator.controller.credential import IN_USE_FINALIZER, CredentialReconciler
@@ -98,7 +98,7 @@ class SnowflakeLogins:
         pem = secrets.get((ref.name, ref.key))
         if pem is not None and snowflake_keys.public_key(pem) in self.public_keys:
             return connection.Outcome(connection.PASSED, connection.PASSED, "logged in")
-        return connection.Outcome(connection.FAILED, "AuthFailed", "JWT token is invalid")
+        return connection.Outcome(connection.FAILED, reasons.FailureReason.AUTH_FAILED, "JWT token is invalid")
 
 
 @pytest.fixture
@@ -174,16 +174,38 @@ def _database_missing(w: World) -> None:
 
 
 INTEGRATION_CASES = [
-    IntegrationCase("active", _active, "Active", "Active", ("ConnectionTestPassed", "Active")),
-    IntegrationCase("suspended", _suspended, "Suspended", "Suspended", ("ConnectionTestPassed", "Suspended")),
-    IntegrationCase("invalid-spec", _invalid_spec, "Failed", "InvalidSpec", ("InvalidSpec",)),
-    IntegrationCase("credential-missing", _credential_missing, "Draft", "CredentialNotFound", ("CredentialNotFound",)),
-    IntegrationCase("credential-invalid", _credential_invalid, "Draft", "CredentialInvalid", ("CredentialInvalid",)),
-    IntegrationCase("invalid-source", _invalid_source, "Draft", "InvalidSource", ("InvalidSource",)),
-    IntegrationCase("duplicate-table", _duplicate_table, "Draft", "DuplicateTable", ("DuplicateTable",)),
-    IntegrationCase("table-missing", _table_missing, "Draft", "TableMissing", ("ConnectionTestFailed",)),
-    IntegrationCase("column-missing", _column_missing, "Draft", "ColumnMissing", ("ConnectionTestFailed",)),
-    IntegrationCase("database-missing", _database_missing, "Draft", "DatabaseMissing", ("ConnectionTestFailed",)),
+    IntegrationCase("active", _active, "Active", "Active", (reasons.CONNECTION_TEST_PASSED, "Active")),
+    IntegrationCase("suspended", _suspended, "Suspended", "Suspended", (reasons.CONNECTION_TEST_PASSED, "Suspended")),
+    IntegrationCase("invalid-spec", _invalid_spec, "Failed", reasons.INVALID_SPEC, (reasons.INVALID_SPEC,)),
+    IntegrationCase(
+        "credential-missing",
+        _credential_missing,
+        "Draft",
+        reasons.CREDENTIAL_NOT_FOUND,
+        (reasons.CREDENTIAL_NOT_FOUND,),
+    ),
+    IntegrationCase(
+        "credential-invalid", _credential_invalid, "Draft", reasons.CREDENTIAL_INVALID, (reasons.CREDENTIAL_INVALID,)
+    ),
+    IntegrationCase("invalid-source", _invalid_source, "Draft", reasons.INVALID_SOURCE, (reasons.INVALID_SOURCE,)),
+    IntegrationCase("duplicate-table", _duplicate_table, "Draft", reasons.DUPLICATE_TABLE, (reasons.DUPLICATE_TABLE,)),
+    IntegrationCase(
+        "table-missing", _table_missing, "Draft", reasons.FailureReason.TABLE_MISSING, (reasons.CONNECTION_TEST_FAILED,)
+    ),
+    IntegrationCase(
+        "column-missing",
+        _column_missing,
+        "Draft",
+        reasons.FailureReason.COLUMN_MISSING,
+        (reasons.CONNECTION_TEST_FAILED,),
+    ),
+    IntegrationCase(
+        "database-missing",
+        _database_missing,
+        "Draft",
+        reasons.FailureReason.DATABASE_MISSING,
+        (reasons.CONNECTION_TEST_FAILED,),
+    ),
 ]
 
 
@@ -198,14 +220,14 @@ async def test_integration_phase(world: World, case: IntegrationCase) -> None:
     assert status["phase"] == case.phase
     assert status["observedGeneration"] == 1
     live = case.phase in ("Active", "Suspended")
-    ready = condition(status, conditions.READY)
+    ready = condition(status, reasons.READY)
     assert (ready["status"], ready["reason"]) == ("True" if live else "False", case.reason)
-    assert condition(status, conditions.STALLED)["status"] == ("False" if live else "True")
+    assert condition(status, reasons.STALLED)["status"] == ("False" if live else "True")
     assert [e.reason for e in world.kube.events if e.name == "users"] == list(case.events)
     cronjob = world.kube.cronjobs.get((NS, cronjob_name("users")))
     if live:
         assert cronjob is not None and cronjob["spec"]["suspend"] is (case.phase == "Suspended")
-        assert condition(status, conditions.CONNECTION_VERIFIED)["status"] == "True"
+        assert condition(status, reasons.CONNECTION_VERIFIED)["status"] == "True"
         assert status["connectionTest"]["result"] == "Passed" and status["connectionTest"]["preview"]
         assert IN_USE_FINALIZER in world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"]["finalizers"]
         kinds = sorted(kind for kind, _, _ in world.kube.runner_access)
@@ -228,7 +250,7 @@ async def test_connection_test_writes_testing_first_then_the_outcome(world: Worl
 
     patches = [w.body for w in world.kube.writes_of("patch_status")]
     assert patches[0]["connectionTest"]["result"] == "Testing"
-    assert condition(patches[0], conditions.RECONCILING)["status"] == "True"
+    assert condition(patches[0], reasons.RECONCILING)["status"] == "True"
     assert len(patches) == 2  # "testing" (a test may take minutes), then the outcome and the phase together
 
 
@@ -254,9 +276,9 @@ async def test_active_integration_whose_credential_goes_away_stops(world: World)
 
     status = world.status()
     assert status["phase"] == "Draft"
-    assert condition(status, conditions.STALLED)["reason"] == "CredentialNotFound"
+    assert condition(status, reasons.STALLED)["reason"] == reasons.CREDENTIAL_NOT_FOUND
     assert world.kube.cronjobs[(NS, cronjob_name("users"))]["spec"]["suspend"] is True
-    assert world.kube.reasons()[-1] == "CredentialNotFound"
+    assert world.kube.reasons()[-1] == reasons.CREDENTIAL_NOT_FOUND
 
 
 async def test_suspend_and_resume(world: World) -> None:
@@ -291,7 +313,7 @@ async def test_test_connection_annotation_retests_and_stays_active(world: World)
     assert status["phase"] == "Active" and status["connectionTest"]["time"] >= first
     testing = world.kube.writes_of("patch_status")[-2].body
     assert "phase" not in testing, "a re-test of a live integration keeps it Active"
-    assert world.kube.reasons()[-1] == "ConnectionTestPassed"
+    assert world.kube.reasons()[-1] == reasons.CONNECTION_TEST_PASSED
 
 
 async def test_deleted_integration_is_left_alone(world: World) -> None:
@@ -344,12 +366,12 @@ def _already_handled(w: World) -> None:
 
 
 SYNC_NOW_CASES = [
-    SyncNowCase("active-idle", _active, True, "SyncNow"),
-    SyncNowCase("after-a-finished-job", _finished_job, True, "SyncNow"),
-    SyncNowCase("busy-job", _unfinished_job, False, "SyncNowRefused"),
-    SyncNowCase("busy-lastsync-running", _running_without_job, False, "SyncNowRefused"),
-    SyncNowCase("not-active", _credential_missing, False, "SyncNowRefused"),
-    SyncNowCase("suspended", _suspended, False, "SyncNowRefused"),
+    SyncNowCase("active-idle", _active, True, reasons.SYNC_NOW),
+    SyncNowCase("after-a-finished-job", _finished_job, True, reasons.SYNC_NOW),
+    SyncNowCase("busy-job", _unfinished_job, False, reasons.SYNC_NOW_REFUSED),
+    SyncNowCase("busy-lastsync-running", _running_without_job, False, reasons.SYNC_NOW_REFUSED),
+    SyncNowCase("not-active", _credential_missing, False, reasons.SYNC_NOW_REFUSED),
+    SyncNowCase("suspended", _suspended, False, reasons.SYNC_NOW_REFUSED),
     SyncNowCase("same-value-again", _already_handled, False, None),
 ]
 
@@ -369,14 +391,14 @@ async def test_sync_now(world: World, case: SyncNowCase) -> None:
         assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
         args = job["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--trigger") + 1] == "syncNow"
-    sync_now_events = [e.reason for e in world.kube.events if e.reason.startswith("SyncNow")]
+    sync_now_events = [e.reason for e in world.kube.events if e.reason.startswith(reasons.SYNC_NOW)]
     assert sync_now_events == ([case.event] if case.event else [])
     assert world.status()["lastHandledSyncNow"] == "1"
 
     # Handled once per value.
     await world.integrations().reconcile(NS, "users")
     assert len(world.kube.writes_of("create_job")) == len(created)
-    assert [e.reason for e in world.kube.events if e.reason.startswith("SyncNow")] == sync_now_events
+    assert [e.reason for e in world.kube.events if e.reason.startswith(reasons.SYNC_NOW)] == sync_now_events
 
 
 # --- finished runs: history, Synced, Events ------------------------------------------------------------------
@@ -393,8 +415,8 @@ RUN = {"trigger": "schedule", "job": "users-1", "startedAt": "2026-01-01T03:00:0
         (
             {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Error", "message": "TableMissing: gone"},
             "False",
-            "TableMissing",
-            "TableMissing",
+            reasons.FailureReason.TABLE_MISSING,
+            reasons.FailureReason.TABLE_MISSING,
         ),
         (
             {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "LimitExceeded"},
@@ -419,11 +441,11 @@ async def test_finished_run(
 
     status = world.status()
     if synced is None:
-        assert conditions.find(status.get("conditions"), "Synced") is None
+        assert conditions.find(status.get("conditions"), reasons.SYNCED) is None
         assert not status.get("runs")
     else:
         assert status["runs"] == [last_sync]
-        found = condition(status, "Synced")
+        found = condition(status, reasons.SYNCED)
         assert (found["status"], found["reason"]) == (synced, reason)
     assert [e.reason for e in world.kube.events[events:]] == ([event] if event else [])
 
@@ -445,20 +467,20 @@ async def test_credential_passing_and_failing_tests(world: World) -> None:
         await reconciler.reconcile(NS, name)
 
     good = world.credential_status("wh")
-    assert condition(good, conditions.READY)["reason"] == "Verified"
-    assert condition(good, conditions.CONNECTION_VERIFIED)["status"] == "True"
+    assert condition(good, reasons.READY)["reason"] == reasons.VERIFIED
+    assert condition(good, reasons.CONNECTION_VERIFIED)["status"] == "True"
     assert good["connectionTest"]["result"] == "Passed"
     broken = world.credential_status("broken")
-    assert (condition(broken, conditions.STALLED)["status"], condition(broken, conditions.STALLED)["reason"]) == (
+    assert (condition(broken, reasons.STALLED)["status"], condition(broken, reasons.STALLED)["reason"]) == (
         "True",
-        "DatabaseMissing",
+        reasons.FailureReason.DATABASE_MISSING,
     )
     bad = world.credential_status("bad")
-    assert condition(bad, conditions.STALLED)["reason"] == "InvalidSpec"
-    assert "spec" in condition(bad, conditions.READY)["message"]
+    assert condition(bad, reasons.STALLED)["reason"] == reasons.INVALID_SPEC
+    assert "spec" in condition(bad, reasons.READY)["message"]
     assert [(e.name, e.reason) for e in world.kube.events] == [
-        ("wh", "ConnectionTestPassed"),
-        ("broken", "ConnectionTestFailed"),
+        ("wh", reasons.CONNECTION_TEST_PASSED),
+        ("broken", reasons.CONNECTION_TEST_FAILED),
     ]
 
     writes = len(world.kube.writes)
@@ -477,11 +499,11 @@ async def test_credential_in_use_finalizer_and_deletion(world: World) -> None:
     world.kube.delete(WHC_PLURAL, NS, "wh")
     await credentials.reconcile(NS, "wh")
     status = world.credential_status()
-    assert condition(status, conditions.READY)["reason"] == "InUse"
-    assert "users" in condition(status, conditions.READY)["message"]
-    assert world.kube.reasons()[-1] == "DeletionBlocked"
+    assert condition(status, reasons.READY)["reason"] == reasons.IN_USE
+    assert "users" in condition(status, reasons.READY)["message"]
+    assert world.kube.reasons()[-1] == reasons.DELETION_BLOCKED
     await credentials.reconcile(NS, "wh")
-    assert world.kube.reasons().count("DeletionBlocked") == 1
+    assert world.kube.reasons().count(reasons.DELETION_BLOCKED) == 1
 
     del world.kube.objects[(CDI_PLURAL, NS, "users")]
     await credentials.reconcile(NS, "wh")
@@ -515,15 +537,15 @@ async def test_key_pair_generated_then_verified_once_its_statement_runs(world: W
     assert status["keySlot"] == 1
     assert status["publicKey"] == snowflake_keys.public_key(secret["data"]["private-key"])
     assert status["alterUserStatement"].startswith('ALTER USER "CDI" SET RSA_PUBLIC_KEY=')
-    assert world.kube.reasons() == ["KeyPairGenerated", "ConnectionTestFailed"]
-    assert condition(status, conditions.STALLED)["reason"] == "AuthFailed"
+    assert world.kube.reasons() == [reasons.KEY_PAIR_GENERATED, reasons.CONNECTION_TEST_FAILED]
+    assert condition(status, reasons.STALLED)["reason"] == reasons.FailureReason.AUTH_FAILED
     assert "PRIVATE KEY" not in repr(world.kube.writes) + repr(world.kube.events)
 
     world.logins.run(status["alterUserStatement"])
     world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "1"})
     await reconciler.reconcile(NS, "wh")
     status = world.credential_status()
-    assert condition(status, conditions.READY)["status"] == "True"
+    assert condition(status, reasons.READY)["status"] == "True"
     assert status["lastHandledTestConnection"] == "1"
 
 
@@ -534,7 +556,7 @@ async def _verified_snowflake(world: World) -> CredentialReconciler:
     world.logins.run(world.credential_status()["alterUserStatement"])
     world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "0"})
     await reconciler.reconcile(NS, "wh")
-    assert condition(world.credential_status(), conditions.READY)["status"] == "True"
+    assert condition(world.credential_status(), reasons.READY)["status"] == "True"
     return reconciler
 
 
@@ -551,13 +573,13 @@ async def test_key_rotation_through_its_states(world: World) -> None:
     assert rotation["statement"].startswith('ALTER USER "CDI" SET RSA_PUBLIC_KEY_2=')
     assert status["keySlot"] == 1 and status["lastHandledRotateKey"] == "r1"
     assert world.kube.secrets[(NS, KEY_SECRET)]["data"]["private-key"] == old_key
-    assert world.kube.reasons()[-1] == "KeyRotationStarted"
+    assert world.kube.reasons()[-1] == reasons.KEY_ROTATION_STARTED
 
     # 2. Another value while pending: the pending key is kept.
     world.kube.annotate(WHC_PLURAL, NS, "wh", **{ROTATE_KEY: "r2"})
     await reconciler.reconcile(NS, "wh")
     assert world.credential_status()["rotation"]["nextPublicKey"] == rotation["nextPublicKey"]
-    assert world.kube.reasons()[-1] == "KeyRotationPending"
+    assert world.kube.reasons()[-1] == reasons.KEY_ROTATION_PENDING
 
     # 3. A test before the statement ran: the new key does not log in, the rotation waits, syncs go on.
     world.kube.annotate(WHC_PLURAL, NS, "wh", **{TEST_CONNECTION: "1"})
@@ -565,7 +587,7 @@ async def test_key_rotation_through_its_states(world: World) -> None:
     status = world.credential_status()
     assert status["rotation"]["phase"] == snowflake_keys.PHASE_PENDING
     assert "a login with the new key failed (AuthFailed)" in status["rotation"]["message"]
-    assert condition(status, conditions.READY)["status"] == "True"
+    assert condition(status, reasons.READY)["status"] == "True"
 
     # 4. The statement ran: the next test switches keys; status shows the statement retiring slot 1.
     world.logins.run(rotation["statement"])
@@ -578,15 +600,15 @@ async def test_key_rotation_through_its_states(world: World) -> None:
     assert status["rotation"]["statement"] == 'ALTER USER "CDI" UNSET RSA_PUBLIC_KEY'
     assert "nextPublicKey" not in status["rotation"]
     assert world.kube.secrets[(NS, KEY_SECRET)]["data"]["private-key"] != old_key
-    assert world.kube.reasons()[events:] == ["KeyRotated", "ConnectionTestPassed"]
-    assert condition(status, conditions.READY)["status"] == "True"
+    assert world.kube.reasons()[events:] == [reasons.KEY_ROTATED, reasons.CONNECTION_TEST_PASSED]
+    assert condition(status, reasons.READY)["status"] == "True"
 
 
 @pytest.mark.parametrize(
     ("secret", "reason"),
     [
-        ({"data": {"private-key": "x"}, "ownerReferences": []}, "KeySecretConflict"),
-        ({"data": {}, "ownerReferences": "owned"}, "KeySecretInvalid"),
+        ({"data": {"private-key": "x"}, "ownerReferences": []}, reasons.KEY_SECRET_CONFLICT),
+        ({"data": {}, "ownerReferences": "owned"}, reasons.KEY_SECRET_INVALID),
     ],
     ids=["not-owned", "no-key"],
 )
@@ -599,8 +621,8 @@ async def test_unusable_key_secret(world: World, secret: dict[str, Any], reason:
     await world.credentials().reconcile(NS, "wh")
 
     status = world.credential_status()
-    assert condition(status, conditions.STALLED)["reason"] == reason
-    assert condition(status, conditions.CONNECTION_VERIFIED)["status"] == "Unknown"
+    assert condition(status, reasons.STALLED)["reason"] == reason
+    assert condition(status, reasons.CONNECTION_VERIFIED)["status"] == "Unknown"
     assert world.kube.reasons() == [reason]
     assert "connectionTest" not in status
 
@@ -612,7 +634,7 @@ async def test_rotate_key_on_a_credential_with_its_own_key_is_ignored(world: Wor
     await world.credentials().reconcile(NS, "wh")
 
     assert world.credential_status()["lastHandledRotateKey"] == "r1"
-    assert world.kube.reasons()[0] == "KeyRotationIgnored"
+    assert world.kube.reasons()[0] == reasons.KEY_ROTATION_IGNORED
     assert (NS, KEY_SECRET) not in world.kube.secrets
 
 
@@ -622,7 +644,7 @@ async def test_two_credentials_for_one_snowflake_user_are_flagged(world: World) 
 
     await world.credentials().reconcile(NS, "wh")
 
-    found = condition(world.credential_status(), "KeyConflict")
-    assert (found["status"], found["reason"]) == ("True", "SameSnowflakeUser")
+    found = condition(world.credential_status(), reasons.KEY_CONFLICT)
+    assert (found["status"], found["reason"]) == ("True", reasons.SAME_SNOWFLAKE_USER)
     assert "wh2" in found["message"]
-    assert "KeyConflict" in world.kube.reasons()
+    assert reasons.KEY_CONFLICT in world.kube.reasons()

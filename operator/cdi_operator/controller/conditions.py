@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-READY = "Ready"
-CONNECTION_VERIFIED = "ConnectionVerified"
-RECONCILING = "Reconciling"
-STALLED = "Stalled"
+from cdi_operator.api import reasons
+from cdi_operator.api.reasons import CONNECTION_VERIFIED, READY, RECONCILING, STALLED
+
 ORDER = (READY, CONNECTION_VERIFIED, RECONCILING, STALLED)
 
 Status = Literal["True", "False", "Unknown"]
@@ -75,7 +74,7 @@ def ready(reason: str, message: str = "") -> list[Want]:
     """Everything is as asked: Ready and ConnectionVerified True, nothing in progress or stalled."""
     return [
         Want(READY, "True", reason, message),
-        Want(CONNECTION_VERIFIED, "True", "Passed", "the connection test passed"),
+        Want(CONNECTION_VERIFIED, "True", reasons.TEST_PASSED, "the connection test passed"),
         Want(RECONCILING, "False", reason),
         Want(STALLED, "False", reason),
     ]
@@ -84,12 +83,12 @@ def ready(reason: str, message: str = "") -> list[Want]:
 def testing(message: str, *, keep_ready: bool) -> list[Want]:
     """A connection test is running: Reconciling=True. `keep_ready` when re-testing an integration that is live."""
     wants = [
-        Want(CONNECTION_VERIFIED, "Unknown", "Testing", message),
-        Want(RECONCILING, "True", "Testing", message),
-        Want(STALLED, "False", "Testing"),
+        Want(CONNECTION_VERIFIED, "Unknown", reasons.TESTING, message),
+        Want(RECONCILING, "True", reasons.TESTING, message),
+        Want(STALLED, "False", reasons.TESTING),
     ]
     if not keep_ready:
-        wants.insert(0, Want(READY, "False", "Testing", message))
+        wants.insert(0, Want(READY, "False", reasons.TESTING, message))
     return wants
 
 

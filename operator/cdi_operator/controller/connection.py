@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cdi_operator import warehouses
+from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, DataType, WarehouseCredentialSpec
 from cdi_operator.braze.client import BrazeClient, BrazeError, BrazeSettings
@@ -34,12 +35,7 @@ log = logging.getLogger(__name__)
 
 PREVIEW_ROWS = 3
 PREVIEW_VALUE_CHARS = 64
-PASSED, FAILED, TESTING = "Passed", "Failed", "Testing"
-SECRET_MISSING = "SecretMissing"
-TIMEOUT = "Timeout"
-CATALOG_NOT_FOUND = "BrazeCatalogNotFound"  # the reason of a run that met catalog-not-found, too (one e-mail)
-CATALOG_FIELD_MISSING = "CatalogFieldMissing"
-BRAZE_SETTINGS_MISSING = "BrazeSettingsMissing"
+PASSED, FAILED, TESTING = reasons.TEST_PASSED, reasons.TEST_FAILED, reasons.TESTING
 
 
 @dataclass(frozen=True)
@@ -112,9 +108,9 @@ def _failure(exc: BaseException) -> Outcome:
     if isinstance(exc, WarehouseError):
         return Outcome(FAILED, exc.reason.value, exc.message)
     if isinstance(exc, MissingSecretError):
-        return Outcome(FAILED, SECRET_MISSING, str(exc))
+        return Outcome(FAILED, reasons.SECRET_MISSING, str(exc))
     if isinstance(exc, SourceColumnsError):
-        return Outcome(FAILED, "ColumnMissing", "; ".join(exc.problems))
+        return Outcome(FAILED, reasons.FailureReason.COLUMN_MISSING.value, "; ".join(exc.problems))
     raise exc
 
 
@@ -167,7 +163,7 @@ def check_catalog(name: str, braze: BrazeAccess | None, plan: ColumnPlan, rows: 
     if braze is None or not braze.rest_endpoint or not braze.api_key:
         return Outcome(
             FAILED,
-            BRAZE_SETTINGS_MISSING,
+            reasons.BRAZE_SETTINGS_MISSING,
             "the catalog cannot be checked without Braze settings: set spec.braze.restEndpoint and "
             "spec.braze.apiKeySecretRef, or the chart's braze defaults",
         )
@@ -180,7 +176,7 @@ def check_catalog(name: str, braze: BrazeAccess | None, plan: ColumnPlan, rows: 
         known = ", ".join(sorted(catalogs)[:10]) or "none"
         return Outcome(
             FAILED,
-            CATALOG_NOT_FOUND,
+            reasons.CATALOG_NOT_FOUND,
             f"Braze has no catalog {name!r} (catalogs: {known}); create it in Braze with its fields (a sync never "
             "creates one) or fix spec.catalog.name",
         )
@@ -198,7 +194,7 @@ def check_catalog(name: str, braze: BrazeAccess | None, plan: ColumnPlan, rows: 
     if lacking:
         return Outcome(
             FAILED,
-            CATALOG_FIELD_MISSING,
+            reasons.CATALOG_FIELD_MISSING,
             f"catalog {name!r} has no field {', '.join(repr(f) for f in sorted(lacking))}, which the preview's "
             "PAYLOAD holds; add the field to the catalog in Braze or drop it from PAYLOAD (Braze refuses such items)",
         )
@@ -233,13 +229,17 @@ async def run_test(test: Callable[[], Outcome], timeout: float) -> Outcome:  # n
     except TimeoutError:
         return Outcome(
             FAILED,
-            TIMEOUT,
+            reasons.TEST_TIMEOUT,
             f"the connection test took longer than {timeout:g} s; check that the warehouse is reachable from the "
             "cluster (network policy, firewall, allow-listed IPs) and resumed",
         )
     except Exception as exc:
         log.exception("connection test crashed")
-        return Outcome(FAILED, "QueryFailed", f"the connection test failed unexpectedly: {type(exc).__name__}")
+        return Outcome(
+            FAILED,
+            reasons.FailureReason.QUERY_FAILED.value,
+            f"the connection test failed unexpectedly: {type(exc).__name__}",
+        )
 
 
 def spec_error(exc: ValidationError) -> str:

@@ -15,7 +15,7 @@ from functools import partial
 
 from pydantic import ValidationError
 
-from cdi_operator.api import snowflake_key
+from cdi_operator.api import reasons, snowflake_key
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 IN_USE_FINALIZER = "cdi.ingest.dev/in-use"
 IN_USE_PHASES = ("Active", "Suspended")
-IN_USE = "InUse"
-KEY_CONFLICT = "KeyConflict"  # condition: another credential manages the same Snowflake user's key slots
 # How often a pending rotation tries to log in with the new key (also on each new test-connection value).
 NEXT_KEY_CHECK_SECONDS = 300.0
 KEY_STATUS_FIELDS = ("publicKey", "keyFingerprint", "keySlot", "alterUserStatement", "rotation", "lastHandledRotateKey")
@@ -126,12 +124,12 @@ class CredentialReconciler:
                 await _set_finalizer(self.kube, obj, False)
                 return
             message = in_use_message(users)
-            current = conditions.find(status.get("conditions"), conditions.READY) or {}
+            current = conditions.find(status.get("conditions"), reasons.READY) or {}
             if current.get("message") != message:
-                await self.kube.event(obj, "Warning", "DeletionBlocked", f"deletion of {name} waits: {message}")
+                await self.kube.event(obj, "Warning", reasons.DELETION_BLOCKED, f"deletion of {name} waits: {message}")
                 wants = [
-                    conditions.Want(conditions.READY, "False", IN_USE, message),
-                    conditions.Want(conditions.RECONCILING, "True", IN_USE, message),
+                    conditions.Want(reasons.READY, "False", reasons.IN_USE, message),
+                    conditions.Want(reasons.RECONCILING, "True", reasons.IN_USE, message),
                 ]
                 await self._write(
                     obj, status, {"conditions": conditions.apply(status.get("conditions"), wants, generation)}
@@ -143,7 +141,7 @@ class CredentialReconciler:
             spec = WarehouseCredentialSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
             message = f"WarehouseCredential {namespace}/{name}: {spec_error(exc)}"
-            wants = conditions.stalled("InvalidSpec", message, connection="Unknown")
+            wants = conditions.stalled(reasons.INVALID_SPEC, message, connection="Unknown")
             await self._write(
                 obj,
                 status,
@@ -189,13 +187,15 @@ class CredentialReconciler:
             if self.on_test is not None:
                 self.on_test(spec.type.value, outcome.result)
             if outcome.passed:
-                await self.kube.event(obj, "Normal", "ConnectionTestPassed", outcome.message)
+                await self.kube.event(obj, "Normal", reasons.CONNECTION_TEST_PASSED, outcome.message)
             else:
-                await self.kube.event(obj, "Warning", "ConnectionTestFailed", f"{outcome.reason}: {outcome.message}")
+                await self.kube.event(
+                    obj, "Warning", reasons.CONNECTION_TEST_FAILED, f"{outcome.reason}: {outcome.message}"
+                )
         if test.get("result") == connection.PASSED:
-            wants = conditions.ready("Verified", str(test.get("message") or ""))
+            wants = conditions.ready(reasons.VERIFIED, str(test.get("message") or ""))
         else:
-            reason = str(test.get("reason") or "ConnectionTestFailed")
+            reason = str(test.get("reason") or reasons.CONNECTION_TEST_FAILED)
             wants = conditions.stalled(reason, str(test.get("message") or ""), connection="False")
         await self._write(
             obj,
@@ -225,14 +225,14 @@ class CredentialReconciler:
                 await self.kube.event(
                     obj,
                     "Warning",
-                    "KeyRotationIgnored",
+                    reasons.KEY_ROTATION_IGNORED,
                     f"{ROTATE_KEY_ANNOTATION} applies only to a snowflake credential whose key the operator "
                     "generates (no spec.snowflake.privateKeySecretRef); rotate your own key yourself",
                 )
                 updates["lastHandledRotateKey"] = rotate_value
             wants = []
-            if conditions.find(status.get("conditions"), KEY_CONFLICT) is not None:
-                wants.append(conditions.Want(KEY_CONFLICT, "False", "NotManaged"))
+            if conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) is not None:
+                wants.append(conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NOT_MANAGED))
             return updates, wants
         assert spec.snowflake is not None
         user = spec.snowflake.user
@@ -246,7 +246,7 @@ class CredentialReconciler:
             await self.kube.event(
                 obj,
                 "Normal",
-                "KeyPairGenerated",
+                reasons.KEY_PAIR_GENERATED,
                 f"generated a key pair in Secret {secret_name} (public key {snowflake_keys.fingerprint(public)}); "
                 f"let Snowflake know it: {snowflake_keys.set_statement(user, public, state.slot)}",
             )
@@ -255,22 +255,22 @@ class CredentialReconciler:
             found = snowflake_keys.from_secret(secret["data"], secret["annotations"])
             problem = reason = None
             if meta.get("uid") not in owner_uids:
-                reason = "KeySecretConflict"
+                reason = reasons.KEY_SECRET_CONFLICT
                 problem = (
                     f"Secret {secret_name} exists but is not owned by this credential (no ownerReference to it); "
                     "the operator keeps its generated key there: delete or rename that Secret, or set "
                     "spec.snowflake.privateKeySecretRef to bring your own key"
                 )
             elif found is None:
-                reason = "KeySecretInvalid"
+                reason = reasons.KEY_SECRET_INVALID
                 problem = (
                     f"Secret {secret_name} has no key {snowflake_key.ACTIVE_KEY!r}; delete the Secret to have a "
                     "new key pair generated (and run the new ALTER USER statement from status)"
                 )
             if found is None or problem is not None or reason is not None:
-                reason = reason or "KeySecretInvalid"
+                reason = reason or reasons.KEY_SECRET_INVALID
                 message = problem or reason
-                current = conditions.find(status.get("conditions"), conditions.STALLED) or {}
+                current = conditions.find(status.get("conditions"), reasons.STALLED) or {}
                 if current.get("message") != message:
                     await self.kube.event(obj, "Warning", reason, message)
                 return None, [*wants, *conditions.stalled(reason, message, connection="Unknown")]
@@ -285,13 +285,13 @@ class CredentialReconciler:
                         f"{ROTATE_KEY_ANNOTATION}={rotate_value!r}: a rotation is already waiting for its statement; "
                         "keeping its new key (status.rotation.statement)"
                     )
-                    await self.kube.event(obj, "Normal", "KeyRotationPending", message)
+                    await self.kube.event(obj, "Normal", reasons.KEY_ROTATION_PENDING, message)
                 else:
                     fields = snowflake_keys.status_fields(state, user)
                     await self.kube.event(
                         obj,
                         "Normal",
-                        "KeyRotationStarted",
+                        reasons.KEY_ROTATION_STARTED,
                         f"generated a new key ({fields['rotation']['nextKeyFingerprint']}); syncs keep using the "
                         f"current key until a login with the new one passes. Run: {fields['rotation']['statement']}",
                     )
@@ -362,7 +362,7 @@ class CredentialReconciler:
         await self.kube.event(
             obj,
             "Normal",
-            "KeyRotated",
+            reasons.KEY_ROTATED,
             f"a login with the new key passed; it is now the active key. Retire the old one: "
             f"{snowflake_keys.unset_statement(spec.snowflake.user, retired)}",
         )
@@ -373,9 +373,9 @@ class CredentialReconciler:
         others = snowflake_keys.conflicting(
             meta["name"], spec, await self.kube.list_objects(WHC_PLURAL, meta["namespace"])
         )
-        current = conditions.find(status.get("conditions"), KEY_CONFLICT) or {}
+        current = conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) or {}
         if not others:
-            return [conditions.Want(KEY_CONFLICT, "False", "NoConflict")] if current else []
+            return [conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NO_CONFLICT)] if current else []
         assert spec.snowflake is not None
         message = (
             f"WarehouseCredential {', '.join(others)} in this namespace also names Snowflake user "
@@ -383,8 +383,8 @@ class CredentialReconciler:
             "overwrite each other's key slots; use one credential per Snowflake user"
         )
         if current.get("message") != message or current.get("status") != "True":
-            await self.kube.event(obj, "Warning", KEY_CONFLICT, message)
-        return [conditions.Want(KEY_CONFLICT, "True", "SameSnowflakeUser", message)]
+            await self.kube.event(obj, "Warning", reasons.KEY_CONFLICT, message)
+        return [conditions.Want(reasons.KEY_CONFLICT, "True", reasons.SAME_SNOWFLAKE_USER, message)]
 
     # --- the owned Secret (its values never reach a log, an Event or the status) ---
 

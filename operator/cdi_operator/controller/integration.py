@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
@@ -289,7 +290,7 @@ class _Run:
         """Not schedulable: suspend the CronJob if there is one, write the status, refuse a sync-now."""
         await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
         self.set(phase, conditions.stalled(reason, message, connection=connection_status))  # type: ignore[arg-type]
-        changed = self.status.get("phase") != phase.value or _reason(self.status, conditions.STALLED) != reason
+        changed = self.status.get("phase") != phase.value or _reason(self.status, reasons.STALLED) != reason
         if changed and not self.tested:  # a test that just failed has had its own Event
             await self.kube.event(self.obj, "Warning", reason, message)
         await self.handle_sync_now(phase, None)
@@ -302,13 +303,13 @@ class _Run:
 
         spec = parse_spec(self.obj)
         if isinstance(spec, str):
-            await self.stop(Phase.FAILED, "InvalidSpec", f"{self.where}: {spec}")
+            await self.stop(Phase.FAILED, reasons.INVALID_SPEC, f"{self.where}: {spec}")
             return
         duplicate = find_duplicate(self.obj, await self.reconciler.same_source(self.obj))
         if duplicate is not None:
             await self.stop(
                 Phase.DRAFT,
-                "DuplicateTable",
+                reasons.DUPLICATE_TABLE,
                 f"CdiIntegration {duplicate} already syncs {spec.source.display()} with credential "
                 f"{spec.credential_ref.name}; two integrations on one table would send each row twice. Delete this "
                 f"one or {duplicate}",
@@ -318,7 +319,7 @@ class _Run:
         if credential is None:
             await self.stop(
                 Phase.DRAFT,
-                "CredentialNotFound",
+                reasons.CREDENTIAL_NOT_FOUND,
                 f"WarehouseCredential {spec.credential_ref.name!r} does not exist in namespace {self.namespace}; "
                 "create it or fix spec.credentialRef.name",
             )
@@ -329,13 +330,13 @@ class _Run:
         except ValidationError as exc:
             await self.stop(
                 Phase.DRAFT,
-                "CredentialInvalid",
+                reasons.CREDENTIAL_INVALID,
                 f"WarehouseCredential {spec.credential_ref.name}: {spec_error(exc)}",
             )
             return
         problems = spec.source.problems_for(credential_spec.type)
         if problems:
-            await self.stop(Phase.DRAFT, "InvalidSource", "; ".join(problems))
+            await self.stop(Phase.DRAFT, reasons.INVALID_SOURCE, "; ".join(problems))
             return
 
         fingerprint = test_fingerprint(spec, credential)
@@ -346,7 +347,7 @@ class _Run:
         if test.get("result") != connection.PASSED:
             await self.stop(
                 Phase.DRAFT,
-                str(test.get("reason") or "ConnectionTestFailed"),
+                str(test.get("reason") or reasons.CONNECTION_TEST_FAILED),
                 str(test.get("message") or "the connection test failed"),
                 connection_status="False",
             )
@@ -398,9 +399,11 @@ class _Run:
         if self.observer is not None:
             self.observer.connection_test(credential_spec.type.value, outcome.result)
         if outcome.passed:
-            await self.kube.event(self.obj, "Normal", "ConnectionTestPassed", outcome.message)
+            await self.kube.event(self.obj, "Normal", reasons.CONNECTION_TEST_PASSED, outcome.message)
         else:
-            await self.kube.event(self.obj, "Warning", "ConnectionTestFailed", f"{outcome.reason}: {outcome.message}")
+            await self.kube.event(
+                self.obj, "Warning", reasons.CONNECTION_TEST_FAILED, f"{outcome.reason}: {outcome.message}"
+            )
         self.tested = True
 
     async def braze_access(self, spec: CdiIntegrationSpec) -> connection.BrazeAccess:
@@ -432,11 +435,11 @@ class _Run:
                 await self.kube.event(
                     self.obj,
                     "Normal",
-                    "SyncNow",
+                    reasons.SYNC_NOW,
                     f"sync-now {decision.value!r}: started Job {job['metadata']['name']}",
                 )
         else:
-            await self.kube.event(self.obj, "Warning", "SyncNowRefused", decision.message)
+            await self.kube.event(self.obj, "Warning", reasons.SYNC_NOW_REFUSED, decision.message)
         self.updates["lastHandledSyncNow"] = decision.value
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:

@@ -30,19 +30,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
 from cdi_operator.controller import conditions, connection, metrics, notify
 
 log = logging.getLogger(__name__)
 
-SYNCED = "Synced"
-SYNC_FAILED = "SyncFailed"
 RETRY_SECONDS = 300.0  # after the SMTP server refused or could not be reached
-# Stalled reasons that are not about the sync itself: the user's spec or objects are wrong, nothing to e-mail.
-NOT_SYNC_LEVEL = frozenset(
-    {"InvalidSpec", "DuplicateTable", "CredentialNotFound", "CredentialInvalid", "InvalidSource"}
-)
 
 _PREFIXED = re.compile(r"^([A-Z][A-Za-z0-9]{2,63}): ")  # WarehouseError: "PermissionDenied: …"
 _BRAZE = re.compile(r"\bgot HTTP \d{3} ([A-Z][A-Za-z0-9]{1,63})\b")  # BrazeError: "POST /users/track got HTTP 401 …"
@@ -60,7 +55,7 @@ def failure_reason(summary: RunSummary) -> str:
     match = _BRAZE.search(message)
     if match:
         return f"Braze{match.group(1)}"
-    return SYNC_FAILED
+    return reasons.SYNC_FAILED
 
 
 def last_sync(status: JSON) -> RunSummary | None:
@@ -82,9 +77,11 @@ def synced_condition(summary: RunSummary | None) -> conditions.Want | None:
         message = f"the sync started {started} completed: {summary.rows_synced} row(s) synced"
         if summary.rows_failed:
             message += f", {summary.rows_failed} row error(s) (see status.runs)"
-        return conditions.Want(SYNCED, "True", summary.result.value, message)
+        return conditions.Want(reasons.SYNCED, "True", summary.result.value, message)
     reason = failure_reason(summary)
-    return conditions.Want(SYNCED, "False", reason, f"the sync started {started} failed: {summary.message or reason}")
+    return conditions.Want(
+        reasons.SYNCED, "False", reason, f"the sync started {started} failed: {summary.message or reason}"
+    )
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -101,12 +98,12 @@ def stalled_failure(obj: JSON, status: JSON, phase_before: str | None) -> tuple[
     the integration was Active or Suspended before this reconcile or has synced before (so also after a restart)."""
     if status.get("phase") not in (Phase.DRAFT.value, Phase.FAILED.value):
         return None
-    stalled = conditions.find(status.get("conditions"), conditions.STALLED)
+    stalled = conditions.find(status.get("conditions"), reasons.STALLED)
     if stalled is None or stalled.get("status") != "True":
         return None
     reason = str(stalled.get("reason") or "")
     test = status.get("connectionTest") or {}
-    if reason in NOT_SYNC_LEVEL or test.get("result") != connection.FAILED or test.get("reason") != reason:
+    if reason in reasons.SPEC_PROBLEMS or test.get("result") != connection.FAILED or test.get("reason") != reason:
         return None
     had_been_active = phase_before in (Phase.ACTIVE.value, Phase.SUSPENDED.value) or bool(
         status.get("lastSync") or status.get("runs") or status.get("watermark")

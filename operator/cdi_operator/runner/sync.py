@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+from cdi_operator.api import reasons
 from cdi_operator.api.models import (
     CdiIntegration,
     DataType,
@@ -64,7 +65,7 @@ class SyncJob:
         warehouse = credential.spec.type
         problems = integration.spec.source.problems_for(warehouse)
         if problems:
-            raise SyncFailed("InvalidSource", "; ".join(problems))
+            raise SyncFailed(reasons.INVALID_SOURCE, "; ".join(problems))
         braze = integration.spec.braze
         return cls(
             key=f"{integration.metadata.namespace}/{integration.metadata.name}",

@@ -9,23 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
+from cdi_operator.api.reasons import FailureReason
 
-class FailureReason(StrEnum):
-    """Why a warehouse could not be used; each is a distinct status reason a user can act on."""
-
-    UNREACHABLE = "Unreachable"
-    AUTH_FAILED = "AuthFailed"
-    WAREHOUSE_MISSING = "WarehouseMissing"
-    DATABASE_MISSING = "DatabaseMissing"
-    TABLE_MISSING = "TableMissing"
-    PERMISSION_DENIED = "PermissionDenied"
-    COLUMN_MISSING = "ColumnMissing"
-    COLUMN_TYPE = "ColumnType"
-    WARMING_UP = "WarmingUp"
-    QUERY_FAILED = "QueryFailed"
+__all__ = ["FailureReason"]  # defined with the other reasons; the adapters import it from here
 
 
 class WarehouseError(Exception):
