@@ -219,6 +219,9 @@ async def test_integration_phase(world: World, case: IntegrationCase) -> None:
     status = world.status()
     assert status["phase"] == case.phase
     assert status["observedGeneration"] == 1
+    tested = reasons.CONNECTION_TEST_PASSED in case.events or reasons.CONNECTION_TEST_FAILED in case.events
+    # One patch per reconcile; a connection test shows "testing" first (it may take minutes).
+    assert len(world.kube.writes_of("patch_status")) == (2 if tested else 1)
     live = case.phase in ("Active", "Suspended")
     ready = condition(status, reasons.READY)
     assert (ready["status"], ready["reason"]) == ("True" if live else "False", case.reason)
@@ -435,9 +438,12 @@ async def test_finished_run(
     reconciler = world.integrations(Observer(env={}))
     await reconciler.reconcile(NS, "users")
     world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = last_sync
-    events = len(world.kube.events)
+    events, patches = len(world.kube.events), len(world.kube.writes_of("patch_status"))
 
     await reconciler.reconcile(NS, "users")
+
+    # runs, Synced and the e-mail key come in one patch (none while the run is still going).
+    assert len(world.kube.writes_of("patch_status")) == patches + (0 if synced is None else 1)
 
     status = world.status()
     if synced is None:
@@ -466,6 +472,8 @@ async def test_credential_passing_and_failing_tests(world: World) -> None:
     for name in ("wh", "broken", "bad"):
         await reconciler.reconcile(NS, name)
 
+    patched = [w.what.rsplit("/", 1)[1] for w in world.kube.writes_of("patch_status")]
+    assert patched == ["wh", "wh", "broken", "broken", "bad"]  # "testing", then the outcome; bad is never tested
     good = world.credential_status("wh")
     assert condition(good, reasons.READY)["reason"] == reasons.VERIFIED
     assert condition(good, reasons.CONNECTION_VERIFIED)["status"] == "True"

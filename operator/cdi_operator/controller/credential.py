@@ -7,7 +7,6 @@ Warning Event naming the integrations; once none is left, the finalizer is remov
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -25,10 +24,12 @@ from cdi_operator.api.models import (
     WHC_PLURAL,
     SecretKeyRef,
     WarehouseCredentialSpec,
+    WarehouseCredentialStatus,
 )
 from cdi_operator.controller import conditions, connection, snowflake_keys
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.settings import OperatorSettings
+from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.errors import Conflict, NotFound
 from cdi_operator.kube.objects import controller_reference
@@ -114,9 +115,15 @@ class CredentialReconciler:
         obj = await self.kube.get(WHC_PLURAL, namespace, name)
         if obj is None:
             return
+        writer = StatusWriter(self.kube, WHC_PLURAL, obj, WarehouseCredentialStatus)
+        await self._reconcile(obj, writer)
+        await writer.flush()
+
+    async def _reconcile(self, obj: JSON, writer: StatusWriter) -> None:
         meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
-        status: JSON = dict(obj.get("status") or {})
+        status = writer.written
         users = users_of(name, await self.kube.list_objects(CDI_PLURAL, namespace))
 
         if meta.get("deletionTimestamp"):
@@ -127,12 +134,11 @@ class CredentialReconciler:
             current = conditions.find(status.get("conditions"), reasons.READY) or {}
             if current.get("message") != message:
                 await self.kube.event(obj, "Warning", reasons.DELETION_BLOCKED, f"deletion of {name} waits: {message}")
-                wants = [
-                    conditions.Want(reasons.READY, "False", reasons.IN_USE, message),
-                    conditions.Want(reasons.RECONCILING, "True", reasons.IN_USE, message),
-                ]
-                await self._write(
-                    obj, status, {"conditions": conditions.apply(status.get("conditions"), wants, generation)}
+                writer.want(
+                    [
+                        conditions.Want(reasons.READY, "False", reasons.IN_USE, message),
+                        conditions.Want(reasons.RECONCILING, "True", reasons.IN_USE, message),
+                    ]
                 )
             return
         await _set_finalizer(self.kube, obj, bool(users))
@@ -141,44 +147,26 @@ class CredentialReconciler:
             spec = WarehouseCredentialSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
             message = f"WarehouseCredential {namespace}/{name}: {spec_error(exc)}"
-            wants = conditions.stalled(reasons.INVALID_SPEC, message, connection="Unknown")
-            await self._write(
-                obj,
-                status,
-                {
-                    "observedGeneration": generation,
-                    "conditions": conditions.apply(status.get("conditions"), wants, generation),
-                },
-            )
+            writer.set(observed_generation=generation)
+            writer.want(conditions.stalled(reasons.INVALID_SPEC, message, connection="Unknown"))
             return
 
         fingerprint = credential_fingerprint(obj)
         test = status.get("connectionTest") or {}
         wanted, _, requested = test_wanted(obj, fingerprint, self.settings.retest_failed_seconds)
         key_updates, key_wants = await self._keys(obj, status, spec, requested is not None)
+        writer.set(observed_generation=generation)
+        writer.want(key_wants)
         if key_updates is None:  # the owned Secret is not usable: said in the conditions, nothing to test with
-            await self._write(
-                obj,
-                status,
-                {
-                    "observedGeneration": generation,
-                    "conditions": conditions.apply(status.get("conditions"), key_wants, generation),
-                },
-            )
             return
         spec = snowflake_key.resolved_spec(spec, name)
         if wanted:
             message = f"testing the connection to the {spec.type.value} warehouse"
-            testing = {
-                "observedGeneration": generation,
-                "connectionTest": connection.testing_status(fingerprint, message),
-                "conditions": conditions.apply(
-                    status.get("conditions"), conditions.testing(message, keep_ready=False), generation
-                ),
-            }
+            writer.set(connection_test=connection.testing_status(fingerprint, message))
             if requested is not None:
-                testing["lastHandledTestConnection"] = requested
-            status = await self._write(obj, status, testing)
+                writer.set(last_handled_test_connection=requested)
+            writer.want(conditions.testing(message, keep_ready=False))
+            await writer.flush()  # a test may take minutes: show that it runs (the key fields come with its outcome)
             secrets = await self.kube.secret_values(namespace, spec.secret_refs())
             outcome = await connection.run_test(
                 partial(self.check, spec, secrets), self.settings.connection_test_timeout
@@ -197,16 +185,8 @@ class CredentialReconciler:
         else:
             reason = str(test.get("reason") or reasons.CONNECTION_TEST_FAILED)
             wants = conditions.stalled(reason, str(test.get("message") or ""), connection="False")
-        await self._write(
-            obj,
-            status,
-            {
-                **key_updates,
-                "observedGeneration": generation,
-                "connectionTest": test,
-                "conditions": conditions.apply(status.get("conditions"), [*wants, *key_wants], generation),
-            },
-        )
+        writer.set(connection_test=test, **key_updates)
+        writer.want(wants)
 
     # --- the Snowflake key pair (see snowflake_keys.py) ---
 
@@ -417,11 +397,3 @@ class CredentialReconciler:
         data, annotations = snowflake_keys.to_secret(state)
         metadata = {"annotations": annotations, "resourceVersion": resource_version}
         await self.kube.patch_secret(namespace, name, data, metadata)
-
-    async def _write(self, obj: JSON, status: JSON, updates: JSON) -> JSON:
-        patch = {k: v for k, v in updates.items() if status.get(k) != v}
-        meta = obj["metadata"]
-        if patch:
-            with contextlib.suppress(NotFound):
-                await self.kube.patch_status(WHC_PLURAL, meta["namespace"], meta["name"], patch)
-        return {**status, **patch}

@@ -26,6 +26,7 @@ from cdi_operator.api.models import (
     CDI_PLURAL,
     WHC_PLURAL,
     CdiIntegrationSpec,
+    CdiIntegrationStatus,
     DataType,
     Phase,
     RunResult,
@@ -41,6 +42,7 @@ from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
+from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner import contract
@@ -193,11 +195,6 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
     }
 
 
-def status_patch(current: JSON, updates: JSON) -> JSON:
-    """The keys of `updates` whose value differs from `current` (lists and objects compared whole)."""
-    return {k: v for k, v in updates.items() if current.get(k) != v}
-
-
 class IntegrationReconciler:
     def __init__(
         self, kube: KubeApi, settings: OperatorSettings, observer: observability.Observer | None = None
@@ -247,6 +244,7 @@ class IntegrationReconciler:
         await run.go()
         if self.observer is not None:
             await run.observe(self.observer, phase_before)
+        await run.writer.flush()
 
 
 class _Run:
@@ -262,29 +260,23 @@ class _Run:
         self.name: str = meta["name"]
         self.namespace: str = meta["namespace"]
         self.generation: int | None = meta.get("generation")
-        self.status: JSON = dict(obj.get("status") or {})
-        self.updates: JSON = {}
+        self.writer = StatusWriter(self.kube, CDI_PLURAL, obj, CdiIntegrationStatus)
         self.tested = False
 
     @property
     def where(self) -> str:
         return f"CdiIntegration {self.namespace}/{self.name}"
 
-    async def write(self) -> None:
-        patch = status_patch(self.status, self.updates)
-        if patch:
-            await self.kube.patch_status(CDI_PLURAL, self.namespace, self.name, patch)
-            self.status.update(patch)
-        self.updates = {}
+    @property
+    def status(self) -> JSON:
+        """The status as read (or as patched by the "testing" write of a connection test)."""
+        return self.writer.written
 
-    def set(self, phase: Phase | None, wants: list[conditions.Want], **extra: Any) -> None:
-        self.updates["observedGeneration"] = self.generation
+    def set(self, phase: Phase | None, wants: list[conditions.Want], **fields: Any) -> None:
+        self.writer.set(observed_generation=self.generation, **fields)
         if phase is not None:
-            self.updates["phase"] = phase.value
-        self.updates["conditions"] = conditions.apply(
-            self.updates.get("conditions", self.status.get("conditions")), wants, self.generation
-        )
-        self.updates.update(extra)
+            self.writer.set(phase=phase)
+        self.writer.want(wants)
 
     async def stop(self, phase: Phase, reason: str, message: str, connection_status: str | None = None) -> None:
         """Not schedulable: suspend the CronJob if there is one, write the status, refuse a sync-now."""
@@ -294,12 +286,11 @@ class _Run:
         if changed and not self.tested:  # a test that just failed has had its own Event
             await self.kube.event(self.obj, "Warning", reason, message)
         await self.handle_sync_now(phase, None)
-        await self.write()
 
     async def go(self) -> None:
         runs = runs_with_last_sync(self.status)
         if runs is not None:
-            self.updates["runs"] = runs
+            self.writer.set(runs=runs)
 
         spec = parse_spec(self.obj)
         if isinstance(spec, str):
@@ -343,7 +334,7 @@ class _Run:
         wanted, still_valid, requested = test_wanted(self.obj, fingerprint, self.settings.retest_failed_seconds)
         if wanted:
             await self.test(spec, credential_spec, fingerprint, live=still_valid, requested=requested)
-        test = self.updates.get("connectionTest", self.status.get("connectionTest")) or {}
+        test = self.writer.get("connection_test") or {}
         if test.get("result") != connection.PASSED:
             await self.stop(
                 Phase.DRAFT,
@@ -370,7 +361,6 @@ class _Run:
         if self.status.get("phase") != phase.value:
             await self.kube.event(self.obj, "Normal", phase.value, f"{self.where} is {phase.value}: {message}")
         await self.handle_sync_now(phase, manifest)
-        await self.write()
 
     async def test(
         self,
@@ -382,20 +372,20 @@ class _Run:
         requested: str | None,
     ) -> None:
         message = f"testing the connection to {spec.source.display()}"
-        extra: JSON = {"connectionTest": connection.testing_status(fingerprint, message)}
+        fields: JSON = {"connection_test": connection.testing_status(fingerprint, message)}
         if requested is not None:
-            extra["lastHandledTestConnection"] = requested
+            fields["last_handled_test_connection"] = requested
         if not live:
             await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
-        self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **extra)
-        await self.write()
+        self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **fields)
+        await self.writer.flush()  # a test may take minutes: show that it runs
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())
         braze = await self.braze_access(spec) if spec.data_type is DataType.CATALOG_ITEMS else None
         outcome = await connection.run_test(
             partial(connection.check_integration, credential_spec, secrets, spec, braze),
             self.settings.connection_test_timeout,
         )
-        self.updates["connectionTest"] = outcome.status(fingerprint)
+        self.writer.set(connection_test=outcome.status(fingerprint))
         if self.observer is not None:
             self.observer.connection_test(credential_spec.type.value, outcome.result)
         if outcome.passed:
@@ -440,28 +430,28 @@ class _Run:
                 )
         else:
             await self.kube.event(self.obj, "Warning", reasons.SYNC_NOW_REFUSED, decision.message)
-        self.updates["lastHandledSyncNow"] = decision.value
+        self.writer.set(last_handled_sync_now=decision.value)
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
         """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py)."""
-        observer.observe(self.obj, self.status)
-        summary = observability.last_sync(self.status)
+        status = self.writer.view()
+        observer.observe(self.obj, status)
+        summary = observability.last_sync(status)
         want = observability.synced_condition(summary)
         if want is not None:
-            old = conditions.find(self.status.get("conditions"), want.type) or {}
+            old = conditions.find(status.get("conditions"), want.type) or {}
             if (old.get("status"), old.get("reason"), old.get("message")) != (want.status, want.reason, want.message):
                 self.set(None, [want])
                 if want.status == "False":
                     await self.kube.event(self.obj, "Warning", want.reason, f"{self.where}: {want.message}")
-        failure = observability.stalled_failure(self.obj, self.status, phase_before)
+        failure = observability.stalled_failure(self.obj, status, phase_before)
         if failure is None and summary is not None and summary.result is RunResult.ERROR:
             failure = summary, observability.failure_reason(summary)
         if failure is not None:
-            last_key = self.status.get("lastNotifiedFailure")
-            key = await observer.notify(self.obj, *failure, last_key, self.status.get("runs"))
+            last_key = status.get("lastNotifiedFailure")
+            key = await observer.notify(self.obj, *failure, last_key, status.get("runs"))
             if key is not None:
-                self.updates["lastNotifiedFailure"] = key
-        await self.write()
+                self.writer.set(last_notified_failure=key)
 
 
 def _reason(status: JSON, type_: str) -> str | None:
