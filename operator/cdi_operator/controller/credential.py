@@ -116,8 +116,10 @@ class CredentialReconciler:
         if obj is None:
             return
         writer = StatusWriter(self.kube, WHC_PLURAL, obj, WarehouseCredentialStatus)
-        await self._reconcile(obj, writer)
-        await writer.flush()
+        try:
+            await self._reconcile(obj, writer)
+        finally:  # what was found is written also when a step failed (the next reconcile retries it)
+            await writer.flush()
 
     async def _reconcile(self, obj: JSON, writer: StatusWriter) -> None:
         meta = obj["metadata"]

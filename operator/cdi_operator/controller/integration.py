@@ -241,10 +241,12 @@ class IntegrationReconciler:
             return
         run = _Run(self, obj)
         phase_before = run.status.get("phase")
-        await run.go()
-        if self.observer is not None:
-            await run.observe(self.observer, phase_before)
-        await run.writer.flush()
+        try:
+            await run.go()
+            if self.observer is not None:
+                await run.observe(self.observer, phase_before)
+        finally:  # what was found is written also when a step failed (the next reconcile retries it)
+            await run.writer.flush()
 
 
 class _Run:
