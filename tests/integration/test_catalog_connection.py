@@ -13,14 +13,9 @@ import duckdb
 import pytest
 
 from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.reasons import BRAZE_SETTINGS_MISSING, CATALOG_FIELD_MISSING, CATALOG_NOT_FOUND
 from cdi_operator.braze.emulator import BrazeEmulator
-from cdi_operator.controller.connection import (
-    BRAZE_SETTINGS_MISSING,
-    CATALOG_FIELD_MISSING,
-    CATALOG_NOT_FOUND,
-    BrazeAccess,
-    check_integration,
-)
+from cdi_operator.controller.connection import BrazeAccess, check_integration
 
 KEY = "catalog-key"
 
