@@ -174,13 +174,19 @@ def projection(columns: list[tuple[str, pa.DataType]]) -> str:
     return ", ".join(out)
 
 
-_JAVA_PREFIX = re.compile(r"^(?:(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): |Error running query: )+")
+# "[CLASS] org.apache.…Exception: [CLASS] text" and "…HiveSQLException: Error running query: …" in front
+_JAVA_PREFIX = re.compile(r"(?:\[[A-Z_.]+\] )?(?:Error running query: |(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*: )")
+_SQLSTATE = re.compile(r"SQLSTATE: \w{5}")
 
 
 def databricks_message(text: str) -> str:
-    """HiveServer2's error text as Databricks words it: without Java class prefixes or the analyzed plan."""
-    text = _JAVA_PREFIX.sub("", (text or "").strip())
-    return text.split(";\n", 1)[0].strip()
+    """HiveServer2's error text as Databricks words it: `[CLASS] message SQLSTATE: xxxxx`, without the Java
+    exception classes in front nor the position and analyzed plan after it."""
+    text = (text or "").strip()
+    while prefix := _JAVA_PREFIX.match(text):
+        text = text[prefix.end() :]
+    end = _SQLSTATE.search(text)
+    return (text[: end.end()] if end else text.split(";\n", 1)[0]).strip()
 
 
 # --- results ------------------------------------------------------------------------------------------------------
@@ -195,7 +201,9 @@ def _column_values(column: ttypes.TColumn) -> list[Any]:
         typed = getattr(column, kind)
         if typed is not None:
             values = list(typed.values)
-            return [None if null else v for v, null in zip(values, _nulls(typed.nulls or b"", len(values)), strict=True)]
+            return [
+                None if null else v for v, null in zip(values, _nulls(typed.nulls or b"", len(values)), strict=True)
+            ]
     return []
 
 
@@ -212,6 +220,8 @@ def _arrow_column(values: list[Any], t: pa.DataType) -> pa.Array:
         return pa.array([None if v is None else Decimal(v) for v in values], t)
     if pa.types.is_null(t):
         return pa.nulls(len(values))
+    if pa.types.is_string(t):  # also the text of statements that are not queries (SET, SHOW, DESCRIBE …)
+        return pa.array([None if v is None else str(v) for v in values], t)
     return pa.array(values, t)
 
 
@@ -303,7 +313,9 @@ class _Handler:
         """Every row of a small result (DESCRIBE QUERY), as Python values."""
         resp = self._call(
             "FetchResults",
-            ttypes.TFetchResultsReq(operationHandle=handle, orientation=ttypes.TFetchOrientation.FETCH_NEXT, maxRows=10_000),
+            ttypes.TFetchResultsReq(
+                operationHandle=handle, orientation=ttypes.TFetchOrientation.FETCH_NEXT, maxRows=10_000
+            ),
         )
         self._call("CloseOperation", ttypes.TCloseOperationReq(operationHandle=handle))
         columns = [_column_values(c) for c in resp.results.columns or []]
@@ -373,8 +385,10 @@ class _Handler:
             return resp
         values = [_column_values(c) for c in resp.results.columns or []]
         rows = len(values[0]) if values else 0
-        arrays = [_arrow_column(v, f.type) for v, f in zip(values, op.schema, strict=True)]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=op.schema) if rows else None
+        batch = None
+        if rows:
+            arrays = [_arrow_column(v, f.type) for v, f in zip(values, op.schema, strict=True)]
+            batch = pa.RecordBatch.from_arrays(arrays, schema=op.schema)
         start, op.offset = op.offset, op.offset + rows
         return ttypes.TFetchResultsResp(
             status=SUCCESS,
@@ -446,7 +460,8 @@ class DatabricksProxy:
                     return
                 out = TTransport.TMemoryBuffer()
                 proxy._processor.process(
-                    TBinaryProtocol.TBinaryProtocol(TTransport.TMemoryBuffer(body)), TBinaryProtocol.TBinaryProtocol(out)
+                    TBinaryProtocol.TBinaryProtocol(TTransport.TMemoryBuffer(body)),
+                    TBinaryProtocol.TBinaryProtocol(out),
                 )
                 self._reply(200, out.getvalue(), {"Content-Type": "application/x-thrift"})
 
