@@ -1,4 +1,5 @@
-"""A layer in front of fakesnow's server that refuses a key-pair login Snowflake would refuse.
+"""A layer in front of fakesnow's server that refuses a key-pair login Snowflake would refuse, and queries on a
+suspended warehouse.
 
 fakesnow accepts any login. Snowflake checks the JWT of a SNOWFLAKE_JWT login against the public keys registered
 for the user (RSA_PUBLIC_KEY and RSA_PUBLIC_KEY_2): the issuer names the key by its fingerprint
@@ -10,6 +11,10 @@ The keys are registered as a user's admin does it: `ALTER USER <name> SET RSA_PU
 `UNSET RSA_PUBLIC_KEY[_2]`, in any session; the gate keeps them and answers the statement itself (fakesnow has no
 users). Logins with a password (the tests' setup sessions) pass unchanged; so does everything else.
 
+fakesnow has no warehouses either: `ALTER WAREHOUSE <name> SUSPEND` (taken as suspended without AUTO_RESUME, for a
+role without OPERATE) and `… RESUME` are kept by the gate, and a query in a session whose login named a suspended
+warehouse gets Snowflake's 000608 "Warehouse '<name>' is suspended.".
+
 Run as `python snowflake_keygate.py --host 127.0.0.1 --port N` (snowflake_standin.py does).
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -24,6 +30,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
 import uvicorn
@@ -39,6 +46,9 @@ Send = Callable[[Message], Awaitable[None]]
 LOGIN, QUERY = "/session/v1/login-request", "/queries/v1/query-request"
 JWT_INVALID = "390144"
 SLOTS = {"RSA_PUBLIC_KEY": 1, "RSA_PUBLIC_KEY_2": 2}
+_ALTER_WAREHOUSE = re.compile(
+    r"\s*ALTER\s+WAREHOUSE\s+(\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s+(SUSPEND|RESUME)\s*;?\s*", re.I
+)
 _ALTER_USER = re.compile(
     r"\s*ALTER\s+USER\s+(?:IF\s+EXISTS\s+)?(\"(?:[^\"]|\"\")+\"|[A-Za-z_][\w$]*)\s+(SET|UNSET)\s+"
     r"(RSA_PUBLIC_KEY(?:_2)?)\b\s*(?:=\s*'([^']*)')?\s*;?\s*",
@@ -63,6 +73,19 @@ class KeyGate:
 
     def __init__(self) -> None:
         self.keys: dict[str, dict[int, str]] = {}
+        self.suspended: set[str] = set()
+        self.session_warehouse: dict[str, str] = {}  # session token -> the warehouse its login named
+
+    def alter_warehouse(self, sql: str) -> bool:
+        found = _ALTER_WAREHOUSE.fullmatch(sql)
+        if found is None:
+            return False
+        name = user_name(found.group(1))
+        if found.group(2).upper() == "SUSPEND":
+            self.suspended.add(name)
+        else:
+            self.suspended.discard(name)
+        return True
 
     def alter_user(self, sql: str) -> bool:
         """Apply an `ALTER USER … SET/UNSET RSA_PUBLIC_KEY[_2]`; False when `sql` is not one."""
@@ -115,6 +138,19 @@ class KeyGate:
         if headers.get(b"content-encoding") == b"gzip":
             body = gzip.decompress(body)
         payload = json.loads(body)
+        token = headers.get(b"authorization", b"").decode()[len('Snowflake Token="') : -1]
+        if scope["path"] == QUERY and self.session_warehouse.get(token) in self.suspended:
+            name = self.session_warehouse[token]
+            await JSONResponse(
+                {
+                    "data": {"errorCode": "000608", "sqlState": "57P03"},
+                    "code": "000608",
+                    "message": f"Warehouse '{name}' is suspended.  Use 'alter warehouse {name} resume;' command if "
+                    "you need to use it again.",
+                    "success": False,
+                }
+            )(scope, receive, send)
+            return
         if scope["path"] == LOGIN:
             data = payload.get("data") or {}
             if str(data.get("AUTHENTICATOR", "")).upper() == "SNOWFLAKE_JWT":
@@ -132,7 +168,7 @@ class KeyGate:
                     )
                     await response(scope, receive, send)
                     return
-        elif self.alter_user(str(payload.get("sqlText", ""))):
+        elif self.alter_user(str(payload.get("sqlText", ""))) or self.alter_warehouse(str(payload.get("sqlText", ""))):
             payload["sqlText"] = "SELECT 'Statement executed successfully.' AS \"status\""
             body = json.dumps(payload).encode()
         forwarded = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
@@ -146,7 +182,16 @@ class KeyGate:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await fakesnow_app({**scope, "headers": forwarded}, replay, send)
+        warehouse = parse_qs(scope.get("query_string", b"").decode()).get("warehouse", [""])[0]
+
+        async def remember_session(message: Message) -> None:
+            """The login's session token, to know the warehouse of its later queries."""
+            if scope["path"] == LOGIN and warehouse and message["type"] == "http.response.body":
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self.session_warehouse[json.loads(message["body"])["data"]["token"]] = user_name(warehouse)
+            await send(message)
+
+        await fakesnow_app({**scope, "headers": forwarded}, replay, remember_session)
 
 
 def main() -> None:

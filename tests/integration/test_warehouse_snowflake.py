@@ -10,8 +10,9 @@ What the stand-in does NOT cover compared with real Snowflake:
   and Snowflake's other refusals (390100, a role not granted: 390189) are only checked through the classifier.
 - Roles and grants. There is no RBAC: PermissionDenied (003001 insufficient privileges) and "does not exist or
   not authorized" for objects the role cannot see cannot happen for real; nor can the network policies of a user.
-- Warehouses. `warehouse` is ignored; 000606 "No active warehouse selected" (WarehouseMissing), suspended or
-  resuming warehouses, query queueing and statement timeouts are classifier-only.
+- Warehouses. `warehouse` is only a name: the key gate answers queries of a session on a warehouse suspended with
+  `ALTER WAREHOUSE … SUSPEND` with 000608 (WarehouseSuspended); 000606 "No active warehouse selected"
+  (WarehouseMissing), resuming warehouses, query queueing and statement timeouts are classifier-only.
 - Identifier case. DuckDB matches identifiers case-insensitively, so tables whose names differ only in case
   (`users` and `USERS`) cannot both exist; the exact-spelling preference is tested on the picker alone.
 - Types. TIMESTAMP_LTZ is stored as TIMESTAMP_TZ; the real TIMESTAMP_TZ keeps each value's own offset, fakesnow
@@ -51,8 +52,9 @@ from sources import BRAZE_KEY, Source
 from test_contract import assert_contract_delivered
 
 import cdi_operator.warehouses.snowflake as sf
-from cdi_operator.api.models import WarehouseCredentialSpec
+from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller.connection import check_integration
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError
 from cdi_operator.warehouses import connect as connect_any
 from cdi_operator.warehouses.base import Column
@@ -166,6 +168,28 @@ def test_a_key_snowflake_does_not_know_is_refused_until_its_alter_user_runs(stan
     finally:
         standin.register_key(private_key_pem())
         standin.execute(f'ALTER USER "{USER}" UNSET RSA_PUBLIC_KEY_2')
+
+
+def test_a_suspended_warehouse_without_auto_resume_says_both_fixes(standin: SnowflakeStandIn, db: str) -> None:
+    ntz_rows(standin, db, "USERS", [1])
+    credential = WarehouseCredentialSpec.model_validate({"type": "snowflake", "snowflake": standin.spec().model_dump()})
+    integration = CdiIntegrationSpec.model_validate(
+        {
+            "credentialRef": {"name": "wh"},
+            "source": {"database": db, "schema": "PUBLIC", "table": "USERS"},
+            "dataType": "customAttributes",
+            "schedule": "0 * * * *",
+        }
+    )
+    standin.execute(f"ALTER WAREHOUSE {WAREHOUSE} SUSPEND")
+    try:
+        outcome = check_integration(credential, standin.secrets(), integration)
+    finally:
+        standin.execute(f"ALTER WAREHOUSE {WAREHOUSE} RESUME")
+    assert (outcome.result, outcome.reason) == ("Failed", FailureReason.WAREHOUSE_SUSPENDED.value), outcome.message
+    assert "SET AUTO_RESUME = TRUE" in outcome.message and f"GRANT OPERATE ON WAREHOUSE {WAREHOUSE}" in outcome.message
+    assert "does not exist" not in outcome.message
+    assert check_integration(credential, standin.secrets(), integration).passed, "resumed, it works again"
 
 
 def _connect_failure(standin: SnowflakeStandIn, pem: str) -> WarehouseError:

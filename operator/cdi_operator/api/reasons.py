@@ -30,7 +30,7 @@ INVALID_SPEC: Final = "InvalidSpec"  # a field fails validation (the message nam
 CREDENTIAL_NOT_FOUND: Final = "CredentialNotFound"  # spec.credentialRef names no WarehouseCredential
 CREDENTIAL_INVALID: Final = "CredentialInvalid"  # the credential's own spec is invalid
 INVALID_SOURCE: Final = "InvalidSource"  # spec.source does not fit the credential's warehouse type
-DUPLICATE_TABLE: Final = "DuplicateTable"  # an older integration already syncs this credential and table
+DUPLICATE_TABLE: Final = "DuplicateTable"  # an older integration already syncs this table (through any credential)
 
 SPEC_PROBLEMS: Final = frozenset(
     {INVALID_SPEC, DUPLICATE_TABLE, CREDENTIAL_NOT_FOUND, CREDENTIAL_INVALID, INVALID_SOURCE}
@@ -46,6 +46,7 @@ class FailureReason(StrEnum):
     UNREACHABLE = "Unreachable"
     AUTH_FAILED = "AuthFailed"
     WAREHOUSE_MISSING = "WarehouseMissing"
+    WAREHOUSE_SUSPENDED = "WarehouseSuspended"  # Snowflake: suspended, without auto-resume (or OPERATE)
     DATABASE_MISSING = "DatabaseMissing"
     TABLE_MISSING = "TableMissing"
     PERMISSION_DENIED = "PermissionDenied"
