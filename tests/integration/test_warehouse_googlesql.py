@@ -168,7 +168,7 @@ def test_a_date_column_is_compared_with_a_date_parameter(client: bigquery.Client
     table(client, dataset, "by_day", schema, rows)
     wh = open_warehouse(sa_key)
     try:
-        window = ReadWindow(T0 - timedelta(hours=12), T0 + timedelta(hours=12))
+        window = ReadWindow(T0, T0 + timedelta(hours=6))  # bounds on 2026-03-01: DATE parameters of that day
         got = [r for c in wh.read_changes([dataset, "by_day"], COLUMNS_DAY, "UPDATED_AT", window, 10) for r in c]
     finally:
         wh.close()

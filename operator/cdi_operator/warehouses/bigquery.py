@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -336,17 +337,22 @@ def _classify(
         return FailureReason.QUERY_FAILED, f"BigQuery refused the query on {table.display} ({reason})"
     if isinstance(exc, api_exceptions.NotFound):
         where = f" in location {settings.location}" if settings.location else ""
-        if "Not found: Dataset" in text:
+        # "Not found: Dataset p:d" / "Not found: Table p:d.t" from BigQuery; other servers word it differently
+        # ("dataset d is not found"): the first of the words names what is missing.
+        said = " ".join(str(e.get("message", "")) for e in exc.errors if isinstance(e, dict)) or text
+        missing = re.search(r"(?<![\w./:-])(project|dataset|table)(?![\w-])", said, re.I)
+        what = missing.group(1).lower() if missing else ""
+        if what == "dataset":
             return FailureReason.DATABASE_MISSING, (
                 f"dataset {project}:{dataset} does not exist{where} or {email} cannot see it: check "
                 f"spec.source.dataset/project and spec.bigquery.location"
             )
-        if "Not found: Project" in text:
+        if what == "project":
             return FailureReason.DATABASE_MISSING, (
                 f"project {project} does not exist or {email} cannot see it: check spec.source.project "
                 f"and spec.bigquery.project"
             )
-        if "Not found: Table" in text:
+        if what == "table":
             return FailureReason.TABLE_MISSING, (
                 f"table or view {table.display} does not exist{where}: check spec.source.table"
             )
