@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from processes import stop
+
 REPO = Path(__file__).resolve().parents[2]
 BINARY_ENV = "CDI_BIGQUERY_EMULATOR"
 START_TIMEOUT_SECONDS = 30.0
@@ -59,10 +61,4 @@ class BigQueryEmulator:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop(self._proc)

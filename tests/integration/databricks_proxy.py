@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 from databricks.sql.thrift_api.TCLIService import TCLIService, ttypes
+from databricks_standin import ThriftHttpHandler
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
@@ -439,30 +440,12 @@ class DatabricksProxy:
     def _request_handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _reply(self, code: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(code)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(ThriftHttpHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.headers.get("Authorization", "") != f"Bearer {proxy.token}":
                     self._reply(401, b"", {"x-databricks-reason-phrase": "Invalid access token."})
                     return
-                out = TTransport.TMemoryBuffer()
-                proxy._processor.process(
-                    TBinaryProtocol.TBinaryProtocol(TTransport.TMemoryBuffer(body)),
-                    TBinaryProtocol.TBinaryProtocol(out),
-                )
-                self._reply(200, out.getvalue(), {"Content-Type": "application/x-thrift"})
+                self._thrift(proxy._processor, body)
 
         return Handler

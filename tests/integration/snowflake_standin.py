@@ -28,6 +28,7 @@ from typing import Any
 import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from processes import free_port, stop
 
 from cdi_operator.api.models import SnowflakeSpec
 
@@ -42,12 +43,6 @@ def private_key_pem() -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -118,19 +113,14 @@ class SnowflakeStandIn:
         return {SECRET: private_key_pem() if pem is None else pem}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
 
 @contextlib.contextmanager
 def running_standin(timeout: float = 60, register_default_key: bool = True) -> Iterator[SnowflakeStandIn]:
     """Start fakesnow's server behind the key gate on a free loopback port, wait until it serves (and register
     `private_key_pem()` for USER), and stop it afterwards."""
-    port = _free_port()
+    port = free_port()
     log = Path(tempfile.mkstemp(prefix="fakesnow-", suffix=".log")[1])
     with log.open("wb") as out:
         process = subprocess.Popen(

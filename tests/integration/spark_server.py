@@ -17,14 +17,9 @@ import time
 from pathlib import Path
 
 import pyspark
+from processes import free_port, stop
 
 START_TIMEOUT_SECONDS = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SparkThriftServer:
@@ -32,7 +27,7 @@ class SparkThriftServer:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.port = _free_port()
+        self.port = free_port()
         self.log = home / "thriftserver.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -87,13 +82,7 @@ class SparkThriftServer:
             time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop(self._proc, timeout=30)
 
 
 HIVE_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"

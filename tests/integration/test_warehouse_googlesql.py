@@ -30,7 +30,7 @@ from contract_rows import ROWS
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
-from sources import Source
+from sources import Source, integration_spec
 from test_contract import assert_contract_delivered
 from test_contract import braze as braze  # the Braze emulator fixture
 from test_warehouse_bigquery import PROJECT, SECRET, sa_key, spec
@@ -229,14 +229,7 @@ def test_connection_test_verdicts(
 
 
 def integration(dataset: str, name: str) -> CdiIntegrationSpec:
-    return CdiIntegrationSpec.model_validate(
-        {
-            "credentialRef": {"name": "wh"},
-            "source": {"project": PROJECT, "dataset": dataset, "table": name},
-            "dataType": "customAttributes",
-            "schedule": "0 * * * *",
-        }
-    )
+    return integration_spec({"project": PROJECT, "dataset": dataset, "table": name})
 
 
 def credential() -> WarehouseCredentialSpec:

@@ -48,11 +48,11 @@ from snowflake.connector.auth.keypair import AuthByKeyPair
 from snowflake.connector.cursor import SnowflakeCursor
 from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 from snowflake_standin import ACCOUNT, ROLE, SECRET, USER, WAREHOUSE, SnowflakeStandIn, private_key_pem, running_standin
-from sources import BRAZE_KEY, Source
+from sources import BRAZE_KEY, Source, integration_spec
 from test_contract import assert_contract_delivered
 
 import cdi_operator.warehouses.snowflake as sf
-from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import WarehouseCredentialSpec
 from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.controller.connection import check_integration
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError
@@ -173,14 +173,7 @@ def test_a_key_snowflake_does_not_know_is_refused_until_its_alter_user_runs(stan
 def test_a_suspended_warehouse_without_auto_resume_says_both_fixes(standin: SnowflakeStandIn, db: str) -> None:
     ntz_rows(standin, db, "USERS", [1])
     credential = WarehouseCredentialSpec.model_validate({"type": "snowflake", "snowflake": standin.spec().model_dump()})
-    integration = CdiIntegrationSpec.model_validate(
-        {
-            "credentialRef": {"name": "wh"},
-            "source": {"database": db, "schema": "PUBLIC", "table": "USERS"},
-            "dataType": "customAttributes",
-            "schedule": "0 * * * *",
-        }
-    )
+    integration = integration_spec({"database": db, "schema": "PUBLIC", "table": "USERS"})
     standin.execute(f"ALTER WAREHOUSE {WAREHOUSE} SUSPEND")
     try:
         outcome = check_integration(credential, standin.secrets(), integration)

@@ -27,7 +27,7 @@ import pytest
 from contract_rows import ROWS
 from databricks import sql as dbsql
 from databricks_proxy import DatabricksProxy
-from sources import Source
+from sources import Source, integration_spec
 from spark_server import SparkThriftServer
 from test_contract import _payload_text, assert_contract_delivered
 from test_contract import braze as braze  # the Braze emulator fixture
@@ -237,14 +237,7 @@ def test_window_bound_by_spark_and_paged_past_ten_thousand_rows(schema: str, adm
 
 
 def integration(schema: str, table: str) -> CdiIntegrationSpec:
-    return CdiIntegrationSpec.model_validate(
-        {
-            "credentialRef": {"name": "wh"},
-            "source": {"catalog": CATALOG, "schema": schema, "table": table},
-            "dataType": "customAttributes",
-            "schedule": "0 * * * *",
-        }
-    )
+    return integration_spec({"catalog": CATALOG, "schema": schema, "table": table})
 
 
 def credential() -> WarehouseCredentialSpec:
