@@ -97,7 +97,7 @@ def _source_key(obj: JSON, credentials: Mapping[str, WarehouseCredentialSpec]) -
         return None
     if credential in credentials:
         return "table", credentials[credential].table_address(source)
-    return credential, source.display().lower()
+    return f"credential {credential}", source.display().lower()
 
 
 def credential_specs(objects: list[JSON]) -> dict[str, WarehouseCredentialSpec]:
