@@ -10,8 +10,8 @@ import pytest
 
 from cdi_operator.api.models import RunResult, RunSummary
 from cdi_operator.cli import main
+from cdi_operator.commands.in_cluster import connect_failure
 from cdi_operator.controller.observability import failure_reason
-from cdi_operator.runner.in_cluster import connect_failure
 from cdi_operator.warehouses import FailureReason, WarehouseError
 
 
