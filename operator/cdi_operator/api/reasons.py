@@ -22,6 +22,8 @@ RECONCILING: Final = "Reconciling"  # True while a connection test runs or a del
 STALLED: Final = "Stalled"  # True when a human must act; its reason says why
 SYNCED: Final = "Synced"  # CdiIntegration: the last finished run (True after Success/Partial)
 KEY_CONFLICT: Final = "KeyConflict"  # WarehouseCredential: another credential manages the same Snowflake user's keys
+# WarehouseCredential: integrations that send to several Braze workspaces read as its Snowflake user
+WORKSPACE_CONFLICT: Final = "WorkspaceConflict"
 
 
 # --- the spec or the objects it names are wrong (Stalled=True; Warning Event; never e-mailed) ---
@@ -94,3 +96,5 @@ KEY_ROTATION_IGNORED: Final = "KeyRotationIgnored"  # Event: rotate-key on a cre
 SAME_SNOWFLAKE_USER: Final = "SameSnowflakeUser"  # KeyConflict=True
 NO_CONFLICT: Final = "NoConflict"  # KeyConflict=False
 NOT_MANAGED: Final = "NotManaged"  # KeyConflict=False: the key is the user's own
+SEVERAL_WORKSPACES: Final = "SeveralBrazeWorkspaces"  # WorkspaceConflict=True
+ONE_WORKSPACE: Final = "OneBrazeWorkspace"  # WorkspaceConflict=False

@@ -212,13 +212,13 @@ class CredentialReconciler:
                     "generates (no spec.snowflake.privateKeySecretRef); rotate your own key yourself",
                 )
                 updates["lastHandledRotateKey"] = rotate_value
-            wants = []
+            wants = await self._workspace_conflict(obj, status, spec)
             if conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) is not None:
                 wants.append(conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NOT_MANAGED))
             return updates, wants
         assert spec.snowflake is not None
         user = spec.snowflake.user
-        wants = await self._conflicts(obj, status, spec)
+        wants = await self._conflicts(obj, status, spec) + await self._workspace_conflict(obj, status, spec)
         secret_name = snowflake_key.secret_name(name)
         secret = await self.kube.read_secret(namespace, secret_name)
         if secret is None:
@@ -367,6 +367,32 @@ class CredentialReconciler:
         if current.get("message") != message or current.get("status") != "True":
             await self.kube.event(obj, "Warning", reasons.KEY_CONFLICT, message)
         return [conditions.Want(reasons.KEY_CONFLICT, "True", reasons.SAME_SNOWFLAKE_USER, message)]
+
+    async def _workspace_conflict(
+        self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec
+    ) -> list[conditions.Want]:
+        """Braze takes one Snowflake user for one workspace only: flag a user whose integrations go to several."""
+        if spec.snowflake is None:
+            return []
+        namespace = obj["metadata"]["namespace"]
+        workspaces = snowflake_keys.braze_workspaces(
+            obj["metadata"]["name"],
+            spec,
+            await self.kube.list_objects(WHC_PLURAL, namespace),
+            await self.kube.list_objects(CDI_PLURAL, namespace),
+        )
+        current = conditions.find(status.get("conditions"), reasons.WORKSPACE_CONFLICT) or {}
+        if len(workspaces) < 2:
+            return [conditions.Want(reasons.WORKSPACE_CONFLICT, "False", reasons.ONE_WORKSPACE)] if current else []
+        listed = "; ".join(f"{', '.join(names)} to {workspace}" for workspace, names in workspaces.items())
+        message = (
+            f"Snowflake user {spec.snowflake.user!r} of account {spec.snowflake.account!r} is used for several Braze "
+            f"workspaces ({listed}); Braze refuses one Snowflake user for several workspaces: give each workspace "
+            "its own user and WarehouseCredential"
+        )
+        if current.get("message") != message or current.get("status") != "True":
+            await self.kube.event(obj, "Warning", reasons.WORKSPACE_CONFLICT, message)
+        return [conditions.Want(reasons.WORKSPACE_CONFLICT, "True", reasons.SEVERAL_WORKSPACES, message)]
 
     # --- the owned Secret (its values never reach a log, an Event or the status) ---
 
