@@ -355,18 +355,15 @@ class CredentialReconciler:
         others = snowflake_keys.conflicting(
             meta["name"], spec, await self.kube.list_objects(WHC_PLURAL, meta["namespace"])
         )
-        current = conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) or {}
         if not others:
-            return [conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NO_CONFLICT)] if current else []
+            return self._unflagged(status, reasons.KEY_CONFLICT, reasons.NO_CONFLICT)
         assert spec.snowflake is not None
         message = (
             f"WarehouseCredential {', '.join(others)} in this namespace also names Snowflake user "
             f"{spec.snowflake.user!r} of account {spec.snowflake.account!r}: their ALTER USER statements would "
             "overwrite each other's key slots; use one credential per Snowflake user"
         )
-        if current.get("message") != message or current.get("status") != "True":
-            await self.kube.event(obj, "Warning", reasons.KEY_CONFLICT, message)
-        return [conditions.Want(reasons.KEY_CONFLICT, "True", reasons.SAME_SNOWFLAKE_USER, message)]
+        return await self._flagged(obj, status, reasons.KEY_CONFLICT, reasons.SAME_SNOWFLAKE_USER, message)
 
     async def _workspace_conflict(
         self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec
@@ -381,18 +378,27 @@ class CredentialReconciler:
             await self.kube.list_objects(WHC_PLURAL, namespace),
             await self.kube.list_objects(CDI_PLURAL, namespace),
         )
-        current = conditions.find(status.get("conditions"), reasons.WORKSPACE_CONFLICT) or {}
         if len(workspaces) < 2:
-            return [conditions.Want(reasons.WORKSPACE_CONFLICT, "False", reasons.ONE_WORKSPACE)] if current else []
+            return self._unflagged(status, reasons.WORKSPACE_CONFLICT, reasons.ONE_WORKSPACE)
         listed = "; ".join(f"{', '.join(names)} to {workspace}" for workspace, names in workspaces.items())
         message = (
             f"Snowflake user {spec.snowflake.user!r} of account {spec.snowflake.account!r} is used for several Braze "
             f"workspaces ({listed}); Braze refuses one Snowflake user for several workspaces: give each workspace "
             "its own user and WarehouseCredential"
         )
+        return await self._flagged(obj, status, reasons.WORKSPACE_CONFLICT, reasons.SEVERAL_WORKSPACES, message)
+
+    async def _flagged(self, obj: JSON, status: JSON, kind: str, reason: str, message: str) -> list[conditions.Want]:
+        """Condition `kind` True with `reason`; a Warning Event when that is news."""
+        current = conditions.find(status.get("conditions"), kind) or {}
         if current.get("message") != message or current.get("status") != "True":
-            await self.kube.event(obj, "Warning", reasons.WORKSPACE_CONFLICT, message)
-        return [conditions.Want(reasons.WORKSPACE_CONFLICT, "True", reasons.SEVERAL_WORKSPACES, message)]
+            await self.kube.event(obj, "Warning", kind, message)
+        return [conditions.Want(kind, "True", reason, message)]
+
+    @staticmethod
+    def _unflagged(status: JSON, kind: str, reason: str) -> list[conditions.Want]:
+        """Condition `kind` False with `reason`, when it was ever set."""
+        return [conditions.Want(kind, "False", reason)] if conditions.find(status.get("conditions"), kind) else []
 
     # --- the owned Secret (its values never reach a log, an Event or the status) ---
 
