@@ -341,7 +341,9 @@ def test_draft_reasons(
         create_credential(kube_api, namespace, pg_settings)
         create_credential(kube_api, namespace, pg_settings, name="limited", user=role, password="nogrant-pw")
 
-        create_integration(kube_api, namespace, "denied", "limited", database, pg_schema)
+        # Another table than "first"'s: two integrations on one table are refused whatever credential they use.
+        sql(pg_settings, f'CREATE TABLE "{pg_schema}".private (LIKE "{pg_schema}".users)')
+        create_integration(kube_api, namespace, "denied", "limited", database, pg_schema, table="private")
         create_integration(kube_api, namespace, "missing", "wh", database, pg_schema, table="nosuchtable")
         create_integration(kube_api, namespace, "orphan", "nosuchcredential", database, pg_schema)
         create_integration(kube_api, namespace, "first", "wh", database, pg_schema)
@@ -357,7 +359,7 @@ def test_draft_reasons(
         )
         assert "nosuchcredential" in condition(orphan, "Stalled")["message"]
         wait_status(kube_api, operator, namespace, "first", phase_is("Active"), "phase Active")
-        create_integration(kube_api, namespace, "second", "wh", database, pg_schema)
+        create_integration(kube_api, namespace, "second", "limited", database, pg_schema)  # another credential
         second = wait_status(
             kube_api, operator, namespace, "second", phase_is("Draft", "DuplicateTable"), "Draft DuplicateTable"
         )

@@ -1,11 +1,12 @@
 """A snowflake WarehouseCredential against the real control plane, with the operator as a subprocess and fakesnow
-(tests/integration/snowflake_standin.py) as Snowflake: the key pair the operator generates into a Secret it owns,
-the public key and ALTER USER statement in status (never a private key in status, Events or the log), a rotation
-through the second key slot, two credentials for one Snowflake user flagged, and the Secret garbage-collected with
-its credential.
+behind the key gate (tests/integration/snowflake_standin.py) as Snowflake: the key pair the operator generates into a
+Secret it owns, the public key and ALTER USER statement in status (never a private key in status, Events or the
+log), a rotation through the second key slot, two credentials for one Snowflake user flagged, and the Secret
+garbage-collected with its credential.
 
-fakesnow accepts any key, so "a login with the new key passes" is all the stand-in can show: that the operator
-tries the new key and then switches, not that Snowflake would refuse a key whose statement was not run.
+The gate refuses a key Snowflake does not know (390144), so the rotation is shown for real: the generated key is
+refused until its ALTER USER runs, the new key is refused (and the old one keeps logging in) until the new key's
+statement runs, and only then does the rotation complete.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def crds(kube_api: client.ApiClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[SnowflakeStandIn]:
-    with running_standin() as server:
+    with running_standin(register_default_key=False) as server:
         yield server
 
 
@@ -135,21 +136,31 @@ def assert_no_private_key(api: client.ApiClient, namespace: str, name: str, pems
 
 
 def test_snowflake_key_pair_rotation_conflict_and_gc(
-    operator: OperatorProcess, kube_api: client.ApiClient, namespace: str
+    operator: OperatorProcess, kube_api: client.ApiClient, namespace: str, standin: SnowflakeStandIn
 ) -> None:
     core = client.CoreV1Api(kube_api)
     secret_name = snowflake_key.secret_name("sf")
     created = create_credential(kube_api, namespace, "sf")
 
-    # 1. The owned Secret, the public key and the statement in status; the login with the key passes.
+    # 1. The owned Secret, the public key and the statement in status; Snowflake refuses the key until the
+    # statement runs, then the login passes.
     st = wait_until(
         lambda: (
             (s := status(kube_api, namespace, "sf")).get("publicKey")
-            and condition(s, "Ready").get("status") == "True"
+            and condition(s, "ConnectionVerified").get("reason") == "AuthFailed"
             and s
         ),
         WAIT,
-        "the credential's public key and a passing connection test",
+        "the credential's public key and a connection test refused by Snowflake",
+        details=operator.log_tail,
+    )
+    assert condition(st, "Ready").get("status") != "True"
+    standin.execute(st["alterUserStatement"])
+    annotate(kube_api, namespace, "sf", "cdi.ingest.dev/test-connection", "t0")
+    st = wait_until(
+        lambda: (s := status(kube_api, namespace, "sf")) and condition(s, "Ready").get("status") == "True" and s,
+        WAIT,
+        "a passing connection test once the key is registered",
         details=operator.log_tail,
     )
     secret = core.read_namespaced_secret(secret_name, namespace)
@@ -192,9 +203,26 @@ def test_snowflake_key_pair_rotation_conflict_and_gc(
     assert st["publicKey"] == public and st["lastHandledRotateKey"] == "r1"
     assert_no_private_key(kube_api, namespace, "sf", [first, second])
 
-    # 3. The user ran the statement and asks for a test: the new key logs in (fakesnow takes any key) and becomes
-    # the active one; status shows the statement that retires the old slot.
+    # 3. A test before the statement ran: Snowflake refuses the new key, the old key keeps the credential verified.
     annotate(kube_api, namespace, "sf", "cdi.ingest.dev/test-connection", "t1")
+    st = wait_until(
+        lambda: (
+            "login with the new key failed (AuthFailed)"
+            in (s := status(kube_api, namespace, "sf")).get("rotation", {}).get("message", "")
+            and s
+        ),
+        WAIT,
+        "the new key to be refused",
+        details=operator.log_tail,
+    )
+    assert st["rotation"]["phase"] == "AwaitingNewKey"
+    assert (secret_data(kube_api, namespace, secret_name) or {})["private-key"] == first
+    assert condition(st, "ConnectionVerified").get("status") == "True", "the old key still logs in"
+
+    # 4. The user runs the statement and asks for a test: the new key logs in and becomes the active one; status
+    # shows the statement that retires the old slot.
+    standin.execute(rotation["statement"])
+    annotate(kube_api, namespace, "sf", "cdi.ingest.dev/test-connection", "t2")
     st = wait_until(
         lambda: (s := status(kube_api, namespace, "sf")).get("rotation", {}).get("phase") == "Completed" and s,
         WAIT,
@@ -215,7 +243,7 @@ def test_snowflake_key_pair_rotation_conflict_and_gc(
     time.sleep(6)
     assert (get(kube_api, namespace, "sf") or {})["metadata"]["resourceVersion"] == version, "status churns"
 
-    # 4. A second credential for the same Snowflake user (lower case: the same user to Snowflake) is flagged,
+    # 5. A second credential for the same Snowflake user (lower case: the same user to Snowflake) is flagged,
     # and so is the first.
     create_credential(kube_api, namespace, "sf-twin", user=USER.lower())
     twin = wait_until(
@@ -241,7 +269,7 @@ def test_snowflake_key_pair_rotation_conflict_and_gc(
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=sf-twin").items
     assert any(e.reason == "KeyConflict" and "sf " in (e.message or "") for e in events)
 
-    # 5. Deleting a credential garbage-collects its Secret; the other one's flag clears.
+    # 6. Deleting a credential garbage-collects its Secret; the other one's flag clears.
     client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(GROUP, VERSION, namespace, WHC, "sf-twin")
     wait_until(
         lambda: secret_data(kube_api, namespace, snowflake_key.secret_name("sf-twin")) is None,

@@ -17,6 +17,10 @@ TIMESTAMP → DATETIME, JSON → JSON, STRUCT → RECORD, lists → REPEATED. Th
 adapter emits (`SELECT <columns> FROM <path> [WHERE …] [ORDER BY …] [LIMIT n]`, `count(*)`): backtick-quoted
 identifiers become DuckDB's double-quoted ones (a 3-part path drops the project), `@name` becomes `$name`.
 `denied` holds (dataset, table) pairs the caller may not read; `reject_auth` answers 401 to everything.
+
+Authentication: once a service-account key is registered (`register_key`), every request must carry a self-signed
+JWT (`Authorization: Bearer …`) issued by a registered account, signed with that key (RS256), scoped to BigQuery and
+not expired, as Google checks such tokens; a key in `revoked` gets 401 like a deleted key.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import duckdb
+import jwt
+from cryptography.hazmat.primitives import serialization
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PAGE_BYTES = 10 * 1024 * 1024  # BigQuery caps a page of results at about 10 MB whatever maxResults asks
@@ -226,6 +232,8 @@ class BigQueryStandIn:
         self.location = location
         self.denied: set[tuple[str, str]] = set()
         self.reject_auth = False
+        self.accounts: dict[str, Any] = {}  # client_email -> public key of its registered key
+        self.revoked: set[str] = set()  # client_email of keys deleted since
         self.running_polls = 0  # new jobs report RUNNING to this many jobs.get / getQueryResults calls first
         self.requests: list[tuple[str, str, dict[str, Any]]] = []  # (method, path, query params or JSON body)
         self._db = duckdb.connect()
@@ -320,6 +328,8 @@ class BigQueryStandIn:
         try:
             if self.reject_auth:
                 raise ApiError(401, "unauthorized", "Request had invalid authentication credentials.")
+            if self.accounts:
+                self._authenticate(handler.headers.get("Authorization", ""))
             status, payload = self._route(method, parts.path, query, body)
         except ApiError as exc:
             status, payload = exc.code, exc.body()
@@ -329,6 +339,33 @@ class BigQueryStandIn:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    def register_key(self, key_json: str) -> None:
+        """Accept self-signed JWTs of this service-account JSON key from now on."""
+        info = json.loads(key_json)
+        private = serialization.load_pem_private_key(info["private_key"].encode(), None)
+        self.accounts[info["client_email"]] = private.public_key()
+
+    def _authenticate(self, header: str) -> None:
+        refused = ApiError(
+            401,
+            "unauthorized",
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+            "valid authentication credential.",
+        )
+        if not header.startswith("Bearer "):
+            raise refused
+        token = header.removeprefix("Bearer ")
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            key = self.accounts.get(issuer)
+            if key is None or issuer in self.revoked:
+                raise refused
+            claims = jwt.decode(token, key, algorithms=["RS256"], options={"require": ["exp", "iat", "sub"]})
+        except jwt.PyJWTError:
+            raise refused from None
+        if "https://www.googleapis.com/auth/bigquery" not in str(claims.get("scope", "")).split():
+            raise ApiError(403, "accessDenied", "Request had insufficient authentication scopes.")
 
     def _route(self, method: str, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         segments = path.removeprefix("/bigquery/v2/").strip("/").split("/")

@@ -356,6 +356,31 @@ class _InvalidHandle(Exception):
     pass
 
 
+class ThriftHttpHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, as the connector's Thrift transport expects; quiet."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _thrift(self, processor: TCLIService.Processor, body: bytes) -> None:
+        """Answer the Thrift call in `body` with `processor`."""
+        out = TTransport.TMemoryBuffer()
+        processor.process(
+            TBinaryProtocol.TBinaryProtocol(TTransport.TMemoryBuffer(body)), TBinaryProtocol.TBinaryProtocol(out)
+        )
+        self._reply(200, out.getvalue(), {"Content-Type": "application/x-thrift"})
+
+
 class DatabricksStandin:
     """The server: `with DatabricksStandin() as dbx:` listens on 127.0.0.1:`dbx.port` at `HTTP_PATH`.
 
@@ -420,20 +445,7 @@ class DatabricksStandin:
     def _request_handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(ThriftHttpHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 standin.requests += 1
@@ -457,16 +469,10 @@ class DatabricksStandin:
                         },
                     )
                     return
-                itrans = TTransport.TMemoryBuffer(body)
-                otrans = TTransport.TMemoryBuffer()
                 try:
-                    standin._processor.process(
-                        TBinaryProtocol.TBinaryProtocol(itrans), TBinaryProtocol.TBinaryProtocol(otrans)
-                    )
+                    self._thrift(standin._processor, body)
                 except _InvalidHandle:
                     self._reply(400, b"", {"x-thriftserver-error-message": "Invalid OperationHandle"})
-                    return
-                self._reply(200, otrans.getvalue(), {"Content-Type": "application/x-thrift"})
 
         return Handler
 

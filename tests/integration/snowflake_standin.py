@@ -3,11 +3,14 @@ a process of its own on loopback, which the official `snowflake-connector-python
 talks to Snowflake (login request, query requests, Arrow result sets).
 
 The server keeps every database in memory, shared by all sessions; each test makes a database of its own.
-It accepts any credentials: the adapter's key handling is tested on its own (see test_warehouse_snowflake.py).
+In front of it, snowflake_keygate.py refuses a key-pair login as Snowflake does (error 390144) unless the key is
+registered for the user with `ALTER USER … SET RSA_PUBLIC_KEY[_2]`; `running_standin()` registers the key of
+`private_key_pem()` for USER unless told not to. Password logins (the tests' setup sessions) are not checked.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -25,6 +28,7 @@ from typing import Any
 import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from processes import free_port, stop
 
 from cdi_operator.api.models import SnowflakeSpec
 
@@ -39,12 +43,6 @@ def private_key_pem() -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -86,6 +84,13 @@ class SnowflakeStandIn:
             for row in rows:  # one statement per row: the stand-in runs array bindings row by row anyway
                 cursor.execute(sql, list(row))
 
+    def register_key(self, pem: str, slot: int = 1, user: str = USER) -> None:
+        """Run the ALTER USER that registers `pem`'s public key in `slot`, as the user's admin would."""
+        public = serialization.load_pem_private_key(pem.encode(), None).public_key()
+        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        column = "RSA_PUBLIC_KEY" if slot == 1 else "RSA_PUBLIC_KEY_2"
+        self.execute(f"ALTER USER \"{user}\" SET {column}='{base64.b64encode(der).decode()}'")
+
     def new_database(self, prefix: str = "CDI_T") -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:10].upper()}"
         self.execute(f'CREATE DATABASE "{name}"')
@@ -108,22 +113,18 @@ class SnowflakeStandIn:
         return {SECRET: private_key_pem() if pem is None else pem}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
 
 
 @contextlib.contextmanager
-def running_standin(timeout: float = 60) -> Iterator[SnowflakeStandIn]:
-    """Start `python -m fakesnow -s` on a free loopback port, wait until it serves, and stop it afterwards."""
-    port = _free_port()
+def running_standin(timeout: float = 60, register_default_key: bool = True) -> Iterator[SnowflakeStandIn]:
+    """Start fakesnow's server behind the key gate on a free loopback port, wait until it serves (and register
+    `private_key_pem()` for USER), and stop it afterwards."""
+    port = free_port()
     log = Path(tempfile.mkstemp(prefix="fakesnow-", suffix=".log")[1])
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fakesnow", "-s", "--host", "127.0.0.1", "-p", str(port)],
+            [sys.executable, str(Path(__file__).with_name("snowflake_keygate.py")), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -141,6 +142,8 @@ def running_standin(timeout: float = 60) -> Iterator[SnowflakeStandIn]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"fakesnow did not listen on {port}: {log.read_text()[-2000:]}") from None
                 time.sleep(0.1)
+        if register_default_key:
+            standin.register_key(private_key_pem())
         yield standin
     finally:
         standin.stop()

@@ -16,6 +16,7 @@ import duckdb
 import redshift_connector
 
 from cdi_operator import cli
+from cdi_operator.api.models import CdiIntegrationSpec
 
 BRAZE_KEY = "test-rest-api-key"
 T0 = datetime(2026, 3, 1, 12, 0, 0)
@@ -243,6 +244,13 @@ class Source:
         )
         path.write_text(text)
         return path
+
+
+def integration_spec(source: dict[str, str]) -> CdiIntegrationSpec:
+    """A customAttributes integration of credential `wh` on `source` (its spec.source), for a connection test."""
+    return CdiIntegrationSpec.model_validate(
+        {"credentialRef": {"name": "wh"}, "source": source, "dataType": "customAttributes", "schedule": "0 * * * *"}
+    )
 
 
 @dataclass

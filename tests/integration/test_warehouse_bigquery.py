@@ -2,9 +2,9 @@
 bigquery_standin.py (DuckDB behind BigQuery's v2 JSON API), pointed at by CDI_BIGQUERY_API_ENDPOINT.
 
 What the stand-in does not cover compared with real BigQuery:
-- authentication: requests carry no token (AnonymousCredentials). The OAuth token exchange with
-  oauth2.googleapis.com, a revoked or disabled key (RefreshError → AuthFailed) and the key's IAM roles are not
-  exercised; only the key's parsing and validation are. 401 is simulated by the stand-in answering 401 to all.
+- authentication: requests carry a self-signed JWT (always_use_jwt_access) that the stand-in verifies with the
+  registered key's public half; a wrong or revoked key is refused with 401 for real. The OAuth token exchange with
+  oauth2.googleapis.com (not used with self-signed JWTs), a disabled service account and IAM roles are not.
 - permissions are a list of denied tables, not IAM: no dataset-level grants, authorized views, row-level
   security, column-level policy tags, or the jobs.create permission on the billing project (only a job in
   another project is refused).
@@ -40,6 +40,7 @@ from test_contract import _payload_text, assert_contract_delivered
 
 from cdi_operator.api.models import BigQuerySpec, WarehouseCredentialSpec
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller.connection import check_credential
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError, connect
 from cdi_operator.warehouses import bigquery as bq
 
@@ -74,8 +75,9 @@ def sa_key() -> str:
 
 
 @pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[BigQueryStandIn]:
+def standin(monkeypatch: pytest.MonkeyPatch, sa_key: str) -> Iterator[BigQueryStandIn]:
     with BigQueryStandIn(PROJECT) as server:
+        server.register_key(sa_key)
         server.create_dataset("ds")
         monkeypatch.setenv(bq.ENDPOINT_ENV, server.url)
         yield server
@@ -307,6 +309,34 @@ def test_unauthorized(standin: BigQueryStandIn, warehouse: bq.BigQueryWarehouse)
     assert "bq-key" in error.message
 
 
+def test_requests_carry_a_jwt_signed_with_the_key_and_a_revoked_key_fails_the_credential_test(
+    standin: BigQueryStandIn, sa_key: str
+) -> None:
+    """The stand-in verifies each request's self-signed JWT with the key's public half (so a token signed with any
+    other key is refused), and the credential's connection test makes a request, so a revoked key fails it."""
+    credential = WarehouseCredentialSpec.model_validate({"type": "bigquery", "bigquery": spec().model_dump()})
+    assert check_credential(credential, {SECRET: sa_key}).passed
+    dry_runs = [b for m, p, b in standin.requests if m == "POST" and p.endswith("/jobs")]
+    assert dry_runs and dry_runs[-1]["configuration"]["dryRun"] is True
+
+    other = json.loads(sa_key) | {"private_key": json.loads(_another_key())["private_key"]}
+    refused = check_credential(credential, {SECRET: json.dumps(other)})
+    assert (refused.result, refused.reason) == ("Failed", "AuthFailed"), refused.message
+
+    standin.revoked.add(json.loads(sa_key)["client_email"])
+    revoked = check_credential(credential, {SECRET: sa_key})
+    assert (revoked.result, revoked.reason) == ("Failed", "AuthFailed"), revoked.message
+    assert "PRIVATE KEY" not in revoked.message
+
+
+def _another_key() -> str:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return json.dumps({"private_key": pem})
+
+
 def test_column_missing_and_wrong_type(standin: BigQueryStandIn, warehouse: bq.BigQueryWarehouse) -> None:
     standin.create_table("ds", "no_ts", "CHANGED VARCHAR, EXTERNAL_ID VARCHAR", [("x", "a")])
     error = failure(lambda: read_all(warehouse, ReadWindow(None, FAR), table=("ds", "no_ts")))
@@ -324,8 +354,7 @@ def test_unreachable(monkeypatch: pytest.MonkeyPatch, sa_key: str) -> None:
         port = sock.getsockname()[1]
     monkeypatch.setenv(bq.ENDPOINT_ENV, f"http://127.0.0.1:{port}")
     monkeypatch.setattr(bq, "RETRY_SECONDS", 0.5)
-    opened = bq.connect(spec(), {SECRET: sa_key})
-    error = failure(lambda: opened.describe(("ds", "users")))
+    error = failure(lambda: bq.connect(spec(), {SECRET: sa_key}))
     assert error.reason is FailureReason.UNREACHABLE
     assert "bigquery.googleapis.com" in error.message
 

@@ -35,8 +35,10 @@ from sources import Source
 from test_contract import _payload_text, assert_contract_delivered
 from test_contract import braze as braze  # the Braze emulator fixture
 
-from cdi_operator.api.models import DatabricksSpec
+from cdi_operator.api.models import DatabricksSpec, WarehouseCredentialSpec
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller.connection import check_credential
+from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError
 from cdi_operator.warehouses import databricks as adapter
 from cdi_operator.warehouses.databricks import DatabricksWarehouse, quote_ident
@@ -317,6 +319,24 @@ def test_slow_start_is_waited_for(dbx: DatabricksStandin, monkeypatch: pytest.Mo
     finally:
         warehouse.close()
     assert 1.0 <= time.monotonic() - started < 25
+
+
+def test_the_default_tolerance_outlasts_a_five_minute_start() -> None:
+    """A classic or pro warehouse takes 2-5 minutes to start: the adapter waits longer than that by default, and
+    the operator's connection test longer still, so a start ends in success or WarmingUp, never in Timeout."""
+    assert adapter.WARM_UP_WAIT_SECONDS >= 1.2 * 5 * 60
+    settings = OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i"})
+    assert settings.connection_test_timeout >= adapter.WARM_UP_WAIT_SECONDS + 2 * adapter.CONNECT_TIMEOUT_SECONDS
+
+
+def test_connection_test_of_a_starting_warehouse_says_warming_up(
+    dbx: DatabricksStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter, "WARM_UP_WAIT_SECONDS", 1.0)
+    dbx.warm_up(60)
+    credential = WarehouseCredentialSpec(type="databricks", databricks=spec())  # type: ignore[arg-type]
+    outcome = check_credential(credential, {SECRET: TOKEN})
+    assert (outcome.result, outcome.reason) == ("Failed", FailureReason.WARMING_UP.value), outcome.message
 
 
 # --- the contract ------------------------------------------------------------------------------------------------

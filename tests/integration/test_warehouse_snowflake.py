@@ -4,15 +4,15 @@ reached by the official snowflake-connector-python over HTTP on loopback, plus t
 
 What the stand-in does NOT cover compared with real Snowflake:
 
-- Authentication. fakesnow accepts any login. The tests check instead that the adapter signs in with
-  SNOWFLAKE_JWT and no password, and that the JWT the connector puts into the login request verifies with the
-  public half of the Secret's key and names the right account, user and key fingerprint (what Snowflake checks);
-  malformed, encrypted and non-RSA keys are refused locally. Snowflake's own refusals (390144 JWT invalid, 390100,
-  a role not granted: 390189) are only checked by feeding the connector's error objects to the classifier.
+- Authentication. fakesnow accepts any login; the key gate in front of it (snowflake_keygate.py) checks a
+  SNOWFLAKE_JWT login against the user's registered keys (both slots) as Snowflake does and refuses others with
+  390144, so a wrong key and the two-slot rotation are real here. Password policies, MFA, OAuth, network policies
+  and Snowflake's other refusals (390100, a role not granted: 390189) are only checked through the classifier.
 - Roles and grants. There is no RBAC: PermissionDenied (003001 insufficient privileges) and "does not exist or
   not authorized" for objects the role cannot see cannot happen for real; nor can the network policies of a user.
-- Warehouses. `warehouse` is ignored; 000606 "No active warehouse selected" (WarehouseMissing), suspended or
-  resuming warehouses, query queueing and statement timeouts are classifier-only.
+- Warehouses. `warehouse` is only a name: the key gate answers queries of a session on a warehouse suspended with
+  `ALTER WAREHOUSE … SUSPEND` with 000608 (WarehouseSuspended); 000606 "No active warehouse selected"
+  (WarehouseMissing), resuming warehouses, query queueing and statement timeouts are classifier-only.
 - Identifier case. DuckDB matches identifiers case-insensitively, so tables whose names differ only in case
   (`users` and `USERS`) cannot both exist; the exact-spelling preference is tested on the picker alone.
 - Types. TIMESTAMP_LTZ is stored as TIMESTAMP_TZ; the real TIMESTAMP_TZ keeps each value's own offset, fakesnow
@@ -48,12 +48,13 @@ from snowflake.connector.auth.keypair import AuthByKeyPair
 from snowflake.connector.cursor import SnowflakeCursor
 from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 from snowflake_standin import ACCOUNT, ROLE, SECRET, USER, WAREHOUSE, SnowflakeStandIn, private_key_pem, running_standin
-from sources import BRAZE_KEY, Source
+from sources import BRAZE_KEY, Source, integration_spec
 from test_contract import assert_contract_delivered
 
 import cdi_operator.warehouses.snowflake as sf
 from cdi_operator.api.models import WarehouseCredentialSpec
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller.connection import check_integration
 from cdi_operator.warehouses import FailureReason, ReadWindow, WarehouseError
 from cdi_operator.warehouses import connect as connect_any
 from cdi_operator.warehouses.base import Column
@@ -143,6 +144,51 @@ def test_login_sends_a_jwt_signed_with_the_secrets_key(
     assert claims["sub"] == qualified_user
     assert claims["iss"] == f"{qualified_user}.{fingerprint}"
     assert data["LOGIN_NAME"] == USER and data["ACCOUNT_NAME"] == ACCOUNT
+
+
+def test_a_key_snowflake_does_not_know_is_refused_until_its_alter_user_runs(standin: SnowflakeStandIn) -> None:
+    """The gate of a key rotation: the new key in slot 2 is refused until its ALTER USER; the old key works all
+    along, and stops once its slot is unset."""
+    new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new_pem = new.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    refused = _connect_failure(standin, new_pem)
+    assert refused.reason is FailureReason.AUTH_FAILED and "ALTER USER" in refused.message, refused.message
+    sf.connect(standin.spec(), standin.secrets()).close()  # the registered key still logs in
+
+    standin.register_key(new_pem, slot=2)
+    sf.connect(standin.spec(), standin.secrets(new_pem)).close()
+    sf.connect(standin.spec(), standin.secrets()).close()
+
+    standin.execute(f'ALTER USER "{USER}" UNSET RSA_PUBLIC_KEY')
+    try:
+        assert _connect_failure(standin, private_key_pem()).reason is FailureReason.AUTH_FAILED
+        sf.connect(standin.spec(), standin.secrets(new_pem)).close()
+    finally:
+        standin.register_key(private_key_pem())
+        standin.execute(f'ALTER USER "{USER}" UNSET RSA_PUBLIC_KEY_2')
+
+
+def test_a_suspended_warehouse_without_auto_resume_says_both_fixes(standin: SnowflakeStandIn, db: str) -> None:
+    ntz_rows(standin, db, "USERS", [1])
+    credential = WarehouseCredentialSpec.model_validate({"type": "snowflake", "snowflake": standin.spec().model_dump()})
+    integration = integration_spec({"database": db, "schema": "PUBLIC", "table": "USERS"})
+    standin.execute(f"ALTER WAREHOUSE {WAREHOUSE} SUSPEND")
+    try:
+        outcome = check_integration(credential, standin.secrets(), integration)
+    finally:
+        standin.execute(f"ALTER WAREHOUSE {WAREHOUSE} RESUME")
+    assert (outcome.result, outcome.reason) == ("Failed", FailureReason.WAREHOUSE_SUSPENDED.value), outcome.message
+    assert "SET AUTO_RESUME = TRUE" in outcome.message and f"GRANT OPERATE ON WAREHOUSE {WAREHOUSE}" in outcome.message
+    assert "does not exist" not in outcome.message
+    assert check_integration(credential, standin.secrets(), integration).passed, "resumed, it works again"
+
+
+def _connect_failure(standin: SnowflakeStandIn, pem: str) -> WarehouseError:
+    with pytest.raises(WarehouseError) as info:
+        sf.connect(standin.spec(), standin.secrets(pem))
+    return info.value
 
 
 def _other_pems() -> dict[str, str]:

@@ -8,11 +8,17 @@ from typing import Any
 
 import pytest
 
-from cdi_operator.api.models import CdiIntegrationSpec
+from cdi_operator.api.models import CdiIntegrationSpec, SourceTable, WarehouseCredentialSpec
 from cdi_operator.controller import conditions, connection, sync_now
 from cdi_operator.controller.credential import IN_USE_FINALIZER, finalizers_with, users_of
 from cdi_operator.controller.history import MAX_RUNS, runs_with_last_sync
-from cdi_operator.controller.integration import build_cronjob, cronjob_name, find_duplicate, parse_spec
+from cdi_operator.controller.integration import (
+    build_cronjob,
+    credential_specs,
+    cronjob_name,
+    find_duplicate,
+    parse_spec,
+)
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -149,6 +155,44 @@ def test_duplicate_table_detection() -> None:
     assert find_duplicate(other, everyone) is None
     elsewhere = integration("third", "2026-01-03T00:00:00Z", credentialRef={"name": "other-wh"})
     assert find_duplicate(elsewhere, [*everyone, elsewhere]) is None
+
+
+def test_duplicate_table_detection_across_credentials() -> None:
+    """Two credentials for one warehouse (another user, another role) still name the same table."""
+    snowflake = {"account": "MyOrg-Acct", "role": "R", "warehouse": "W"}
+    credentials = credential_specs(
+        [
+            {"metadata": {"name": "wh"}, "spec": {"type": "snowflake", "snowflake": {**snowflake, "user": "A"}}},
+            {"metadata": {"name": "wh-2"}, "spec": {"type": "snowflake", "snowflake": {**snowflake, "user": "B"}}},
+            {
+                "metadata": {"name": "other-acct"},
+                "spec": {"type": "snowflake", "snowflake": {**snowflake, "user": "A", "account": "x-y"}},
+            },
+            {"metadata": {"name": "broken"}, "spec": {"type": "snowflake"}},
+        ]
+    )
+    assert set(credentials) == {"wh", "wh-2", "other-acct"}, "an invalid credential is left out"
+    first = integration("first", "2026-01-01T00:00:00Z")
+    twin = integration(
+        "twin",
+        "2026-01-02T00:00:00Z",
+        credentialRef={"name": "wh-2"},
+        source={"database": "DB", "schema": "S", "table": "USERS"},
+    )
+    elsewhere = integration("elsewhere", "2026-01-03T00:00:00Z", credentialRef={"name": "other-acct"})
+    everyone = [first, twin, elsewhere]
+    assert find_duplicate(twin, everyone, credentials) == "first"
+    assert find_duplicate(elsewhere, everyone, credentials) is None, "another account is another table"
+    assert find_duplicate(twin, everyone) is None, "without the credentials, only the credential's name counts"
+
+    bq = {
+        "type": "bigquery",
+        "bigquery": {"project": "proj-a", "serviceAccountKeySecretRef": {"name": "k", "key": "k"}},
+    }
+    spec = WarehouseCredentialSpec.model_validate(bq)
+    implicit = SourceTable.model_validate({"dataset": "ds", "table": "t"})
+    explicit = SourceTable.model_validate({"project": "PROJ-A", "dataset": "ds", "table": "T"})
+    assert spec.table_address(implicit) == spec.table_address(explicit) == "bigquery:///proj-a.ds.t"
 
 
 def test_parse_spec_names_the_field() -> None:

@@ -1,12 +1,18 @@
-"""`cdi sync` flags: exactly one of -f and --in-cluster; --in-cluster needs --integration and a cluster."""
+"""`cdi sync` flags: exactly one of -f and --in-cluster; --in-cluster needs --integration and a cluster; the
+failure it records when the warehouse cannot be opened."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from cdi_operator.api.models import RunResult, RunSummary
 from cdi_operator.cli import main
+from cdi_operator.commands.in_cluster import connect_failure
+from cdi_operator.controller.observability import failure_reason
+from cdi_operator.warehouses import FailureReason, WarehouseError
 
 
 @pytest.mark.parametrize(
@@ -44,3 +50,13 @@ def test_serviceaccount_dir_without_the_service_address_is_bad_input(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(["sync", "--in-cluster", "--integration", "ns/a"]) == 2
     assert f"cannot load in-cluster credentials from {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reason", [FailureReason.AUTH_FAILED, FailureReason.WARMING_UP, FailureReason.UNREACHABLE])
+def test_a_warehouse_that_cannot_be_opened_keeps_its_reason_in_status(reason: FailureReason) -> None:
+    """The run message the runner records when connect() fails is read back as that reason by the operator (its
+    conditions, e-mails and alerts), not flattened to SyncFailed."""
+    message = connect_failure(WarehouseError(reason, "the warehouse said no"))
+    summary = RunSummary(trigger="schedule", started_at=datetime.now(UTC), result=RunResult.ERROR, message=message)
+    assert failure_reason(summary) == reason.value
+    assert "cannot connect to the warehouse: the warehouse said no" in message

@@ -656,3 +656,25 @@ async def test_two_credentials_for_one_snowflake_user_are_flagged(world: World) 
     assert (found["status"], found["reason"]) == ("True", reasons.SAME_SNOWFLAKE_USER)
     assert "wh2" in found["message"]
     assert reasons.KEY_CONFLICT in world.kube.reasons()
+
+
+async def test_one_snowflake_user_for_several_braze_workspaces_is_flagged(world: World) -> None:
+    """Braze refuses one Snowflake user for several workspaces, whichever credential for that user they go through."""
+    world.credential(spec=SNOWFLAKE)
+    world.credential("wh2", spec=SNOWFLAKE)
+    eu = {"restEndpoint": "https://rest.fra-01.braze.eu", "apiKeySecretRef": {"name": "braze-eu", "key": "api-key"}}
+    world.integration("us")
+    world.integration("eu", credentialRef={"name": "wh2"}, source={"table": "other"}, braze=eu)
+
+    await world.credentials().reconcile(NS, "wh")
+
+    found = condition(world.credential_status(), reasons.WORKSPACE_CONFLICT)
+    assert (found["status"], found["reason"]) == ("True", reasons.SEVERAL_WORKSPACES)
+    assert "eu to https://rest.fra-01.braze.eu with Secret braze-eu/api-key" in found["message"]
+    assert "us to the runner's default endpoint" in found["message"]
+    assert reasons.WORKSPACE_CONFLICT in world.kube.reasons()
+
+    world.kube.delete(CDI_PLURAL, NS, "eu")
+    await world.credentials().reconcile(NS, "wh")
+    found = condition(world.credential_status(), reasons.WORKSPACE_CONFLICT)
+    assert (found["status"], found["reason"]) == ("False", reasons.ONE_WORKSPACE)

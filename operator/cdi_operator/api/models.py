@@ -167,6 +167,27 @@ class WarehouseCredentialSpec(Model):
         assert block is not None  # guaranteed by _one_block_matching_type
         return block  # type: ignore[no-any-return]
 
+    def table_address(self, source: SourceTable) -> str:
+        """Where `source` is, whatever credential names it: the warehouse (Snowflake account, Redshift host, BigQuery
+        project, Databricks workspace, DuckDB file) and the table's parts with the credential's defaults filled in,
+        lower-cased (unquoted names match case-insensitively). Equal addresses mean the same table."""
+        parts = source.qualified_parts(self.type)
+        match self.settings:
+            case SnowflakeSpec(account=account):
+                where = account
+            case RedshiftSpec(host=host, port=port, database=database):
+                where = f"{host}:{port}"
+                parts = (source.database or database, *parts[-2:])
+            case BigQuerySpec(project=project):
+                where = ""
+                parts = (source.project or project, *parts[-2:])
+            case DatabricksSpec(server_hostname=host, catalog=catalog):
+                where = host
+                parts = (source.catalog or catalog or "", *parts[-2:])
+            case DuckDBSpec(path=path):
+                where = path
+        return f"{self.type.value}://{where}/{'.'.join(parts)}".lower()
+
     def secret_refs(self) -> list[SecretKeyRef]:
         refs: list[SecretKeyRef] = []
         match self.settings:

@@ -22,6 +22,8 @@ RECONCILING: Final = "Reconciling"  # True while a connection test runs or a del
 STALLED: Final = "Stalled"  # True when a human must act; its reason says why
 SYNCED: Final = "Synced"  # CdiIntegration: the last finished run (True after Success/Partial)
 KEY_CONFLICT: Final = "KeyConflict"  # WarehouseCredential: another credential manages the same Snowflake user's keys
+# WarehouseCredential: integrations that send to several Braze workspaces read as its Snowflake user
+WORKSPACE_CONFLICT: Final = "WorkspaceConflict"
 
 
 # --- the spec or the objects it names are wrong (Stalled=True; Warning Event; never e-mailed) ---
@@ -30,7 +32,7 @@ INVALID_SPEC: Final = "InvalidSpec"  # a field fails validation (the message nam
 CREDENTIAL_NOT_FOUND: Final = "CredentialNotFound"  # spec.credentialRef names no WarehouseCredential
 CREDENTIAL_INVALID: Final = "CredentialInvalid"  # the credential's own spec is invalid
 INVALID_SOURCE: Final = "InvalidSource"  # spec.source does not fit the credential's warehouse type
-DUPLICATE_TABLE: Final = "DuplicateTable"  # an older integration already syncs this credential and table
+DUPLICATE_TABLE: Final = "DuplicateTable"  # an older integration already syncs this table (through any credential)
 
 SPEC_PROBLEMS: Final = frozenset(
     {INVALID_SPEC, DUPLICATE_TABLE, CREDENTIAL_NOT_FOUND, CREDENTIAL_INVALID, INVALID_SOURCE}
@@ -46,6 +48,7 @@ class FailureReason(StrEnum):
     UNREACHABLE = "Unreachable"
     AUTH_FAILED = "AuthFailed"
     WAREHOUSE_MISSING = "WarehouseMissing"
+    WAREHOUSE_SUSPENDED = "WarehouseSuspended"  # Snowflake: suspended, without auto-resume (or OPERATE)
     DATABASE_MISSING = "DatabaseMissing"
     TABLE_MISSING = "TableMissing"
     PERMISSION_DENIED = "PermissionDenied"
@@ -93,3 +96,5 @@ KEY_ROTATION_IGNORED: Final = "KeyRotationIgnored"  # Event: rotate-key on a cre
 SAME_SNOWFLAKE_USER: Final = "SameSnowflakeUser"  # KeyConflict=True
 NO_CONFLICT: Final = "NoConflict"  # KeyConflict=False
 NOT_MANAGED: Final = "NotManaged"  # KeyConflict=False: the key is the user's own
+SEVERAL_WORKSPACES: Final = "SeveralBrazeWorkspaces"  # WorkspaceConflict=True
+ONE_WORKSPACE: Final = "OneBrazeWorkspace"  # WorkspaceConflict=False

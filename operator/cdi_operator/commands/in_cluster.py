@@ -101,6 +101,12 @@ def _secrets(kube: Kube, integration: CdiIntegration, credential: WarehouseCrede
     return manifests
 
 
+def connect_failure(exc: WarehouseError) -> str:
+    """The run message of a warehouse that could not be opened: its reason first, as for every warehouse failure,
+    so that conditions, e-mails and alerts say AuthFailed, WarmingUp or Unreachable rather than SyncFailed."""
+    return f"{exc.reason.value}: cannot connect to the warehouse: {exc.message}"
+
+
 def _record_failure(store: CrStatusStore, trigger: Trigger, started: datetime, message: str) -> None:
     summary = RunSummary(
         trigger=trigger,
@@ -186,7 +192,7 @@ async def in_cluster_sync_command(
         except ManifestError as exc:
             raise _Failed(str(exc), EXIT_BAD_INPUT) from None
         except WarehouseError as exc:
-            raise _Failed(f"cannot connect to the warehouse: {exc}", EXIT_FAILED) from None
+            raise _Failed(connect_failure(exc), EXIT_FAILED) from None
     except _Failed as failure:
         print(f"error: {failure.message}", file=sys.stderr)
         if store is not None and not dry_run:

@@ -120,8 +120,8 @@ def check_integration(
     spec: CdiIntegrationSpec,
     braze: BrazeAccess | None = None,
 ) -> Outcome:
-    """Open the warehouse, describe the source, check its columns, preview a few rows, and for catalogItems ask
-    Braze about the catalog (blocking)."""
+    """Open the warehouse, describe the source, check its columns and UPDATED_AT's type, preview a few rows, and
+    for catalogItems ask Braze about the catalog (blocking)."""
     table = spec.source.qualified_parts(credential.type)
     try:
         warehouse = warehouses.connect(credential, secrets)
@@ -136,6 +136,8 @@ def check_integration(
             outcome = _failure(exc)
             outcome.columns = columns
             return outcome
+        # The same UPDATED_AT query a sync starts with: a column of the wrong type fails here, not at the sync.
+        warehouse.count_undated(table, plan.columns[0])
         rows = warehouse.preview(table, list(plan.columns), PREVIEW_ROWS)
         if spec.data_type is DataType.CATALOG_ITEMS and spec.catalog is not None:
             problem = check_catalog(spec.catalog.name, braze, plan, rows)

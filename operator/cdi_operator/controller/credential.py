@@ -212,13 +212,13 @@ class CredentialReconciler:
                     "generates (no spec.snowflake.privateKeySecretRef); rotate your own key yourself",
                 )
                 updates["lastHandledRotateKey"] = rotate_value
-            wants = []
+            wants = await self._workspace_conflict(obj, status, spec)
             if conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) is not None:
                 wants.append(conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NOT_MANAGED))
             return updates, wants
         assert spec.snowflake is not None
         user = spec.snowflake.user
-        wants = await self._conflicts(obj, status, spec)
+        wants = await self._conflicts(obj, status, spec) + await self._workspace_conflict(obj, status, spec)
         secret_name = snowflake_key.secret_name(name)
         secret = await self.kube.read_secret(namespace, secret_name)
         if secret is None:
@@ -355,18 +355,50 @@ class CredentialReconciler:
         others = snowflake_keys.conflicting(
             meta["name"], spec, await self.kube.list_objects(WHC_PLURAL, meta["namespace"])
         )
-        current = conditions.find(status.get("conditions"), reasons.KEY_CONFLICT) or {}
         if not others:
-            return [conditions.Want(reasons.KEY_CONFLICT, "False", reasons.NO_CONFLICT)] if current else []
+            return self._unflagged(status, reasons.KEY_CONFLICT, reasons.NO_CONFLICT)
         assert spec.snowflake is not None
         message = (
             f"WarehouseCredential {', '.join(others)} in this namespace also names Snowflake user "
             f"{spec.snowflake.user!r} of account {spec.snowflake.account!r}: their ALTER USER statements would "
             "overwrite each other's key slots; use one credential per Snowflake user"
         )
+        return await self._flagged(obj, status, reasons.KEY_CONFLICT, reasons.SAME_SNOWFLAKE_USER, message)
+
+    async def _workspace_conflict(
+        self, obj: JSON, status: JSON, spec: WarehouseCredentialSpec
+    ) -> list[conditions.Want]:
+        """Braze takes one Snowflake user for one workspace only: flag a user whose integrations go to several."""
+        if spec.snowflake is None:
+            return []
+        namespace = obj["metadata"]["namespace"]
+        workspaces = snowflake_keys.braze_workspaces(
+            obj["metadata"]["name"],
+            spec,
+            await self.kube.list_objects(WHC_PLURAL, namespace),
+            await self.kube.list_objects(CDI_PLURAL, namespace),
+        )
+        if len(workspaces) < 2:
+            return self._unflagged(status, reasons.WORKSPACE_CONFLICT, reasons.ONE_WORKSPACE)
+        listed = "; ".join(f"{', '.join(names)} to {workspace}" for workspace, names in workspaces.items())
+        message = (
+            f"Snowflake user {spec.snowflake.user!r} of account {spec.snowflake.account!r} is used for several Braze "
+            f"workspaces ({listed}); Braze refuses one Snowflake user for several workspaces: give each workspace "
+            "its own user and WarehouseCredential"
+        )
+        return await self._flagged(obj, status, reasons.WORKSPACE_CONFLICT, reasons.SEVERAL_WORKSPACES, message)
+
+    async def _flagged(self, obj: JSON, status: JSON, kind: str, reason: str, message: str) -> list[conditions.Want]:
+        """Condition `kind` True with `reason`; a Warning Event when that is news."""
+        current = conditions.find(status.get("conditions"), kind) or {}
         if current.get("message") != message or current.get("status") != "True":
-            await self.kube.event(obj, "Warning", reasons.KEY_CONFLICT, message)
-        return [conditions.Want(reasons.KEY_CONFLICT, "True", reasons.SAME_SNOWFLAKE_USER, message)]
+            await self.kube.event(obj, "Warning", kind, message)
+        return [conditions.Want(kind, "True", reason, message)]
+
+    @staticmethod
+    def _unflagged(status: JSON, kind: str, reason: str) -> list[conditions.Want]:
+        """Condition `kind` False with `reason`, when it was ever set."""
+        return [conditions.Want(kind, "False", reason)] if conditions.find(status.get("conditions"), kind) else []
 
     # --- the owned Secret (its values never reach a log, an Event or the status) ---
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -85,14 +86,29 @@ def parse_spec(obj: JSON) -> CdiIntegrationSpec | str:
         return spec_error(exc)
 
 
-def _source_key(obj: JSON) -> tuple[str, str] | None:
+def _source_key(obj: JSON, credentials: Mapping[str, WarehouseCredentialSpec]) -> tuple[str, str] | None:
+    """What makes two integrations read the same table: the table's address in the warehouse when the credential
+    is known (whatever credential names the warehouse), else the credential's name and the table."""
     spec = obj.get("spec") or {}
     try:
         source = SourceTable.model_validate(spec.get("source") or {})
         credential = str((spec.get("credentialRef") or {})["name"])
     except (ValidationError, KeyError, TypeError):
         return None
-    return credential, source.display().lower()
+    if credential in credentials:
+        return "table", credentials[credential].table_address(source)
+    return f"credential {credential}", source.display().lower()
+
+
+def credential_specs(objects: list[JSON]) -> dict[str, WarehouseCredentialSpec]:
+    """The valid specs of these WarehouseCredential objects, by name."""
+    specs = {}
+    for obj in objects:
+        try:
+            specs[str(obj["metadata"]["name"])] = WarehouseCredentialSpec.model_validate(obj.get("spec") or {})
+        except (ValidationError, KeyError, TypeError):
+            continue
+    return specs
 
 
 def _age_key(obj: JSON) -> tuple[str, str]:
@@ -100,10 +116,16 @@ def _age_key(obj: JSON) -> tuple[str, str]:
     return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
 
 
-def find_duplicate(obj: JSON, others: list[JSON]) -> str | None:
-    """The name of an older integration of the namespace on the same credential and table, or None. The oldest
-    (by creation time, then name) keeps the table; the others are rejected."""
-    key = _source_key(obj)
+_SourceIndex = tuple[dict[tuple[str, str], list[JSON]], dict[str, WarehouseCredentialSpec]]
+
+
+def find_duplicate(
+    obj: JSON, others: list[JSON], credentials: Mapping[str, WarehouseCredentialSpec] | None = None
+) -> str | None:
+    """The name of an older integration of the namespace on the same table (through any credential), or None. The
+    oldest (by creation time, then name) keeps the table; the others are rejected."""
+    credentials = credentials or {}
+    key = _source_key(obj, credentials)
     if key is None:
         return None
     name = (obj.get("metadata") or {}).get("name")
@@ -111,7 +133,7 @@ def find_duplicate(obj: JSON, others: list[JSON]) -> str | None:
         meta = other.get("metadata") or {}
         if meta.get("name") == name or meta.get("deletionTimestamp"):
             continue
-        if _source_key(other) == key and _age_key(other) < _age_key(obj):
+        if _source_key(other, credentials) == key and _age_key(other) < _age_key(obj):
             return str(meta.get("name"))
     return None
 
@@ -202,7 +224,7 @@ class IntegrationReconciler:
         self.kube = kube
         self.settings = settings
         self.observer = observer
-        self._by_source: SharedList[dict[tuple[str, str], list[JSON]]] = SharedList(self._list_by_source)
+        self._by_source: SharedList[_SourceIndex] = SharedList(self._list_by_source)
         # (namespace, name) -> (digest, monotonic time) of the runner access last applied: three writes per
         # integration and resync would otherwise be most of the operator's API traffic at scale.
         self._runner_access: dict[tuple[str, str], tuple[str, float]] = {}
@@ -216,22 +238,22 @@ class IntegrationReconciler:
         await self.kube.apply_runner_access(manifests)
         self._runner_access[(namespace, name)] = (digest, time.monotonic())
 
-    async def _list_by_source(self, namespace: str) -> dict[tuple[str, str], list[JSON]]:
+    async def _list_by_source(self, namespace: str) -> _SourceIndex:
+        credentials = credential_specs(await self.kube.list_objects(WHC_PLURAL, namespace))
         index: dict[tuple[str, str], list[JSON]] = {}
         for other in await self.kube.list_objects(CDI_PLURAL, namespace):
-            key = _source_key(other)
+            key = _source_key(other, credentials)
             if key is not None:
                 index.setdefault(key, []).append(other)
-        return index
+        return index, credentials
 
-    async def same_source(self, obj: JSON) -> list[JSON]:
-        """The integrations of obj's namespace on its credential and table (obj included), from a LIST at least as
-        fresh as this call, shared with concurrent reconciles (listing.py)."""
-        key = _source_key(obj)
-        if key is None:
-            return []
-        index = await self._by_source.get(str((obj.get("metadata") or {}).get("namespace")))
-        return index.get(key, [])
+    async def same_source(self, obj: JSON) -> tuple[list[JSON], dict[str, WarehouseCredentialSpec]]:
+        """The integrations of obj's namespace on its table, through any credential (obj included), and the
+        namespace's credentials, from LISTs at least as fresh as this call, shared with concurrent reconciles
+        (listing.py)."""
+        index, credentials = await self._by_source.get(str((obj.get("metadata") or {}).get("namespace")))
+        key = _source_key(obj, credentials)
+        return (index.get(key, []) if key is not None else []), credentials
 
     async def reconcile(self, namespace: str, name: str) -> None:
         obj = await self.kube.get(CDI_PLURAL, namespace, name)
@@ -298,14 +320,14 @@ class _Run:
         if isinstance(spec, str):
             await self.stop(Phase.FAILED, reasons.INVALID_SPEC, f"{self.where}: {spec}")
             return
-        duplicate = find_duplicate(self.obj, await self.reconciler.same_source(self.obj))
+        duplicate = find_duplicate(self.obj, *await self.reconciler.same_source(self.obj))
         if duplicate is not None:
             await self.stop(
                 Phase.DRAFT,
                 reasons.DUPLICATE_TABLE,
-                f"CdiIntegration {duplicate} already syncs {spec.source.display()} with credential "
-                f"{spec.credential_ref.name}; two integrations on one table would send each row twice. Delete this "
-                f"one or {duplicate}",
+                f"CdiIntegration {duplicate} already syncs {spec.source.display()} (whatever credential names the "
+                f"warehouse); two integrations on one table would send each row twice. Delete this one or "
+                f"{duplicate}",
             )
             return
         credential = await self.kube.get(WHC_PLURAL, self.namespace, spec.credential_ref.name)

@@ -107,7 +107,7 @@ class OperatorSettings:
     braze_default_secret_name: str | None = None
     braze_default_secret_key: str = "api-key"
     metrics_port: int = 8080
-    connection_test_timeout: float = 300.0
+    connection_test_timeout: float = 600.0
     resync_seconds: float = 60.0
     retest_failed_seconds: float = 600.0
     webhook: WebhookSettings = WebhookSettings()
@@ -170,7 +170,7 @@ class OperatorSettings:
             braze_default_secret_name=secret_name,
             braze_default_secret_key=secret_key,
             metrics_port=_port(env, ENV_METRICS_PORT, 8080),
-            connection_test_timeout=_seconds(env, ENV_CONNECTION_TEST_TIMEOUT, 300.0, minimum=1.0),
+            connection_test_timeout=_seconds(env, ENV_CONNECTION_TEST_TIMEOUT, 600.0, minimum=1.0),
             resync_seconds=_seconds(env, ENV_RESYNC_SECONDS, 60.0, minimum=0.5),
             retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
             webhook=WebhookSettings.from_env(env),

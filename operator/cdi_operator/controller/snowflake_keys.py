@@ -259,3 +259,26 @@ def conflicting(name: str, spec: WarehouseCredentialSpec, others: list[dict[str,
         if isinstance(account, str) and isinstance(user, str) and (account.lower(), quote_user(user)) == mine:
             names.append(str(meta.get("name")))
     return sorted(names)
+
+
+def braze_workspaces(
+    name: str, spec: WarehouseCredentialSpec, credentials: list[Any], integrations: list[Any]
+) -> dict[str, list[str]]:
+    """The Braze workspaces the namespace's integrations send to as `spec`'s Snowflake user (through credential
+    `name` or another one for the same account and user), each with its integrations' names, sorted. A workspace is
+    told by the REST endpoint and the API-key Secret an integration names (the operator never reads Secrets);
+    an integration without spec.braze uses the runner's default settings."""
+    if not isinstance(spec.snowflake, SnowflakeSpec):
+        return {}
+    same_user = {name, *conflicting(name, spec, credentials)}
+    found: dict[str, list[str]] = {}
+    for obj in integrations:
+        meta, ispec = obj.get("metadata") or {}, obj.get("spec") or {}
+        if meta.get("deletionTimestamp") or (ispec.get("credentialRef") or {}).get("name") not in same_user:
+            continue
+        braze = ispec.get("braze") or {}
+        ref = braze.get("apiKeySecretRef") or {}
+        endpoint = braze.get("restEndpoint") or "the runner's default endpoint"
+        key = f"Secret {ref.get('name')}/{ref.get('key')}" if ref else "the runner's default API key"
+        found.setdefault(f"{endpoint} with {key}", []).append(str(meta.get("name")))
+    return {workspace: sorted(names) for workspace, names in sorted(found.items())}

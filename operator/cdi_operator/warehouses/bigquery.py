@@ -5,10 +5,12 @@ Credentials: the service-account JSON key from `spec.bigquery.serviceAccountKeyS
 billing project) and `spec.bigquery.location` when set. The key needs roles/bigquery.jobUser on that project and
 roles/bigquery.dataViewer on the source dataset (or table/view).
 
-Tests and local runs point the client at a stand-in with `CDI_BIGQUERY_API_ENDPOINT=http://host:port`. The key is
-still parsed and checked (a malformed key fails with AuthFailed exactly as in production), but requests then go
-out with anonymous credentials: service-account credentials fetch their token from oauth2.googleapis.com, which a
-stand-in cannot play.
+Requests carry a self-signed JWT (`always_use_jwt_access`, Google's AIP-4111): the token is signed with the key's
+private key and scoped, so no OAuth exchange with oauth2.googleapis.com is needed, and a stand-in can verify it with
+the key's public half. `connect()` makes one request, a dry-run `SELECT 1` job (free, and it needs jobs.create on
+the billing project), so that a revoked key or a missing role fails the credential's connection test.
+
+Tests and local runs point the client at a stand-in with `CDI_BIGQUERY_API_ENDPOINT=http://host:port`.
 
 Reading: one query job per read, `SELECT <columns> FROM <table> WHERE UPDATED_AT >= @since AND UPDATED_AT <= @until
 ORDER BY UPDATED_AT`, the bounds as typed query parameters (TIMESTAMP, or DATETIME / DATE
@@ -32,6 +34,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -42,7 +45,6 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core.client_info import ClientInfo
 from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
@@ -70,13 +72,13 @@ _KEY_FIELDS = ("type", "project_id", "private_key", "client_email", "token_uri")
 
 
 def connect(settings: BigQuerySpec, secrets: Mapping[tuple[str, str], str]) -> BigQueryWarehouse:
-    """A client for `settings.project`; raises WarehouseError(AuthFailed) for a malformed key. No request is made
-    here: the first describe or query shows whether BigQuery accepts the key."""
+    """A client for `settings.project`, checked with one dry-run job; raises WarehouseError (AuthFailed for a
+    malformed, revoked or disabled key, PermissionDenied without jobs.create)."""
     key_text = secret_value(secrets, settings.service_account_key_secret_ref)
     info = _parse_key(key_text, settings)
     try:
         sa_credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=SCOPES
+            info, scopes=SCOPES, always_use_jwt_access=True
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise WarehouseError(
@@ -85,16 +87,20 @@ def connect(settings: BigQuerySpec, secrets: Mapping[tuple[str, str], str]) -> B
             f"private_key could not be read); download a new JSON key for the service account",
         ) from None
     endpoint = os.environ.get(ENDPOINT_ENV, "").strip() or None
-    anonymous: Credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-    credentials: Credentials = anonymous if endpoint else sa_credentials
     client = bigquery.Client(
         project=settings.project,
-        credentials=credentials,
+        credentials=sa_credentials,
         location=settings.location,
         client_info=ClientInfo(user_agent=USER_AGENT),  # type: ignore[no-untyped-call]
         client_options=ClientOptions(api_endpoint=endpoint) if endpoint else None,
     )
-    return BigQueryWarehouse(client, settings, info, endpoint or "https://bigquery.googleapis.com")
+    warehouse = BigQueryWarehouse(client, settings, info, endpoint or "https://bigquery.googleapis.com")
+    try:
+        warehouse.check_access()
+    except WarehouseError:
+        warehouse.close()
+        raise
+    return warehouse
 
 
 def quote_ident(name: str) -> str:
@@ -141,6 +147,17 @@ class BigQueryWarehouse(SqlWarehouse):
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+
+    def check_access(self) -> None:
+        """A dry-run job in the billing project: it authenticates the key and needs jobs.create, and costs nothing."""
+        config = bigquery.QueryJobConfig(dry_run=True, use_query_cache=False, use_legacy_sql=False)
+        try:
+            self._client.query(
+                "SELECT 1", job_config=config, retry=self._retry, job_retry=None, timeout=HTTP_TIMEOUT_SECONDS
+            )
+        except _CLIENT_ERRORS as exc:
+            project = self._settings.project
+            raise self._failure(exc, Table((project, ""), shown=f"project {project}")) from None
 
     # --- the adapter's own part -------------------------------------------------------------------------------
 
@@ -320,17 +337,22 @@ def _classify(
         return FailureReason.QUERY_FAILED, f"BigQuery refused the query on {table.display} ({reason})"
     if isinstance(exc, api_exceptions.NotFound):
         where = f" in location {settings.location}" if settings.location else ""
-        if "Not found: Dataset" in text:
+        # "Not found: Dataset p:d" / "Not found: Table p:d.t" from BigQuery; other servers word it differently
+        # ("dataset d is not found"): the first of the words names what is missing.
+        said = " ".join(str(e.get("message", "")) for e in exc.errors if isinstance(e, dict)) or text
+        missing = re.search(r"(?<![\w./:-])(project|dataset|table)(?![\w-])", said, re.I)
+        what = missing.group(1).lower() if missing else ""
+        if what == "dataset":
             return FailureReason.DATABASE_MISSING, (
                 f"dataset {project}:{dataset} does not exist{where} or {email} cannot see it: check "
                 f"spec.source.dataset/project and spec.bigquery.location"
             )
-        if "Not found: Project" in text:
+        if what == "project":
             return FailureReason.DATABASE_MISSING, (
                 f"project {project} does not exist or {email} cannot see it: check spec.source.project "
                 f"and spec.bigquery.project"
             )
-        if "Not found: Table" in text:
+        if what == "table":
             return FailureReason.TABLE_MISSING, (
                 f"table or view {table.display} does not exist{where}: check spec.source.table"
             )

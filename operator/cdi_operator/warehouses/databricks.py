@@ -43,9 +43,10 @@ from cdi_operator.warehouses.sql import Dialect, Select, SqlWarehouse, Table, as
 ENDPOINT_ENV = "CDI_DATABRICKS_ENDPOINT"
 HTTPS_PORT = 443
 CONNECT_TIMEOUT_SECONDS = 30.0
-# How long a starting warehouse (HTTP 503/429) is waited for before the sync reports WarmingUp. The connector
-# allows 1..86400; a classic warehouse usually starts within about five minutes, a serverless one in seconds.
-WARM_UP_WAIT_SECONDS = 240.0
+# How long a starting warehouse (HTTP 503/429) is waited for before the sync or connection test reports WarmingUp.
+# The connector allows 1..86400; a classic or pro warehouse starts in 2-5 minutes, a serverless one in seconds:
+# seven minutes cover the slowest start with margin. The operator's connection-test timeout is longer still.
+WARM_UP_WAIT_SECONDS = 420.0
 # Pause between retries while the warehouse starts (the connector waits at least this long; its floor is 5 s).
 WARM_UP_POLL_SECONDS = 10.0
 SOCKET_TIMEOUT_SECONDS = 900.0

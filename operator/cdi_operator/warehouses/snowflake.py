@@ -77,6 +77,7 @@ ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION
 _AUTH_ERRNOS = frozenset({390100, 390101, 390102, 390103, 390104, 390144, 390145, 390318, 394300, 251008})
 _ROLE_ERRNOS = frozenset({390186, 390189})
 _NO_WAREHOUSE = 606
+_WAREHOUSE_SUSPENDED = 608
 _DOES_NOT_EXIST = 2003
 _OBJECT_MISSING = 2043
 _INVALID_IDENTIFIER = 904
@@ -364,6 +365,13 @@ def _classify(
         return FailureReason.PERMISSION_DENIED, (
             f"role {role!r} is not granted to user {settings.user!r}: GRANT ROLE {role} TO USER {settings.user}, "
             f"or fix spec.snowflake.role"
+        )
+    if errno == _WAREHOUSE_SUSPENDED or re.match(r"^warehouse '[^']*' is suspended", lowered):
+        wh = settings.warehouse
+        return FailureReason.WAREHOUSE_SUSPENDED, (
+            f"warehouse {wh!r} is suspended and does not resume by itself: ALTER WAREHOUSE {wh} SET AUTO_RESUME = "
+            f"TRUE; or resume it before the syncs with ALTER WAREHOUSE {wh} RESUME, which needs OPERATE (GRANT "
+            f"OPERATE ON WAREHOUSE {wh} TO ROLE …)"
         )
     if errno == _NO_WAREHOUSE or "no active warehouse" in lowered or _WAREHOUSE_MISSING.match(lowered):
         return FailureReason.WAREHOUSE_MISSING, (

@@ -1,0 +1,236 @@
+"""The `googlesql` tier: the BigQuery adapter through the official google-cloud-bigquery client against goccy's
+bigquery-emulator (bigquery_emulator.py), whose GoogleSQL analyzer is the one BigQuery's SQL is defined by.
+
+The SQL the adapter emits meets GoogleSQL's parser and strict typing here: backtick paths, typed @parameters
+(TIMESTAMP with microseconds, DATE for a DATE column: GoogleSQL refuses to compare across types), JSON / RECORD /
+REPEATED / NUMERIC values, `tables.get` schemas and paging through jobs.getQueryResults past 30,000 rows.
+
+What this tier does not cover (the DuckDB stand-in of test_warehouse_bigquery.py keeps those):
+- error classification: the emulator answers a failed query with 500 `jobInternalError` and an unknown table with
+  its own text, so only the verdicts that come from `tables.get` (missing table or dataset) and from the schema
+  (missing column, wrong type) are checked here; the client gets a short retry deadline so a 500 cannot hang a test;
+- DATETIME: the emulator turns a DATETIME query parameter into a TIMESTAMP (and then, rightly, refuses to compare
+  it with a DATETIME column), so a DATETIME UPDATED_AT is only checked on the stand-in, by the parameter type sent;
+- authentication and IAM: the emulator takes any request; permissions, job polling (jobs finish at once), quotas,
+  locations, partitioned tables and the Storage Read API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bigquery_emulator import BigQueryEmulator
+from contract_rows import ROWS
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from sources import Source, integration_spec
+from test_contract import assert_contract_delivered
+from test_contract import braze as braze  # the Braze emulator fixture
+from test_warehouse_bigquery import PROJECT, SECRET, sa_key, spec
+
+from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller.connection import check_integration
+from cdi_operator.warehouses import FailureReason, ReadWindow
+from cdi_operator.warehouses import bigquery as bq
+
+# A query the emulator fails can leave its job without results, so that the client polls for ever: bound each test.
+pytestmark = [pytest.mark.googlesql, pytest.mark.timeout(180)]
+COLUMNS_DAY = ["UPDATED_AT", "EXTERNAL_ID"]
+__all__ = ["sa_key"]  # the service-account key fixture
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+FAR = datetime(2030, 1, 1, tzinfo=UTC)
+CONTRACT_SCHEMA = [
+    bigquery.SchemaField("UPDATED_AT", "TIMESTAMP"),
+    *(bigquery.SchemaField(n, "STRING") for n in ("EXTERNAL_ID", "ALIAS_NAME", "ALIAS_LABEL", "BRAZE_ID", "EMAIL")),
+    bigquery.SchemaField("PHONE", "STRING"),
+    bigquery.SchemaField("PAYLOAD", "JSON"),
+]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
+    with BigQueryEmulator(PROJECT, tmp_path_factory.mktemp("bq") / "emulator.log") as server:
+        yield server
+
+
+@pytest.fixture
+def client(emulator: BigQueryEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[bigquery.Client]:
+    """The tests' own client (setup), and the adapter pointed at the emulator with a short retry deadline."""
+    monkeypatch.setenv(bq.ENDPOINT_ENV, emulator.url)
+    monkeypatch.setattr(bq, "RETRY_SECONDS", 3.0)
+    setup = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=emulator.url),
+    )
+    yield setup
+    setup.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def dataset(client: bigquery.Client, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = "ds_" + request.node.name.split("[")[0].removeprefix("test_")[:40]
+    client.create_dataset(name, exists_ok=True)
+    yield name
+    client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+
+
+def table(
+    client: bigquery.Client, dataset: str, name: str, schema: list[bigquery.SchemaField], rows: list[Any]
+) -> None:
+    client.create_table(bigquery.Table(f"{PROJECT}.{dataset}.{name}", schema=schema))
+    if rows:
+        errors = client.insert_rows_json(f"{PROJECT}.{dataset}.{name}", rows)
+        assert not errors, errors
+
+
+def contract_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    values = dict(zip([f.name for f in CONTRACT_SCHEMA], row, strict=True))
+    values["UPDATED_AT"] = values["UPDATED_AT"] and values["UPDATED_AT"].isoformat()
+    values["PAYLOAD"] = json.dumps(values["PAYLOAD"], ensure_ascii=False)
+    return values
+
+
+def open_warehouse(key: str) -> bq.BigQueryWarehouse:
+    return bq.connect(spec(), {SECRET: key})
+
+
+def test_contract_through_googlesql(
+    client: bigquery.Client, dataset: str, sa_key: str, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    table(client, dataset, "contract", CONTRACT_SCHEMA, [contract_json(r) for r in ROWS])
+    source = Source("bigquery", {"project": PROJECT, "schema": dataset, "key_json": json.dumps(sa_key)})
+    assert_contract_delivered(source, braze, tmp_path)
+
+
+def test_record_repeated_numeric_and_microsecond_bounds(client: bigquery.Client, dataset: str, sa_key: str) -> None:
+    schema = [
+        bigquery.SchemaField("UPDATED_AT", "TIMESTAMP"),
+        bigquery.SchemaField("EXTERNAL_ID", "STRING"),
+        bigquery.SchemaField(
+            "PAYLOAD",
+            "RECORD",
+            fields=[
+                bigquery.SchemaField("plan", "STRING"),
+                bigquery.SchemaField("price", "NUMERIC"),
+                bigquery.SchemaField("since", "DATE"),
+                bigquery.SchemaField("tags", "STRING", mode="REPEATED"),
+            ],
+        ),
+    ]
+    stamps = [T0 + timedelta(microseconds=us) for us in (1, 2, 3)]
+    table(
+        client,
+        dataset,
+        "typed",
+        schema,
+        [
+            {
+                "UPDATED_AT": s.isoformat(),
+                "EXTERNAL_ID": f"u-{i}",
+                "PAYLOAD": {"plan": "pro", "price": "9.90", "since": "2025-12-31", "tags": ["a", "b"]},
+            }
+            for i, s in enumerate(stamps)
+        ],
+    )
+    wh = open_warehouse(sa_key)
+    try:
+        described = {c.name: c.type for c in wh.describe([dataset, "typed"]).columns}
+        chunks = list(
+            wh.read_changes(
+                [dataset, "typed"],
+                ["UPDATED_AT", "EXTERNAL_ID", "PAYLOAD"],
+                "UPDATED_AT",
+                ReadWindow(stamps[1], FAR),
+                10,
+            )
+        )
+    finally:
+        wh.close()
+    assert described == {"UPDATED_AT": "TIMESTAMP", "EXTERNAL_ID": "STRING", "PAYLOAD": "STRUCT"}
+    rows = [r for c in chunks for r in c]
+    assert [r[0] for r in rows] == stamps[1:], "a TIMESTAMP parameter keeps its microseconds"
+    assert rows[0][2] == {"plan": "pro", "price": Decimal("9.90"), "since": date(2025, 12, 31), "tags": ["a", "b"]}
+
+
+def test_a_date_column_is_compared_with_a_date_parameter(client: bigquery.Client, dataset: str, sa_key: str) -> None:
+    schema = [bigquery.SchemaField("UPDATED_AT", "DATE"), bigquery.SchemaField("EXTERNAL_ID", "STRING")]
+    rows = [{"UPDATED_AT": day, "EXTERNAL_ID": f"u-{day}"} for day in ("2026-02-28", "2026-03-01", "2026-03-02")]
+    table(client, dataset, "by_day", schema, rows)
+    wh = open_warehouse(sa_key)
+    try:
+        window = ReadWindow(T0, T0 + timedelta(hours=6))  # bounds on 2026-03-01: DATE parameters of that day
+        got = [r for c in wh.read_changes([dataset, "by_day"], COLUMNS_DAY, "UPDATED_AT", window, 10) for r in c]
+    finally:
+        wh.close()
+    assert got == [(datetime(2026, 3, 1, tzinfo=UTC), "u-2026-03-01")]
+
+
+def test_pages_past_thirty_thousand_rows(client: bigquery.Client, dataset: str, sa_key: str) -> None:
+    client.query(
+        f"CREATE TABLE `{PROJECT}.{dataset}.users` AS SELECT "
+        "TIMESTAMP_ADD(TIMESTAMP '2026-03-01 12:00:00+00', INTERVAL DIV(x, 2) SECOND) AS UPDATED_AT, "
+        "CONCAT('u-', CAST(x AS STRING)) AS EXTERNAL_ID, TO_JSON(STRUCT(x AS n)) AS PAYLOAD "
+        "FROM UNNEST(GENERATE_ARRAY(0, 30999)) AS x"
+    ).result()
+    wh = open_warehouse(sa_key)
+    try:
+        chunks = list(
+            wh.read_changes(
+                [dataset, "users"], ["UPDATED_AT", "EXTERNAL_ID", "PAYLOAD"], "UPDATED_AT", ReadWindow(None, FAR), 7000
+            )
+        )
+        after = wh.count_after([dataset, "users"], "UPDATED_AT", T0 + timedelta(seconds=15_498))
+        undated = wh.count_undated([dataset, "users"], "UPDATED_AT")
+    finally:
+        wh.close()
+    rows = [r for c in chunks for r in c]
+    assert len(rows) == 31_000 and all(0 < len(c) <= 7000 for c in chunks)
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    last = rows[-1][2] if isinstance(rows[-1][2], dict) else json.loads(rows[-1][2])
+    assert last["n"] in (30_998, 30_999), "rows tied on UPDATED_AT may come in either order"
+    assert (after, undated) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("schema", "source_table", "reason"),
+    [
+        ([("UPDATED_AT", "TIMESTAMP"), ("EXTERNAL_ID", "STRING")], "missing", FailureReason.TABLE_MISSING),
+        (
+            [("UPDATED_AT", "STRING"), ("EXTERNAL_ID", "STRING"), ("PAYLOAD", "JSON")],
+            "users",
+            FailureReason.COLUMN_TYPE,
+        ),
+        ([("EXTERNAL_ID", "STRING"), ("PAYLOAD", "JSON")], "users", FailureReason.COLUMN_MISSING),
+    ],
+)
+def test_connection_test_verdicts(
+    client: bigquery.Client,
+    dataset: str,
+    sa_key: str,
+    schema: list[tuple[str, str]],
+    source_table: str,
+    reason: FailureReason,
+) -> None:
+    table(client, dataset, "users", [bigquery.SchemaField(n, t) for n, t in schema], [])
+    outcome = check_integration(credential(), {SECRET: sa_key}, integration(dataset, source_table))
+    assert (outcome.result, outcome.reason) == ("Failed", reason.value), outcome.message
+    missing_dataset = check_integration(credential(), {SECRET: sa_key}, integration("no_such_dataset", "users"))
+    assert missing_dataset.reason == FailureReason.DATABASE_MISSING.value, missing_dataset.message
+
+
+def integration(dataset: str, name: str) -> CdiIntegrationSpec:
+    return integration_spec({"project": PROJECT, "dataset": dataset, "table": name})
+
+
+def credential() -> WarehouseCredentialSpec:
+    return WarehouseCredentialSpec(type="bigquery", bigquery=spec())  # type: ignore[arg-type]
