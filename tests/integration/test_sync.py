@@ -262,6 +262,32 @@ def test_ties_late_rows_updates_and_reruns(source: Source, braze: BrazeEmulator,
     assert fourth.record["rowsSynced"] == 0
 
 
+def test_another_table_starts_from_the_beginning(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(5, "new-a", {"v": 1}), user_row(6, "new-b", {"v": 1})])
+    source.create_table(
+        "old_users", ATTRIBUTE_COLUMNS, [user_row(1, "old-a", {"v": 1}), user_row(2, "old-b", {"v": 1})]
+    )
+    state = tmp_path / "state.json"
+    first = sync(source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url), state)
+    assert first.record["rowsSynced"] == 2 and "sourceChanged" not in first.record
+    users_source = _saved_watermark(state)["source"]
+    assert users_source.endswith(".users")
+
+    # Rows of the other table older than the watermark are sent all the same, and the record says why.
+    moved = sync(source.manifest(tmp_path / "m.yaml", "old_users", "customAttributes", braze.url), state)
+    assert moved.record["rowsSynced"] == 2
+    assert moved.record["sourceChanged"] == users_source
+    assert "started from the beginning" in moved.record["message"]
+    assert _saved_watermark(state)["source"] == users_source.removesuffix("users") + "old_users"
+    assert (
+        sync(source.manifest(tmp_path / "m.yaml", "old_users", "customAttributes", braze.url), state).record[
+            "rowsSynced"
+        ]
+        == 0
+    )
+    assert sorted(external_ids(braze.tracked("attributes"))) == ["new-a", "new-b", "old-a", "old-b"]
+
+
 def test_a_row_dated_in_the_future_does_not_freeze_the_sync(
     source: Source, braze: BrazeEmulator, tmp_path: Path
 ) -> None:

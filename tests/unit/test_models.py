@@ -379,6 +379,7 @@ def test_integration_round_trips_by_alias() -> None:
         "chunkRows": 5000,
         "maxRowsPerRun": 500_000_000,
         "checkpointSeconds": 1.0,
+        "timeoutSeconds": 3600,
     }
     assert CdiIntegration.model_validate(dumped) == integration
     assert CdiIntegration.model_validate(integration.model_dump(by_alias=True)) == integration
@@ -427,6 +428,7 @@ def test_watermark_round_trips_with_aliases() -> None:
         "updatedAt": "2026-01-02T03:04:05.123456Z",
         "boundaryFingerprints": ["a"],
         "boundaryComplete": False,
+        "source": None,
     }
     assert Watermark.model_validate(dumped) == watermark
     assert Watermark.model_validate({"updatedAt": T0}).boundary_fingerprints == []

@@ -55,6 +55,7 @@ def test_file_is_readable_json_keyed_by_namespace_and_name(tmp_path: Path) -> No
         "updatedAt": "2026-03-01T12:00:00.654321Z",
         "boundaryFingerprints": ["f1"],
         "boundaryComplete": False,
+        "source": None,
     }
 
 

@@ -23,6 +23,8 @@ CDI_PLURAL, WHC_PLURAL = "cdiintegrations", "warehousecredentials"
 SYNC_NOW_ANNOTATION = f"{GROUP}/sync-now"
 TEST_CONNECTION_ANNOTATION = f"{GROUP}/test-connection"
 ROTATE_KEY_ANNOTATION = f"{GROUP}/rotate-key"
+REWIND_ANNOTATION = f"{GROUP}/rewind"
+REWIND_FULL = "full"
 
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
@@ -315,6 +317,46 @@ class SyncOptions(Model):
         description="Least time between two saves of progress during a sync. After a crash, a run re-sends at most "
         "the rows acknowledged in this time plus those that were in flight.",
     )
+    timeout_seconds: int = Field(
+        default=3600,
+        ge=10,
+        le=3600,
+        alias="timeoutSeconds",
+        description="A run is stopped after this (the Job's activeDeadlineSeconds) and recorded as Error with "
+        "reason DeadlineExceeded; the next run continues from its watermark. Braze expects a sync's queries to "
+        "finish within an hour.",
+    )
+
+
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$",
+        max_length=32,
+        description="A Kubernetes quantity, e.g. '500m', '1' or '1Gi' (quoted in YAML).",
+    ),
+]
+
+
+class ResourceList(Model):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    ephemeral_storage: Quantity | None = Field(default=None, alias="ephemeral-storage")
+
+
+class ResourceRequirements(Model):
+    """Requests and limits of the runner container, as in a Pod spec."""
+
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class RunnerOptions(Model):
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Requests and limits of this integration's runner pods; unset: the chart's runner.resources. "
+        "A key set here replaces that key of the default (requests and limits separately).",
+    )
 
 
 class CatalogSpec(Model):
@@ -347,6 +389,7 @@ class CdiIntegrationSpec(Model):
         description="customAttributes only: rows for users Braze does not know are skipped by Braze instead of "
         "creating them (each object is sent with _update_existing_only: true).",
     )
+    runner: RunnerOptions | None = None
 
     @model_validator(mode="after")
     def _catalog_matches_data_type(self) -> Self:
@@ -407,6 +450,12 @@ class Watermark(Model):
         "UPDATED_AT): the next sync skips them all, and a row written later with this same UPDATED_AT is missed, "
         "like any write dated before the watermark.",
     )
+    source: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The warehouse and table this watermark belongs to (runner/source_identity.py): a run on "
+        "another source starts from the beginning.",
+    )
 
 
 class RowErrorSample(Model):
@@ -446,6 +495,19 @@ class RunSummary(Model):
         description="Braze responses of this run by 'ENDPOINT:CODE' (e.g. '/users/track:201'), for the operator's "
         "cdi_braze_requests_total.",
     )
+    source_changed: str | None = Field(
+        default=None,
+        alias="sourceChanged",
+        max_length=1024,
+        description="The source of the saved watermark, when it was another (spec.source or the credential's "
+        "warehouse changed): this run started from the beginning of the new source.",
+    )
+    rewound_to: str | None = Field(
+        default=None,
+        alias="rewoundTo",
+        max_length=64,
+        description="The cdi.ingest.dev/rewind this run applied: the time it re-sent the rows after, or 'full'.",
+    )
 
 
 class Condition(Model):
@@ -472,6 +534,13 @@ class ConnectionTest(Model):
     )
 
 
+class PendingRewind(Model):
+    value: str = Field(max_length=256, description="The annotation's value.")
+    to: datetime | None = Field(
+        default=None, description="Re-send the rows with UPDATED_AT after this; null: every row (full)."
+    )
+
+
 class CdiIntegrationStatus(Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     phase: Phase | None = None
@@ -482,6 +551,12 @@ class CdiIntegrationStatus(Model):
     runs: list[RunSummary] = Field(default_factory=list, max_length=10)
     last_handled_sync_now: str | None = Field(default=None, alias="lastHandledSyncNow")
     last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
+    last_handled_rewind: str | None = Field(default=None, alias="lastHandledRewind")
+    pending_rewind: PendingRewind | None = Field(
+        default=None,
+        alias="pendingRewind",
+        description="Set by the operator when it accepts a cdi.ingest.dev/rewind; the next run applies and clears it.",
+    )
     last_notified_failure: str | None = Field(
         default=None,
         alias="lastNotifiedFailure",

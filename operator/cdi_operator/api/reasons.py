@@ -77,6 +77,10 @@ SUSPENDED: Final = "Suspended"  # spec.suspend; also its Event
 SYNC_NOW: Final = "SyncNow"  # Event: the Job of a sync-now value was created
 SYNC_NOW_REFUSED: Final = "SyncNowRefused"  # Event: a sync-now value not acted on (not Active, or a run in progress)
 SYNC_FAILED: Final = "SyncFailed"  # Synced=False for a failed run whose message names no more precise reason
+DEADLINE_EXCEEDED: Final = "DeadlineExceeded"  # a run stopped at spec.sync.timeoutSeconds (the Job's deadline)
+TERMINATED: Final = "Terminated"  # a run whose runner got SIGTERM; the operator names the deadline when it was that
+REWIND: Final = "Rewind"  # Event: a cdi.ingest.dev/rewind value accepted into status.pendingRewind
+REWIND_REFUSED: Final = "RewindRefused"  # Event: a rewind value not acted on (a run in progress, not a time, …)
 # Synced's reason after a run is otherwise its result (RunResult: Success, Partial, LimitExceeded), the warehouse
 # reason of a failed run (FailureReason), or "Braze" and the Braze error (BrazeUnauthorized, BrazeCatalogNotFound, …).
 

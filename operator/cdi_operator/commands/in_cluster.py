@@ -8,6 +8,8 @@ Secrets, nothing more.
 Exit status as for `cdi sync -f`: 0 completed (row errors included), 1 failed as a whole, 2 bad input (a field of
 the objects, a missing Secret or key, access the ServiceAccount lacks, a missing setting). Every failure after the
 CdiIntegration was read is also written to `status.lastSync` (result Error, message), best effort.
+A rewind the operator accepted (`status.pendingRewind`) is applied before the watermark is read (runner/rewind.py);
+SIGTERM ends a run as Error `Terminated:` instead of leaving it Running (runner/termination.py).
 
 `$CDI_JOB_NAME` (runner/contract.py), when set (e.g. from the pod label `job-name` by the downward API), is
 recorded as the run's `job`.
@@ -40,8 +42,11 @@ from cdi_operator.commands.common import (
 from cdi_operator.commands.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
 from cdi_operator.runner.contract import ENV_JOB_NAME
+from cdi_operator.runner.rewind import apply_pending_rewind
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
+from cdi_operator.runner.termination import MESSAGE as stopped_message
+from cdi_operator.runner.termination import cancel_on_sigterm
 from cdi_operator.warehouses.base import WarehouseError
 
 log = logging.getLogger(__name__)
@@ -179,6 +184,8 @@ async def in_cluster_sync_command(
         except (BadInput, ManifestError) as exc:
             raise _Failed(str(exc), EXIT_BAD_INPUT) from None
         try:
+            if not dry_run:
+                store.rewound_to = await asyncio.to_thread(apply_pending_rewind, store, job.source)
             await asyncio.to_thread(store.load_watermark)  # an unusable watermark is found before anything is sent
             if not dry_run:
                 running = RunSummary(trigger=trigger, started_at=started, result=RunResult.RUNNING)
@@ -208,20 +215,26 @@ async def in_cluster_sync_command(
         label = f"{endpoint}:{code}"
         braze_requests[label] = braze_requests.get(label, 0) + 1
 
-    try:
-        if settings is None or dry_run:
-            summary, run = await run_sync(job, warehouse, None, store, trigger=trigger, on_progress=view)
-        else:
-            async with BrazeClient(settings, on_response=count_response) as client:
-                summary, run = await run_sync(job, warehouse, client, store, trigger=trigger, on_progress=view)
-    except (KubeError, StatusStoreError) as exc:
-        message = f"cannot save progress in the CdiIntegration's status: {exc}"
-        print(f"error: {message}", file=sys.stderr)
-        await asyncio.to_thread(_record_failure, store, trigger, started, message)
-        print_result(out, output, key, None, None, failure=message)
-        return EXIT_FAILED
-    finally:
-        await asyncio.to_thread(warehouse.close)
+    with cancel_on_sigterm() as stop:
+        try:
+            if settings is None or dry_run:
+                summary, run = await run_sync(job, warehouse, None, store, trigger=trigger, on_progress=view)
+            else:
+                async with BrazeClient(settings, on_response=count_response) as client:
+                    summary, run = await run_sync(job, warehouse, client, store, trigger=trigger, on_progress=view)
+        except (KubeError, StatusStoreError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not stop.requested:
+                raise
+            message = (
+                stopped_message if stop.requested else f"cannot save progress in the CdiIntegration's status: {exc}"
+            )
+            print(f"error: {message}", file=sys.stderr)
+            if not dry_run:
+                await asyncio.to_thread(_record_failure, store, trigger, started, message)
+            print_result(out, output, key, None, None, failure=message)
+            return EXIT_FAILED
+        finally:
+            await asyncio.to_thread(warehouse.close)
     if braze_requests and summary.braze_requests is None:
         summary = summary.model_copy(update={"braze_requests": dict(braze_requests)})
     print_result(out, output, key, summary, run.dry_run_report)

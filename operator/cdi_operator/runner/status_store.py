@@ -1,9 +1,10 @@
 """The StateStore of a runner pod: the watermark and the last sync in the CdiIntegration's status.
 
 The runner owns exactly two status fields, `status.watermark` and `status.lastSync`; the operator owns the rest
-(`conditions`, `phase`, `runs`, …). Every write is a JSON merge patch of only those two fields to `/status`, with
-`metadata.resourceVersion` as a precondition; on a conflict (409) the store re-reads the object and sends the same
-fields again with the new resourceVersion, a few times. Since the fields are the runner's alone, re-sending them is
+(`conditions`, `phase`, `runs`, …; a run clears `status.pendingRewind` when it applies it, see rewind.py). Every
+write is a JSON merge patch of only those two fields to `/status`, with `metadata.resourceVersion` as a
+precondition; on a conflict (409) the store re-reads the object and sends the same fields again with the new
+resourceVersion, a few times. Since the fields are the runner's alone, re-sending them is
 always right; the precondition guards against writing on top of an object that was deleted and re-created.
 
 A merge patch replaces lists and deletes keys whose value is null, so the store sends each of its objects whole,
@@ -55,6 +56,7 @@ class CrStatusStore:
         self.resource_version = resource_version
         self.braze_requests = braze_requests  # live counts; copied into the summary record_run writes
         self.job = job  # the Job of this run, written into the summaries that have none
+        self.rewound_to: str | None = None  # the rewind this run applied (rewind.py), likewise
         self.retries = retries
         self.conflicts = 0  # 409s met, for tests and logs
         self._lock = threading.Lock()
@@ -119,4 +121,6 @@ class CrStatusStore:
         """The summary with unset fields as null, so that a merge patch removes them from the previous lastSync."""
         if summary.job is None and self.job is not None:
             summary = summary.model_copy(update={"job": self.job})
+        if summary.rewound_to is None and self.rewound_to is not None:
+            summary = summary.model_copy(update={"rewound_to": self.rewound_to})
         return summary.model_dump(mode="json", by_alias=True)

@@ -35,6 +35,7 @@ from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_col
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
+from cdi_operator.runner.source_identity import source_changed, source_identity
 from cdi_operator.runner.state import StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
@@ -58,6 +59,7 @@ class SyncJob:
     max_objects_per_request: int = 75
     catalog: str | None = None  # catalogItems: the Braze catalog's name
     update_existing_only: bool = False
+    source: str | None = None  # source_identity.py; None: a watermark of any source is kept
 
     @classmethod
     def for_integration(cls, integration: CdiIntegration, credential: WarehouseCredential) -> SyncJob:
@@ -75,6 +77,7 @@ class SyncJob:
             max_objects_per_request=braze.max_objects_per_request if braze else 75,
             catalog=integration.spec.catalog.name if integration.spec.catalog else None,
             update_existing_only=integration.spec.update_existing_only,
+            source=source_identity(credential.spec, integration.spec.source),
         )
 
 
@@ -177,6 +180,7 @@ class SyncRun:
         self.future_rows = 0
         self.undated_rows = 0
         self.limit_exceeded = False
+        self.source_changed: str | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdi-reader")
         self._failure: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -203,6 +207,15 @@ class SyncRun:
     async def execute(self) -> RunSummary:
         started = self.now()
         watermark_before = self._saved = await self._in_reader(self.store.load_watermark)
+        self.source_changed = source_changed(watermark_before, self.job.source)
+        if self.source_changed is not None:
+            log.warning(
+                "%s: the watermark belongs to %s, not %s: starting from the beginning",
+                self.job.key,
+                self.source_changed,
+                self.job.source,
+            )
+            watermark_before = self._saved = None
         self.frontier = Frontier(watermark_before)
         try:
             plan = await self._plan()
@@ -250,6 +263,7 @@ class SyncRun:
             watermark=self.frontier.updated_at if self.braze is None else (self._saved and self._saved.updated_at),
             message=message,
             row_errors=self.row_errors,
+            source_changed=self.source_changed,
         )
         if self.braze is not None:
             await asyncio.to_thread(self.store.record_run, summary)
@@ -479,6 +493,8 @@ class SyncRun:
             self.frontier.advance()
             watermark = self.frontier.watermark(tie_group_read=self._tie_group_read)
             self.frontier.changed = False
+            if watermark is not None and watermark.source != self.job.source:
+                watermark = watermark.model_copy(update={"source": self.job.source})
             if watermark is None or watermark == self._saved:
                 return
             try:
@@ -506,6 +522,8 @@ class SyncRun:
 
     def _message(self) -> str:
         parts = []
+        if self.source_changed is not None:
+            parts.append(f"started from the beginning of {self.job.source}: the watermark was {self.source_changed}'s")
         if self.limit_exceeded:
             parts.append(
                 f"stopped at spec.sync.maxRowsPerRun={self.job.options.max_rows_per_run}; the next run continues"
