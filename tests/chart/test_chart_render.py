@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import filecmp
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from cryptography import x509
 from harness.helm import CHART, EVERY_OPTION, find, lint, render
 
+from cdi_operator.api.models import ResourceList
 from cdi_operator.controller import admission
 from cdi_operator.controller.settings import OperatorSettings
 
@@ -40,6 +42,8 @@ def test_helm_lint_strict_passes(values: dict[str, Any]) -> None:
         ({"image": {"digest": "latest"}}, "/image/digest"),
         ({"operator": {"watchNamespaces": ["Team_A"]}}, "/operator/watchNamespaces/0"),
         ({"prometheusRule": {"rowErrorRatio": 5}}, "/prometheusRule/rowErrorRatio"),
+        ({"runner": {"resources": {"limits": {"memory": "lots"}}}}, "/runner/resources/limits/memory"),
+        ({"runner": {"resources": {"limits": {"gpu": "1"}}}}, "/runner/resources/limits"),
     ],
 )
 def test_values_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], names: str) -> None:
@@ -56,6 +60,12 @@ def test_chart_crds_are_the_generated_crds() -> None:
         f"charts/cdi-operator/crds/ differs from crds/ ({mismatch or errors}); "
         "run: python -m cdi_operator.api.crds --out crds/ && cp crds/*.yaml charts/cdi-operator/crds/"
     )
+
+
+def test_runner_resources_take_the_quantities_the_crd_takes() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    model = ResourceList.model_json_schema()["properties"]["cpu"]["anyOf"][0]
+    assert schema["definitions"]["quantity"]["pattern"] == model["pattern"]
 
 
 def test_one_operator_at_a_time_under_pod_security_restricted() -> None:
@@ -94,6 +104,9 @@ def test_the_operator_accepts_the_settings_the_chart_gives_it(tmp_path: Path) ->
     assert settings.webhook.mode == "chart" and settings.webhook.failure_policy == "Fail"
     assert settings.leader_lease == (NAMESPACE, "cdi-operator")
     assert settings.runner_service_account is None  # one least-privilege account per integration
+    resources = settings.runner_resources
+    assert resources is not None and resources.requests is not None and resources.limits is not None
+    assert (resources.requests.cpu, resources.requests.memory, resources.limits.memory) == ("250m", "256Mi", "1Gi")
     secret_env = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in container["env"]

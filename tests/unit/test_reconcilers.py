@@ -404,6 +404,108 @@ async def test_sync_now(world: World, case: SyncNowCase) -> None:
     assert [e.reason for e in world.kube.events if e.reason.startswith(reasons.SYNC_NOW)] == sync_now_events
 
 
+# --- rewind ---------------------------------------------------------------------------------------------------
+
+
+REWIND = "cdi.ingest.dev/rewind"
+WATERMARK = {"updatedAt": "2026-01-01T12:00:00Z"}
+
+
+@dataclass(frozen=True)
+class RewindCase:
+    id: str
+    setup: Callable[[World], None]
+    value: str
+    pending: dict[str, Any] | None  # status.pendingRewind afterwards
+    event: str
+
+
+def _synced(w: World) -> None:
+    _active(w)
+    w.kube.objects[(CDI_PLURAL, NS, "users")]["status"] = {"watermark": WATERMARK}
+
+
+def _synced_and_busy(w: World) -> None:
+    _unfinished_job(w)
+    w.kube.objects[(CDI_PLURAL, NS, "users")]["status"] = {"watermark": WATERMARK}
+
+
+REWIND_CASES = [
+    RewindCase("full", _synced, "full", {"value": "full"}, reasons.REWIND),
+    RewindCase(
+        "to-a-time",
+        _synced,
+        "2026-01-01T10:00:00+02:00",
+        {"value": "2026-01-01T10:00:00+02:00", "to": "2026-01-01T08:00:00+00:00"},
+        reasons.REWIND,
+    ),
+    RewindCase("full-while-draft", _credential_missing, "full", {"value": "full"}, reasons.REWIND),
+    RewindCase("busy-job", _synced_and_busy, "full", None, reasons.REWIND_REFUSED),
+    RewindCase("not-a-time", _synced, "yesterday", None, reasons.REWIND_REFUSED),
+    RewindCase("no-zone", _synced, "2026-01-01T10:00:00", None, reasons.REWIND_REFUSED),
+    RewindCase("after-the-watermark", _synced, "2026-01-02T00:00:00Z", None, reasons.REWIND_REFUSED),
+    RewindCase("a-time-without-a-watermark", _active, "2026-01-01T00:00:00Z", None, reasons.REWIND_REFUSED),
+]
+
+
+@pytest.mark.parametrize("case", REWIND_CASES, ids=lambda c: c.id)
+async def test_rewind(world: World, case: RewindCase) -> None:
+    case.setup(world)
+    world.kube.annotate(CDI_PLURAL, NS, "users", **{REWIND: case.value})
+
+    await world.integrations().reconcile(NS, "users")
+
+    status = world.status()
+    assert status["lastHandledRewind"] == case.value
+    assert status.get("pendingRewind") == case.pending
+    rewind_events = [e for e in world.kube.events if e.reason.startswith(reasons.REWIND)]
+    assert [e.reason for e in rewind_events] == [case.event]
+    assert case.value in rewind_events[0].message
+
+    # Handled once per value.
+    await world.integrations().reconcile(NS, "users")
+    assert len([e for e in world.kube.events if e.reason.startswith(reasons.REWIND)]) == 1
+
+
+# --- a run stopped at its Job's deadline -------------------------------------------------------------------------
+
+
+async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceeded(world: World) -> None:
+    _active(world)
+    reconciler = world.integrations(Observer(env={}))
+    await reconciler.reconcile(NS, "users")
+    running = {"trigger": "schedule", "job": "users-29000000", "startedAt": "2026-01-01T03:00:05Z", "result": "Running"}
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = running
+    stopped = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
+    world.kube.jobs[(NS, "users-29000000")] = {
+        "metadata": {"name": "users-29000000", "namespace": NS, "labels": {"cdi.ingest.dev/integration": "users"}},
+        "spec": {"activeDeadlineSeconds": 3600},
+        "status": {
+            "startTime": "2026-01-01T03:00:00Z",
+            "conditions": [{**stopped, "lastTransitionTime": "2026-01-01T04:00:00Z"}],
+        },
+    }
+    events = len(world.kube.events)
+
+    await reconciler.reconcile(NS, "users")
+
+    status = world.status()
+    last = status["lastSync"]
+    assert (last["result"], last["finishedAt"], last["startedAt"]) == (
+        "Error",
+        "2026-01-01T04:00:00+00:00",
+        running["startedAt"],
+    )
+    assert last["message"].startswith("DeadlineExceeded: ") and "timeoutSeconds=3600" in last["message"]
+    assert status["runs"] == [last]
+    found = condition(status, reasons.SYNCED)
+    assert (found["status"], found["reason"]) == ("False", reasons.DEADLINE_EXCEEDED)
+    assert [e.reason for e in world.kube.events[events:]] == [reasons.DEADLINE_EXCEEDED]
+
+    await reconciler.reconcile(NS, "users")  # recorded once
+    assert world.status()["lastSync"] == last and len(world.kube.events) == events + 1
+
+
 # --- finished runs: history, Synced, Events ------------------------------------------------------------------
 
 

@@ -36,11 +36,12 @@ from cdi_operator.api.models import (
     WarehouseCredentialSpec,
 )
 from cdi_operator.api.snowflake_key import resolved_spec
-from cdi_operator.controller import conditions, connection, observability, sync_now
+from cdi_operator.controller import conditions, connection, deadline, observability, rewind, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.listing import SharedList
+from cdi_operator.controller.resources import merged as merged_resources
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.controller.status import StatusWriter
@@ -180,6 +181,9 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
         "env": env,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    resources = merged_resources(settings.runner_resources, spec.runner.resources if spec.runner else None)
+    if resources:
+        container["resources"] = resources
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -201,6 +205,7 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
                 "metadata": {"labels": labels},
                 "spec": {
                     "backoffLimit": 2,
+                    "activeDeadlineSeconds": spec.sync.timeout_seconds,
                     "template": {
                         "metadata": {"labels": labels},
                         "spec": {
@@ -309,6 +314,7 @@ class _Run:
         changed = self.status.get("phase") != phase.value or _reason(self.status, reasons.STALLED) != reason
         if changed and not self.tested:  # a test that just failed has had its own Event
             await self.kube.event(self.obj, "Warning", reason, message)
+        await self.handle_rewind()
         await self.handle_sync_now(phase, None)
 
     async def go(self) -> None:
@@ -374,7 +380,7 @@ class _Run:
             manifests = build_runner_access(self.obj, spec, credential_spec, labels)
             await self.reconciler.ensure_runner_access(self.namespace, self.name, manifests)
         manifest = build_cronjob(self.obj, spec, self.settings, suspend=spec.suspend)
-        await self.kube.apply_cronjob(manifest)
+        await self.record_deadline(await self.kube.apply_cronjob(manifest))
         await ensure_in_use_finalizer(self.kube, credential, self.where)
         message = (
             "scheduled syncs are paused (spec.suspend)"
@@ -384,6 +390,7 @@ class _Run:
         self.set(phase, conditions.ready(phase.value, message))
         if self.status.get("phase") != phase.value:
             await self.kube.event(self.obj, "Normal", phase.value, f"{self.where} is {phase.value}: {message}")
+        await self.handle_rewind()
         await self.handle_sync_now(phase, manifest)
 
     async def test(
@@ -455,6 +462,33 @@ class _Run:
         else:
             await self.kube.event(self.obj, "Warning", reasons.SYNC_NOW_REFUSED, decision.message)
         self.writer.set(last_handled_sync_now=decision.value)
+
+    async def record_deadline(self, cronjob: JSON | None) -> None:
+        """A run its Job's deadline stopped, recorded in status.lastSync (deadline.py)."""
+        last = self.status.get("lastSync")
+        if not deadline.should_check(last, cronjob):
+            return
+        record = deadline.stopped_run(await self.kube.list_jobs(self.namespace, selector(self.name)), last)
+        if record is None:
+            return
+        self.writer.set(last_sync=record)
+        runs = runs_with_last_sync({"lastSync": record, "runs": self.writer.get("runs")})
+        if runs is not None:
+            self.writer.set(runs=runs)
+
+    async def handle_rewind(self) -> None:
+        """A new cdi.ingest.dev/rewind: accepted into status.pendingRewind or refused, with an Event (rewind.py).
+        Flushed at once, so that a sync-now of the same reconcile starts a run that sees it."""
+        if rewind.requested_value(self.obj) is None:
+            return
+        decision = rewind.decide(self.obj, await self.kube.list_jobs(self.namespace, selector(self.name)))
+        if decision.decision is rewind.Decision.ACCEPT:
+            self.writer.set(pending_rewind=decision.pending)
+            await self.kube.event(self.obj, "Normal", reasons.REWIND, decision.message)
+        else:
+            await self.kube.event(self.obj, "Warning", reasons.REWIND_REFUSED, decision.message)
+        self.writer.set(last_handled_rewind=decision.value)
+        await self.writer.flush()
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
         """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py)."""

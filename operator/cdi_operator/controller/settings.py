@@ -7,6 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cdi_operator.api.models import ResourceRequirements
+from cdi_operator.controller.resources import ENV_RUNNER_RESOURCES, ResourcesError, parse_default
+
 ENV_RUNNER_IMAGE = "CDI_RUNNER_IMAGE"
 ENV_RUNNER_IMAGE_PULL_POLICY = "CDI_RUNNER_IMAGE_PULL_POLICY"
 ENV_RUNNER_SERVICE_ACCOUNT = "CDI_RUNNER_SERVICE_ACCOUNT"
@@ -112,6 +115,7 @@ class OperatorSettings:
     retest_failed_seconds: float = 600.0
     webhook: WebhookSettings = WebhookSettings()
     leader_lease: tuple[str, str] | None = None  # (namespace, name)
+    runner_resources: ResourceRequirements | None = None  # the chart's runner.resources
 
     @property
     def clusterwide(self) -> bool:
@@ -161,6 +165,10 @@ class OperatorSettings:
             raise SettingsError(
                 f"${ENV_LEADER_ELECTION_LEASE} {lease!r} is not NAMESPACE/NAME of a Lease, e.g. cdi-system/cdi-operator"
             )
+        try:
+            runner_resources = parse_default(env.get(ENV_RUNNER_RESOURCES))
+        except ResourcesError as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             runner_image=image,
             runner_service_account=account,
@@ -175,6 +183,7 @@ class OperatorSettings:
             retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
             webhook=WebhookSettings.from_env(env),
             leader_lease=(lease_parts[0], lease_parts[1]) if lease_parts else None,
+            runner_resources=runner_resources,
         )
 
 
