@@ -22,21 +22,21 @@ from typing import Any
 
 import pytest
 import test_operator_observability as observability
-from aiosmtpd.controller import Controller
 from harness import LocalKubelet
 from harness.helpers import pod_logs, wait_until
 from harness.operator import OperatorProcess
 from harness.postgres import connect, redshift_credential, sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
-from test_operator_observability import Mailbox, free_port, jobs_finished
+from test_operator_observability import BRAZE_KEY, Mailbox, jobs_finished
+from test_operator_observability import braze as braze  # the emulator and the SMTP server
+from test_operator_observability import smtp as smtp
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
-BRAZE_KEY = "e2e-resets-braze-key"
 CONTACT = "data-team@example.com"
 TIMEOUT_SECONDS = 20  # room for a runner to start on a busy machine before it hangs
 WAIT = 120
@@ -44,22 +44,6 @@ BASE = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=3
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[tuple[Mailbox, int]]:
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield mailbox, port
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
-def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
-        yield emulator
 
 
 @pytest.fixture(scope="module")
