@@ -25,7 +25,6 @@ from cdi_operator.controller.integration import build_cronjob
 from cdi_operator.controller.resources import merged
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
 from cdi_operator.runner.rewind import rewound_watermark
-from cdi_operator.runner.source_identity import source_changed, source_identity
 from cdi_operator.runner.termination import MESSAGE, cancel_on_sigterm
 
 OBJ: dict[str, Any] = {"metadata": {"name": "users", "namespace": "ns", "uid": "u1"}, "spec": SPEC}
@@ -175,38 +174,29 @@ def table(**parts: str) -> SourceTable:
     return SourceTable.model_validate(parts)
 
 
-def test_source_identity_names_the_warehouse_and_table_not_the_login() -> None:
+def test_a_watermarks_source_is_the_table_not_the_login() -> None:
     users = table(database="DEV", schema="Public", table="Users")
-    assert source_identity(credential("redshift"), users) == "redshift://c.example.com:5439/dev.public.users"
+    assert credential("redshift").table_address(users) == "redshift://c.example.com:5439/dev.public.users"
+    redshift = credential("redshift").table_address(users)
     rotated = credential("redshift", user="other", passwordSecretRef={"name": "new", "key": "p"}, ssl=False)
-    assert source_identity(rotated, users) == source_identity(credential("redshift"), users)
-    assert source_identity(credential("redshift", host="d.example.com"), users) != source_identity(
-        credential("redshift"), users
-    )
-    snowflake = source_identity(credential("snowflake"), users)
-    assert snowflake == source_identity(credential("snowflake", user="v", role="q", warehouse="big"), users)
-    assert snowflake != source_identity(credential("snowflake", account="org-other"), users)
+    assert rotated.table_address(users) == redshift
+    assert credential("redshift", host="d.example.com").table_address(users) != redshift
+    snowflake = credential("snowflake").table_address(users)
+    assert snowflake == credential("snowflake", user="v", role="q", warehouse="big").table_address(users)
+    assert snowflake != credential("snowflake", account="org-other").table_address(users)
     bq = table(dataset="crm", table="users")
-    assert source_identity(credential("bigquery"), bq) == "bigquery://my-project/my-project.crm.users"
-    assert source_identity(credential("bigquery", location="EU"), bq) == source_identity(credential("bigquery"), bq)
-    assert source_identity(credential("bigquery"), table(project="other", dataset="crm", table="users")) != (
-        source_identity(credential("bigquery"), bq)
+    assert credential("bigquery").table_address(bq) == "bigquery:///my-project.crm.users"
+    assert credential("bigquery", location="EU").table_address(bq) == credential("bigquery").table_address(bq)
+    assert credential("bigquery").table_address(table(project="other", dataset="crm", table="users")) != (
+        credential("bigquery").table_address(bq)
     )
     db = table(schema="crm", table="users")
-    assert source_identity(credential("databricks", catalog="main"), db) == (
+    assert credential("databricks", catalog="main").table_address(db) == (
         "databricks://x.databricks.com/main.crm.users"
     )
-    assert source_identity(credential("databricks", catalog="main", httpPath="/sql/2"), db) == (
-        source_identity(credential("databricks", catalog="main"), table(catalog="main", schema="crm", table="users"))
+    assert credential("databricks", catalog="main", httpPath="/sql/2").table_address(db) == (
+        credential("databricks", catalog="main").table_address(table(catalog="main", schema="crm", table="users"))
     )
-
-
-def test_a_watermark_of_another_source_is_not_kept() -> None:
-    mark = Watermark(updated_at=T0, source="redshift://a:5439/db.s.t")
-    assert source_changed(mark, "redshift://a:5439/db.s.other") == "redshift://a:5439/db.s.t"
-    assert source_changed(mark, "redshift://a:5439/db.s.t") is None
-    assert source_changed(Watermark(updated_at=T0), "redshift://a:5439/db.s.t") is None  # saved before identities
-    assert source_changed(None, "x") is None
 
 
 # --- rewind ---------------------------------------------------------------------------------------------------------

@@ -453,8 +453,8 @@ class Watermark(Model):
     source: str | None = Field(
         default=None,
         max_length=1024,
-        description="The warehouse and table this watermark belongs to (runner/source_identity.py): a run on "
-        "another source starts from the beginning.",
+        description="The address of the table this watermark belongs to (warehouse and table, not the credential): "
+        "a run on another table starts from the beginning.",
     )
 
 

@@ -35,7 +35,6 @@ from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_col
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
-from cdi_operator.runner.source_identity import source_changed, source_identity
 from cdi_operator.runner.state import StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
@@ -59,7 +58,7 @@ class SyncJob:
     max_objects_per_request: int = 75
     catalog: str | None = None  # catalogItems: the Braze catalog's name
     update_existing_only: bool = False
-    source: str | None = None  # source_identity.py; None: a watermark of any source is kept
+    source: str | None = None  # the table's address (table_address); None: a watermark of any source is kept
 
     @classmethod
     def for_integration(cls, integration: CdiIntegration, credential: WarehouseCredential) -> SyncJob:
@@ -77,7 +76,7 @@ class SyncJob:
             max_objects_per_request=braze.max_objects_per_request if braze else 75,
             catalog=integration.spec.catalog.name if integration.spec.catalog else None,
             update_existing_only=integration.spec.update_existing_only,
-            source=source_identity(credential.spec, integration.spec.source),
+            source=credential.spec.table_address(integration.spec.source),
         )
 
 
@@ -207,8 +206,10 @@ class SyncRun:
     async def execute(self) -> RunSummary:
         started = self.now()
         watermark_before = self._saved = await self._in_reader(self.store.load_watermark)
-        self.source_changed = source_changed(watermark_before, self.job.source)
-        if self.source_changed is not None:
+        # The watermark belongs to the table it was made on; one saved before watermarks named it is kept.
+        saved_on = watermark_before.source if watermark_before is not None else None
+        if saved_on is not None and self.job.source is not None and saved_on != self.job.source:
+            self.source_changed = saved_on
             log.warning(
                 "%s: the watermark belongs to %s, not %s: starting from the beginning",
                 self.job.key,
