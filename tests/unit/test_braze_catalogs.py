@@ -142,7 +142,7 @@ async def test_out_of_space_is_sync_level_not_split(emu: BrazeEmulator) -> None:
 async def test_catalog_requests_are_paced_apart_from_track(emu: BrazeEmulator) -> None:
     settings = BrazeSettings(rest_endpoint=emu.url, api_key=KEY, requests_per_second=1000)
     braze = BrazeClient(settings)
-    assert braze._catalog_bucket._interval == pytest.approx(60 / 16_000)
+    assert braze._budgets["catalog"].limit == 16_000 and braze._budgets["track"].limit == 3_000
     assert braze._bucket._interval == pytest.approx(1 / 1000)
 
 

@@ -1,8 +1,9 @@
 """The asyncio client for Braze's `/users/track`, `/users/delete` and catalog item REST endpoints.
 
 One `BrazeClient` owns one aiohttp session. Many tasks call `track()` / `delete()` concurrently; the client bounds
-the requests in flight (`max_in_flight`), paces them with a token bucket (`requests_per_second`), retries what is
-worth retrying and raises `BrazeError` for what needs a human.
+the requests in flight (`max_in_flight`), paces each endpoint family on the workspace's budget shared with every other
+run (`budget.py`: Braze's `X-RateLimit-*` headers, minus a reserve) and within this run's own cap
+(`requests_per_second`, a token bucket), retries what is worth retrying and raises `BrazeError` for what needs a human.
 
 Decisions where BRAZE-API.md is silent:
 
@@ -20,15 +21,14 @@ Decisions where BRAZE-API.md is silent:
 - `SendResult.errors`: Braze's 201 `errors` list, keyed by the index of the object the item names when it names
   the array that was sent and an index inside the request; every other item (no index, another array, an index out
   of range, not an object) goes under key -1 as text. Several items for one key are joined with "; ".
-- Catalogs (`catalog_put()`, `catalog_delete()`: `PUT` / `DELETE /catalogs/{name}/items`, at most 50 items) are
-  paced by a bucket of their own at the lower of `requests_per_second` and 16,000 a minute (the asynchronous item
-  endpoints' limit). A 400 whose errors are about items (`invalid-ids`, `invalid-fields`, ...) splits the request in
-  halves, again and again, until each offending item is alone: the good items are delivered, and each offending
-  item comes back in `SendResult.errors` as `"<Braze's error id>: <message>"`. `catalog-not-found` (a 404, or in a
-  400's errors) and "the catalog tier is out of space" (an error id in `catalog_out_of_space_errors`, or a message
-  saying "out of space"; Braze does not document its id) are `BrazeError`s `CatalogNotFound` / `CatalogOutOfSpace`:
-  nothing more can be delivered to that catalog. `catalogs()` lists the catalogs with their fields (`GET /catalogs`,
-  following the `Link` header's `rel="next"`).
+- Catalogs (`catalog_put()`, `catalog_delete()`: `PUT` / `DELETE /catalogs/{name}/items`, at most 50 items) are paced
+  on the budget of the asynchronous item endpoints (16,000 a minute by default). A 400 whose errors are about items
+  (`invalid-ids`, `invalid-fields`, ...) splits the request in halves, again and again, until each offending item is
+  alone: the good items are delivered, and each offending item comes back in `SendResult.errors` as `"<Braze's error
+  id>: <message>"`. `catalog-not-found` (a 404, or in a 400's errors) and "the catalog tier is out of space" (an error
+  id in `catalog_out_of_space_errors`, or a message saying "out of space"; Braze does not document its id) are
+  `BrazeError`s `CatalogNotFound` / `CatalogOutOfSpace`: nothing more can be delivered to that catalog. `catalogs()`
+  lists the catalogs with their fields (`GET /catalogs`, following the `Link` header's `rel="next"`).
 - The API key is only ever put in the Authorization header. Braze's messages quoted in errors are cut at 300
   characters and have any occurrence of the key replaced by `***`.
 """
@@ -49,9 +49,10 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from cdi_operator.braze.budget import BudgetExhausted, SharedBudget, WorkspaceBudget
+
 __all__ = [
     "CATALOG_ITEM_LIMIT",
-    "CATALOG_REQUESTS_PER_SECOND",
     "DELETE_LIMIT",
     "RATE_LIMITED_ATTEMPTS",
     "BrazeClient",
@@ -70,7 +71,6 @@ DELETE_PATH = "/users/delete"
 CATALOGS_PATH = "/catalogs"
 DELETE_LIMIT = 50
 CATALOG_ITEM_LIMIT = 50
-CATALOG_REQUESTS_PER_SECOND = 16_000 / 60  # shared by the asynchronous catalog item endpoints
 CATALOG_NOT_FOUND = "catalog-not-found"
 CATALOG_OUT_OF_SPACE = "catalog-out-of-space"  # our name: Braze's pages do not give this error's id
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
@@ -95,6 +95,7 @@ class BrazeSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     max_rate_limit_wait: float = 300.0
+    budget: WorkspaceBudget = field(default_factory=WorkspaceBudget)
     catalog_out_of_space_errors: frozenset[str] = frozenset({CATALOG_OUT_OF_SPACE})
 
     def __post_init__(self) -> None:
@@ -188,8 +189,11 @@ class BrazeClient:
         self._semaphore = asyncio.Semaphore(settings.max_in_flight)
         burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)
-        catalog_rate = min(settings.requests_per_second, CATALOG_REQUESTS_PER_SECOND)
-        self._catalog_bucket = _TokenBucket(catalog_rate, max(1.0, min(float(settings.max_in_flight), catalog_rate)))
+        budget = settings.budget
+        self._budgets = {
+            family: SharedBudget(limit, budget.reserve, budget.share_without_headers)
+            for family, limit in (("track", budget.track), ("delete", budget.delete), ("catalog", budget.catalog))
+        }
         self._paused_until = 0.0  # time.monotonic() before which no request starts (429 / remaining 0)
         self._random = random.Random()
 
@@ -314,9 +318,9 @@ class BrazeClient:
     async def _send(
         self, method: str, path: str, body: bytes, array: str, count: int, *, catalog: bool = False
     ) -> SendResult:
-        bucket = self._catalog_bucket if catalog else self._bucket
+        family = self._budgets["catalog" if catalog else "track" if path == TRACK_PATH else "delete"]
         endpoint = f"{method} /catalogs/items" if catalog else path
-        status, _, payload, total = await self._request(method, endpoint, self._base + path, body, bucket, path)
+        status, _, payload, total = await self._request(method, endpoint, self._base + path, body, family, path)
         errors = {} if catalog else _map_errors(payload, array, count)
         return SendResult(status=status, queued=status == 202 and not catalog, errors=errors, attempts=total)
 
@@ -326,7 +330,7 @@ class BrazeClient:
         endpoint: str,
         url: str,
         body: bytes | None,
-        bucket: _TokenBucket | None,
+        budget: SharedBudget | None,
         path: str | None = None,
     ) -> tuple[int, Mapping[str, str], bytes, int]:
         """(status, headers, body, attempts) of a 2xx; retries what is worth it, raises BrazeError otherwise.
@@ -341,7 +345,15 @@ class BrazeClient:
         while True:
             total += 1
             try:
-                status, headers, payload = await self._attempt(method, url, body, bucket)
+                status, headers, payload = await self._attempt(method, url, body, budget)
+            except BudgetExhausted as exc:
+                raise BrazeError(
+                    "RateLimitWaitExceeded",
+                    f"{shown}: this workspace's rate budget is spent for the next {exc.wait:.0f} s, more than "
+                    f"max_rate_limit_wait={self.settings.max_rate_limit_wait:g} s; lower requestsPerSecond or the "
+                    "load other clients put on this workspace's REST API, or retry later",
+                    429,
+                ) from None
             except _RETRYABLE_EXCEPTIONS as exc:
                 code = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
                 self._hook(endpoint, code)
@@ -364,8 +376,9 @@ class BrazeClient:
             raise self._fatal(shown, status, payload)
 
     async def _attempt(
-        self, method: str, url: str, body: bytes | None, bucket: _TokenBucket | None
+        self, method: str, url: str, body: bytes | None, budget: SharedBudget | None
     ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request; `budget` None: not one of the paced endpoint families (GET /catalogs)."""
         assert self._session is not None
         async with self._semaphore:
             while True:
@@ -373,13 +386,22 @@ class BrazeClient:
                 if wait <= 0:
                     break
                 await asyncio.sleep(wait)
-            if bucket is not None:
-                await bucket.acquire()
-            async with self._session.request(
-                method, url, data=body, headers=self._headers, allow_redirects=False
-            ) as resp:
-                payload = await resp.read()
-                return resp.status, resp.headers, payload
+            if budget is None:
+                return await self._exchange(method, url, body)
+            await budget.acquire(self.settings.max_rate_limit_wait)
+            try:
+                await self._bucket.acquire()
+                status, headers, payload = await self._exchange(method, url, body)
+                budget.observe(headers, _server_now(headers))
+                return status, headers, payload
+            finally:
+                budget.release()
+
+    async def _exchange(self, method: str, url: str, body: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+        assert self._session is not None
+        async with self._session.request(method, url, data=body, headers=self._headers, allow_redirects=False) as resp:
+            payload = await resp.read()
+            return resp.status, resp.headers, payload
 
     async def _back_off(self, shown: str, attempts: int, problem: str, status: int | None) -> None:
         settings = self.settings

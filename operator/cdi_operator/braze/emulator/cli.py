@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--api-key", default="emulator-key")
     parser.add_argument(
+        "--other-api-key", action="append", default=[], help="another workspace's key, with limiters of its own"
+    )
+    parser.add_argument(
         "--record", action=argparse.BooleanOptionalAction, default=True, help="keep the objects (default: yes)"
     )
     parser.add_argument("--track-limit", type=int, default=75, help="objects per /users/track request (default 75)")
@@ -28,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--track-rate-window", type=float, default=3.0)
     parser.add_argument("--delete-rate-limit", type=int, default=20_000)
     parser.add_argument("--delete-rate-window", type=float, default=60.0)
+    parser.add_argument("--catalog-rate-limit", type=int, default=16_000)
+    parser.add_argument("--catalog-rate-window", type=float, default=60.0)
     parser.add_argument("--retry-after", action="store_true", help="send Retry-After with 429s")
     parser.add_argument("--slow-delay", type=float, default=2.0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every response takes (default 0)")
@@ -38,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 def from_args(args: argparse.Namespace) -> BrazeEmulator:
     return BrazeEmulator(
         api_key=args.api_key,
+        other_api_keys=args.other_api_key,
         host=args.host,
         port=args.port,
         record=args.record,
@@ -47,6 +53,8 @@ def from_args(args: argparse.Namespace) -> BrazeEmulator:
         track_rate_window=args.track_rate_window,
         delete_rate_limit=args.delete_rate_limit,
         delete_rate_window=args.delete_rate_window,
+        catalog_rate_limit=args.catalog_rate_limit,
+        catalog_rate_window=args.catalog_rate_window,
         retry_after=args.retry_after,
         slow_delay=args.slow_delay,
         latency=args.latency,

@@ -7,6 +7,7 @@ import math
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
@@ -38,6 +39,12 @@ LimitMode = Literal["total", "perArray"]
 _STATUS_MESSAGES = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
+WINDOW_HISTORY = 1000  # closed windows each limiter remembers (GET /_emulator/state "rate_windows")
+
+# The endpoint families, each with a limiter of its own per API key: (limit, window) come from the constructor.
+FAMILIES = ("track", "delete", "catalog", "catalog_list")
+
+
 class Window:
     """A fixed-window request counter, as Braze's per-workspace limits are."""
 
@@ -46,11 +53,14 @@ class Window:
         self.seconds = seconds
         self._start = -1.0
         self._count = 0
+        self.history: deque[tuple[float, int]] = deque(maxlen=WINDOW_HISTORY)
 
     def hit(self, now: float) -> tuple[bool, int, int]:
         """Count one request: (allowed, remaining, reset epoch second)."""
         start = math.floor(now / self.seconds) * self.seconds
         if start != self._start:
+            if self._count:
+                self.history.append((self._start, self._count))
             self._start, self._count = start, 0
         self._count += 1
         return self._count <= self.limit, max(0, self.limit - self._count), math.ceil(start + self.seconds)
@@ -60,12 +70,18 @@ class Window:
         used = self._count if start == self._start else 0
         return max(0, self.limit - used), math.ceil(start + self.seconds)
 
+    def counts(self) -> list[tuple[float, int]]:
+        """(window start in epoch seconds, requests counted) of the remembered windows, oldest first."""
+        current = [(self._start, self._count)] if self._count else []
+        return [*self.history, *current]
+
 
 class BrazeEmulator:
     def __init__(
         self,
         api_key: str = "emulator-key",
         *,
+        other_api_keys: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
         record: bool = True,
@@ -97,12 +113,16 @@ class BrazeEmulator:
         self.retry_after = retry_after
         self.slow_delay = slow_delay
         self.latency = latency  # every response waits this long: a real Braze round trip is tens of milliseconds
-        self._auth = f"Bearer {api_key}"
+        self._keys = {f"Bearer {key}": key for key in (api_key, *other_api_keys)}
         self._lock = threading.Lock()
-        self._track_window = Window(track_rate_limit, track_rate_window)
-        self._delete_window = Window(delete_rate_limit, delete_rate_window)
-        self._catalog_window = Window(catalog_rate_limit, catalog_rate_window)
-        self._catalog_list_window = Window(catalog_list_rate_limit, catalog_list_rate_window)
+        self._family_limits = {
+            "track": (track_rate_limit, track_rate_window),
+            "delete": (delete_rate_limit, delete_rate_window),
+            "catalog": (catalog_rate_limit, catalog_rate_window),
+            "catalog_list": (catalog_list_rate_limit, catalog_list_rate_window),
+        }
+        # One limiter per API key and endpoint family, across all connections, as Braze keeps them per workspace.
+        self._windows = {key: {f: Window(*self._family_limits[f]) for f in FAMILIES} for key in self._keys.values()}
         self.out_of_space_error_id = out_of_space_error_id
         self._catalog_storage_limit: int | None = None
         self._faults = Faults(seed)
@@ -156,6 +176,12 @@ class BrazeEmulator:
         """The last `request_log_size` `/users/*` requests, in the order their responses were decided."""
         with self._lock:
             return list(self._records.requests)
+
+    def window_counts(self, family: str = "track", api_key: str | None = None) -> list[tuple[float, int]]:
+        """(window start, requests counted) of the last windows of one endpoint family ("track", "delete" with
+        alias/identify/merge, "catalog", "catalog_list") for `api_key` (default: the first key), oldest first."""
+        with self._lock:
+            return self._windows[api_key or self.api_key][family].counts()
 
     @property
     def reject_external_ids(self) -> frozenset[str]:
@@ -249,6 +275,10 @@ class BrazeEmulator:
                 "pending_faults": [f.kind for f in self._faults.queued],
                 "random_faults": dict(self._faults.probabilities),
                 "record": self.record,
+                "rate_windows": {
+                    key: {family: window.counts() for family, window in windows.items()}
+                    for key, windows in self._windows.items()
+                },
             }
             total = sum(len(v) for v in self._records.tracked.values()) + len(self._records.deleted)
             if objects and self.record and total <= STATE_OBJECT_LIMIT:
@@ -268,6 +298,8 @@ class BrazeEmulator:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         app.router.add_post("/users/track", self._handle_track)
         app.router.add_post("/users/delete", self._handle_delete)
+        for path, array in _SHARED_WITH_DELETE.items():
+            app.router.add_post(path, partial(self._handle, family="delete", apply=partial(_apply_shared, array)))
         app.router.add_get("/catalogs", self._handle_catalogs)
         app.router.add_put("/catalogs/{name}/items", partial(self._handle_items, put=True))
         app.router.add_delete("/catalogs/{name}/items", partial(self._handle_items, put=False))
@@ -357,25 +389,28 @@ class BrazeEmulator:
             records.peak_in_flight = max(records.peak_in_flight, records.in_flight)
             return self._faults.next(self.slow_delay)
 
-    def _finish(self, path: str, status: int, objects: int, fault: Fault | None) -> None:
+    def _finish(self, path: str, status: int, objects: int, fault: Fault | None, at: float | None = None) -> None:
         # Called with the lock held.
-        self._records.finish(path, status, objects, fault.kind if fault else None)
+        self._records.finish(path, status, objects, fault.kind if fault else None, at)
 
     async def _handle_track(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, self._track_window, self._apply_track)
+        return await self._handle(request, "track", self._apply_track)
 
     async def _handle_delete(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, self._delete_window, self._apply_delete)
+        return await self._handle(request, "delete", self._apply_delete)
 
     async def _handle_items(self, request: web.Request, *, put: bool) -> web.StreamResponse:
-        return await self._handle(
-            request, self._catalog_window, partial(self._apply_items, request.match_info["name"], put)
-        )
+        return await self._handle(request, "catalog", partial(self._apply_items, request.match_info["name"], put))
+
+    def _windows_of(self, request: web.Request) -> dict[str, Window] | None:
+        """The limiters of the request's API key; None for a key the emulator does not know."""
+        key = self._keys.get(request.headers.get("Authorization", ""))
+        return None if key is None else self._windows[key]
 
     async def _handle(
         self,
         request: web.Request,
-        window: Window,
+        family: str,
         apply: Callable[[Any], tuple[int, dict[str, Any], int]],
     ) -> web.StreamResponse:
         path = request.path
@@ -399,37 +434,39 @@ class BrazeEmulator:
             now = time.time()
             if kind is not None and kind.startswith("http5"):
                 status = int(kind[4:])
-                self._finish(path, status, 0, fault)
+                self._finish(path, status, 0, fault, now)
                 return _json(status, {"message": _STATUS_MESSAGES[status]})
             if kind == "drop":
-                self._finish(path, 0, 0, fault)
+                self._finish(path, 0, 0, fault, now)
                 return _drop(request)
+            windows = self._windows_of(request)
             if kind == "http429":
+                window = (windows or self._windows[self.api_key])[family]
                 remaining, reset = window.peek(now)
-                self._finish(path, 429, 0, fault)
+                self._finish(path, 429, 0, fault, now)
                 return self._rate_limited(window, reset, now)
-            if request.headers.get("Authorization") != self._auth:
-                allowed, remaining, reset = window.hit(now)
-                self._finish(path, 401, 0, fault)
+            if windows is None:  # no workspace, so no limiter to count it in
+                self._finish(path, 401, 0, fault, now)
                 message = "Invalid API key" if "Authorization" in request.headers else "Missing API key"
-                return _json(401, {"message": message}, _limit_headers(window, remaining, reset))
+                return _json(401, {"message": message})
+            window = windows[family]
             allowed, remaining, reset = window.hit(now)
             if not allowed:
-                self._finish(path, 429, 0, fault)
+                self._finish(path, 429, 0, fault, now)
                 return self._rate_limited(window, reset, now)
             headers = _limit_headers(window, remaining, reset)
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                self._finish(path, 400, 0, fault)
+                self._finish(path, 400, 0, fault, now)
                 return _json(400, {"message": "Invalid JSON in request body"}, headers)
             status, response, accepted = apply(parsed)
             if status == 201 and kind == "queued":
                 status, response = 202, {"message": "queued"}
             if kind == "drop_after":
-                self._finish(path, 0, accepted, fault)
+                self._finish(path, 0, accepted, fault, now)
                 return _drop(request)
-            self._finish(path, status, accepted, fault)
+            self._finish(path, status, accepted, fault, now)
             return _json(status, response, headers)
 
     def _rate_limited(self, window: Window, reset: int, now: float) -> web.Response:
@@ -522,17 +559,15 @@ class BrazeEmulator:
     async def _handle_catalogs(self, request: web.Request) -> web.Response:
         with self._lock:
             now = time.time()
-            allowed, remaining, reset = self._catalog_list_window.hit(now)
-            if request.headers.get("Authorization") != self._auth:
+            windows = self._windows_of(request)
+            if windows is None:
                 return _json(401, {"message": "Invalid API key"})
+            window = windows["catalog_list"]
+            allowed, remaining, reset = window.hit(now)
             if not allowed:
-                return self._rate_limited(self._catalog_list_window, reset, now)
+                return self._rate_limited(window, reset, now)
             listing = [c.listing(name) for name, c in self._records.catalogs.items()]
-        return _json(
-            200,
-            {"catalogs": listing, "message": "success"},
-            _limit_headers(self._catalog_list_window, remaining, reset),
-        )
+        return _json(200, {"catalogs": listing, "message": "success"}, _limit_headers(window, remaining, reset))
 
     async def _handle_create_catalog(self, request: web.Request) -> web.Response:
         try:
@@ -606,6 +641,24 @@ class BrazeEmulator:
     async def _handle_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return _json(200, {"message": "reset"})
+
+
+# Endpoints that share /users/delete's limit (BRAZE-API.md), with the array each needs: the emulator counts them in
+# that limit and answers 201, applying nothing (no test needs their effect, only their share of the budget).
+_SHARED_WITH_DELETE = {
+    "/users/alias/new": "user_aliases",
+    "/users/identify": "aliases_to_identify",
+    "/users/merge": "merge_updates",
+}
+
+
+def _apply_shared(array: str, body: Any) -> tuple[int, dict[str, Any], int]:
+    items = body.get(array) if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        return 400, {"message": f"'{array}' must be a non-empty array"}, 0
+    if len(items) > DELETE_LIMIT:
+        return 400, {"message": "Max Input Length Exceeded"}, 0
+    return 201, {"message": "success"}, 0
 
 
 def _invalid(errors: list[dict[str, Any]]) -> dict[str, Any]:

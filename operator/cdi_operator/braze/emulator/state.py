@@ -13,7 +13,7 @@ from cdi_operator.braze.emulator.rules import FLAG_KEYS, TRACK_ARRAYS
 
 @dataclass(frozen=True)
 class RequestRecord:
-    at: float  # time.time() when the response was decided
+    at: float  # time.time() when the response was decided (and the request counted in its rate-limit window)
     path: str
     status: int  # 0: connection closed without a response
     objects: int  # objects (or identifiers) accepted
@@ -52,12 +52,12 @@ class Records:
         self.in_flight = 0
         self.peak_in_flight = 0
 
-    def finish(self, path: str, status: int, objects: int, fault: str | None) -> None:
+    def finish(self, path: str, status: int, objects: int, fault: str | None, at: float | None = None) -> None:
         """Record a `/users/*` request the emulator answered (status 0: closed without a response)."""
         self.in_flight -= 1
         self.status_counts[status] += 1
         self.counts["requests"] += 1
-        self.requests.append(RequestRecord(time.time(), path, status, objects, fault))
+        self.requests.append(RequestRecord(time.time() if at is None else at, path, status, objects, fault))
 
     def track(self, array: str, obj: dict[str, Any], key: str, id_kind: str, *, keep: bool) -> None:
         """Count an accepted object; with `keep`, store it and update the profile it names."""
