@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdi_operator.api.models import SecretKeyRef, WarehouseType
+from cdi_operator.commands.common import braze_settings
 from cdi_operator.commands.manifests import ManifestError, Manifests, load_manifests
 
 SECRET = """\
@@ -305,3 +306,44 @@ def test_validation_errors_do_not_echo_secret_values(tmp_path: Path) -> None:
         load_manifests([write(tmp_path, secret, bad_credential)])
     assert "spec.redshift.host" in str(info.value)
     assert "s3cr3t" not in str(info.value)
+
+
+WORKSPACE = """\
+apiVersion: cdi.ingest.dev/v1alpha1
+kind: BrazeWorkspace
+metadata:
+  name: prod
+spec:
+  reservePercent: 30
+  maxObjectsPerRequest: 50
+  limits:
+    usersTrack: {requests: 50000, seconds: 60}
+"""
+BRAZE = """\
+  braze:
+    workspaceRef: {name: prod}
+    restEndpoint: https://rest.iad-01.braze.com
+    apiKeySecretRef: {name: redshift, key: other}
+"""
+
+
+def test_an_integration_shares_the_budget_of_the_brazeworkspace_it_names(tmp_path: Path) -> None:
+    manifests = load_manifests([write(tmp_path, *full()[:2], integration() + BRAZE, WORKSPACE)])
+    settings = braze_settings(manifests.integration(None), manifests, None, required=True)
+    assert settings is not None
+    budget = settings.budget
+    assert (budget.track.requests, budget.track.seconds, budget.reserve) == (50_000, 60.0, 0.3)
+    assert (budget.delete.requests, budget.catalog.requests) == (20_000, 16_000)  # the defaults it left alone
+    assert settings.max_objects_per_request == 50  # the contract's, lower than the integration's default 75
+
+
+def test_without_a_brazeworkspace_the_defaults_and_a_missing_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests = load_manifests([write(tmp_path, *full()[:2], integration() + BRAZE.replace("prod", "gone"))])
+    with pytest.raises(ManifestError, match=r"workspaceRef.name 'gone' names no BrazeWorkspace in namespace 'default'"):
+        braze_settings(manifests.integration(None), manifests, None, required=True)
+    plain = load_manifests([write(tmp_path, *full())])
+    monkeypatch.setenv("CDI_BRAZE_API_KEY", "a-key")
+    settings = braze_settings(plain.integration(None), plain, "https://rest.iad-01.braze.com", required=True)
+    assert settings is not None and (settings.budget.track.requests, settings.budget.reserve) == (3000, 0.2)

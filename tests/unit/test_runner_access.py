@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec
+from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec, WorkspaceRef
 from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
 
 OBJ: dict[str, Any] = {
@@ -60,3 +60,15 @@ def test_no_secret_rule_rather_than_an_empty_one_that_would_allow_every_secret()
 def test_long_integration_names_give_valid_distinct_account_names() -> None:
     first, second = runner_account_name("a" * 250), runner_account_name("a" * 249 + "b")
     assert len(first) <= 253 and len(second) <= 253 and first != second
+
+
+def test_the_brazeworkspace_it_names_and_only_that_one() -> None:
+    assert SPEC.braze is not None
+    braze = SPEC.braze.model_copy(update={"workspace_ref": WorkspaceRef(name="prod")})
+    _, role, _ = build_runner_access(OBJ, SPEC.model_copy(update={"braze": braze}), TUNNELLED, {})
+    rules = [r for r in role["rules"] if r["resources"] == ["brazeworkspaces"]]
+    assert rules == [
+        {"apiGroups": ["cdi.ingest.dev"], "resources": ["brazeworkspaces"], "resourceNames": ["prod"], "verbs": ["get"]}
+    ]
+    _, role, _ = build_runner_access(OBJ, SPEC, TUNNELLED, {})
+    assert not [r for r in role["rules"] if r["resources"] == ["brazeworkspaces"]]

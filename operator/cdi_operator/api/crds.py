@@ -41,6 +41,8 @@ from cdi_operator.api.models import (
     GROUP,
     VERSION,
     WHC_PLURAL,
+    WORKSPACE_PLURAL,
+    BrazeWorkspace,
     CdiIntegration,
     WarehouseCredential,
     WarehouseType,
@@ -315,6 +317,17 @@ KINDS: tuple[Kind, ...] = (
         },
         list_maps={"status.conditions": ["type"]},
     ),
+    Kind(
+        model=BrazeWorkspace,
+        plural=WORKSPACE_PLURAL,
+        short_names=["bzw"],
+        printer_columns=[
+            {"name": "Reserve %", "type": "integer", "jsonPath": ".spec.reservePercent"},
+            {"name": "Track Limit", "type": "integer", "jsonPath": ".spec.limits.usersTrack.requests"},
+            {"name": "Per s", "type": "integer", "jsonPath": ".spec.limits.usersTrack.seconds"},
+            _AGE,
+        ],
+    ),
 )
 
 
@@ -370,6 +383,11 @@ def resource_schema(kind: Kind) -> JSON:
 
 def crd(kind: Kind) -> JSON:
     """The CustomResourceDefinition of one kind."""
+    schema = resource_schema(kind)
+    version: JSON = {"name": VERSION, "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}
+    if "status" in schema["properties"]:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = [dict(c) for c in kind.printer_columns]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -385,22 +403,13 @@ def crd(kind: Kind) -> JSON:
                 "shortNames": list(kind.short_names),
                 "categories": list(CATEGORIES),
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": resource_schema(kind)},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [dict(c) for c in kind.printer_columns],
-                }
-            ],
+            "versions": [version],
         },
     }
 
 
 def crds() -> list[JSON]:
-    """Both CustomResourceDefinitions, WarehouseCredential first."""
+    """The CustomResourceDefinitions, WarehouseCredential first."""
     return [crd(kind) for kind in KINDS]
 
 

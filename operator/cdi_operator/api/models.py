@@ -18,7 +18,7 @@ from cdi_operator.api.schedule import ScheduleError, validate_schedule, validate
 GROUP = "cdi.ingest.dev"
 VERSION = "v1alpha1"
 API_VERSION: Literal["cdi.ingest.dev/v1alpha1"] = "cdi.ingest.dev/v1alpha1"
-CDI_PLURAL, WHC_PLURAL = "cdiintegrations", "warehousecredentials"
+CDI_PLURAL, WHC_PLURAL, WORKSPACE_PLURAL = "cdiintegrations", "warehousecredentials", "brazeworkspaces"
 
 SYNC_NOW_ANNOTATION = f"{GROUP}/sync-now"
 TEST_CONNECTION_ANNOTATION = f"{GROUP}/test-connection"
@@ -261,7 +261,17 @@ class SourceTable(Model):
         )
 
 
+class WorkspaceRef(Model):
+    name: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253, description="A BrazeWorkspace in this namespace.")
+
+
 class BrazeSpec(Model):
+    workspace_ref: WorkspaceRef | None = Field(
+        default=None,
+        alias="workspaceRef",
+        description="The BrazeWorkspace whose limits and reserve this sync shares with the workspace's other "
+        "clients; without it, Braze's documented limits and a 20% reserve.",
+    )
     rest_endpoint: str | None = Field(
         default=None,
         alias="restEndpoint",
@@ -281,7 +291,8 @@ class BrazeSpec(Model):
         gt=0,
         le=1000,
         alias="requestsPerSecond",
-        description="Request budget of this sync; Braze allows 3,000 per 3 s per workspace, shared by all clients.",
+        description="Most requests a second this sync sends, within the workspace's budget it shares with every "
+        "other client (see BrazeWorkspace).",
     )
     max_in_flight: int = Field(
         default=32,
@@ -427,6 +438,61 @@ class CdiIntegrationSpec(Model):
             if not _EMAIL.fullmatch(address):  # not match(): '$' would let a trailing newline through
                 raise ValueError(f"{address!r} is not an e-mail address; write it as name@example.com")
         return value
+
+
+# --- BrazeWorkspace ------------------------------------------------------------------------------------------------
+
+
+class RateLimit(Model):
+    requests: int = Field(ge=1, le=10_000_000, description="Requests Braze allows per window.")
+    seconds: int = Field(ge=1, le=3600, description="The window's length in seconds.")
+
+
+class WorkspaceLimits(Model):
+    """Braze's rate limits of the workspace's contract, per endpoint family."""
+
+    users_track: RateLimit = Field(
+        default=RateLimit(requests=3000, seconds=3),
+        alias="usersTrack",
+        description="/users/track: 3,000 per 3 s; older contracts 50,000 per 60 s.",
+    )
+    users_delete: RateLimit = Field(
+        default=RateLimit(requests=20_000, seconds=60),
+        alias="usersDelete",
+        description="/users/delete, shared with the alias, identify and merge endpoints.",
+    )
+    catalog_items: RateLimit = Field(
+        default=RateLimit(requests=16_000, seconds=60),
+        alias="catalogItems",
+        description="The asynchronous catalog item endpoints together.",
+    )
+
+
+class BrazeWorkspaceSpec(Model):
+    reserve_percent: int = Field(
+        default=20,
+        ge=0,
+        le=90,
+        alias="reservePercent",
+        description="Share of each limit the syncs leave to the workspace's other clients (app backend, CRM).",
+    )
+    limits: WorkspaceLimits = Field(default_factory=WorkspaceLimits)
+    max_objects_per_request: int = Field(
+        default=75,
+        ge=1,
+        le=75,
+        alias="maxObjectsPerRequest",
+        description="Objects per /users/track request the contract allows (50 on some newer contracts); an "
+        "integration's own maxObjectsPerRequest can only lower it.",
+    )
+    without_headers_percent: int = Field(
+        default=25,
+        ge=1,
+        le=100,
+        alias="withoutHeadersPercent",
+        description="When Braze's responses carry no X-RateLimit headers (a proxy strips them), the share of "
+        "(limit - reserve) one sync paces at, since it cannot see the others.",
+    )
 
 
 # --- Status --------------------------------------------------------------------------------------------------------
@@ -622,6 +688,15 @@ class WarehouseCredential(Model):
     metadata: ObjectMeta
     spec: WarehouseCredentialSpec
     status: WarehouseCredentialStatus | None = None
+
+
+class BrazeWorkspace(Model):
+    """A Braze workspace's rate limits and the reserve its syncs leave to others (refer to it by workspaceRef)."""
+
+    api_version: Literal["cdi.ingest.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["BrazeWorkspace"] = "BrazeWorkspace"
+    metadata: ObjectMeta
+    spec: BrazeWorkspaceSpec
 
 
 class CdiIntegration(Model):

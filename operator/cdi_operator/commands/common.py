@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from cdi_operator import warehouses
-from cdi_operator.api.models import CdiIntegration, RunSummary, WarehouseCredential
+from cdi_operator.api.models import (
+    BrazeSpec,
+    BrazeWorkspaceSpec,
+    CdiIntegration,
+    RateLimit,
+    RunSummary,
+    WarehouseCredential,
+)
+from cdi_operator.braze.budget import Limit, WorkspaceBudget
 from cdi_operator.braze.client import BrazeSettings
 from cdi_operator.commands.manifests import Manifests
 from cdi_operator.runner.contract import ENV_BRAZE_API_KEY, ENV_BRAZE_ENDPOINT
@@ -130,14 +138,33 @@ def braze_settings(
         if not key:
             missing += (" and " if missing else "") + f"spec.braze.apiKeySecretRef (or ${ENV_BRAZE_API_KEY})"
         raise BadInput(f"{where}: no Braze settings: set {missing}")
+    workspace = manifests.workspace_for(integration)
+    contract = workspace.spec if workspace is not None else BrazeWorkspaceSpec()
     if spec is None:
-        return BrazeSettings(rest_endpoint=endpoint, api_key=key)
+        spec = BrazeSpec()
     return BrazeSettings(
         rest_endpoint=endpoint,
         api_key=key,
-        max_objects_per_request=spec.max_objects_per_request,
+        max_objects_per_request=min(spec.max_objects_per_request, contract.max_objects_per_request),
         requests_per_second=spec.requests_per_second,
         max_in_flight=spec.max_in_flight,
+        budget=workspace_budget(contract),
+    )
+
+
+def workspace_budget(contract: BrazeWorkspaceSpec) -> WorkspaceBudget:
+    """What the Braze client paces on, from a BrazeWorkspace's spec (or its defaults)."""
+    limits = contract.limits
+
+    def limit(rate: RateLimit) -> Limit:
+        return Limit(rate.requests, float(rate.seconds))
+
+    return WorkspaceBudget(
+        track=limit(limits.users_track),
+        delete=limit(limits.users_delete),
+        catalog=limit(limits.catalog_items),
+        reserve=contract.reserve_percent / 100,
+        share_without_headers=contract.without_headers_percent / 100,
     )
 
 

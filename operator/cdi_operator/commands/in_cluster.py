@@ -1,9 +1,9 @@
 """`cdi sync --in-cluster --integration NAMESPACE/NAME [--trigger schedule|syncNow]`: one sync in a runner pod.
 
-The runner reads its CdiIntegration and WarehouseCredential from the API server, the Secrets these two reference
-(only those), and keeps its watermark and last run in the CdiIntegration's status (see status_store.py). It needs
-`get` on cdiintegrations and warehousecredentials, `patch` on cdiintegrations/status and `get` on the referenced
-Secrets, nothing more.
+The runner reads its CdiIntegration and WarehouseCredential from the API server, the BrazeWorkspace the integration
+names (if any), the Secrets these reference (only those), and keeps its watermark and last run in the
+CdiIntegration's status (see status_store.py). It needs `get` on cdiintegrations, warehousecredentials and
+brazeworkspaces, `patch` on cdiintegrations/status and `get` on the referenced Secrets, nothing more.
 
 Exit status as for `cdi sync -f`: 0 completed (row errors included), 1 failed as a whole, 2 bad input (a field of
 the objects, a missing Secret or key, access the ServiceAccount lacks, a missing setting). Every failure after the
@@ -26,7 +26,16 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, CdiIntegration, RunResult, RunSummary, WarehouseCredential
+from cdi_operator.api.models import (
+    CDI_PLURAL,
+    WHC_PLURAL,
+    WORKSPACE_PLURAL,
+    BrazeWorkspace,
+    CdiIntegration,
+    RunResult,
+    RunSummary,
+    WarehouseCredential,
+)
 from cdi_operator.api.snowflake_key import resolved_spec
 from cdi_operator.braze.client import BrazeClient
 from cdi_operator.commands.common import (
@@ -68,7 +77,9 @@ def _kube_failure(exc: KubeError) -> _Failed:
     return _Failed(exc.message, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
 
 
-def _validated(model: type[CdiIntegration] | type[WarehouseCredential], obj: dict[str, Any], where: str) -> Any:
+def _validated(
+    model: type[CdiIntegration] | type[WarehouseCredential] | type[BrazeWorkspace], obj: dict[str, Any], where: str
+) -> Any:
     # The status is not the runner's input (and partly the operator's); the spec is.
     fields = {k: v for k, v in obj.items() if k != "status"}
     metadata = obj.get("metadata") or {}
@@ -103,6 +114,15 @@ def _secrets(kube: Kube, integration: CdiIntegration, credential: WarehouseCrede
         except KubeError as exc:
             raise _kube_failure(exc) from None
         manifests.secrets.setdefault((namespace, ref.name), {})[ref.key] = value
+    workspace = braze.workspace_ref if braze is not None else None
+    if workspace is not None:
+        try:
+            raw = kube.get_custom(WORKSPACE_PLURAL, namespace, workspace.name)
+        except KubeError as exc:
+            raise _kube_failure(exc) from None
+        manifests.workspaces[(namespace, workspace.name)] = _validated(
+            BrazeWorkspace, raw, f"BrazeWorkspace {namespace}/{workspace.name}"
+        )
     return manifests
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from cdi_operator.api.models import API_VERSION, CdiIntegration, SecretKeyRef, WarehouseCredential
+from cdi_operator.api.models import API_VERSION, BrazeWorkspace, CdiIntegration, SecretKeyRef, WarehouseCredential
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -26,6 +26,7 @@ class Manifests:
     secrets: dict[Key, dict[str, str]] = field(default_factory=dict)
     credentials: dict[Key, WarehouseCredential] = field(default_factory=dict)
     integrations: list[CdiIntegration] = field(default_factory=list)
+    workspaces: dict[Key, BrazeWorkspace] = field(default_factory=dict)
 
     def integration(self, name: str | None) -> CdiIntegration:
         """The integration called `name` (or `namespace/name`); the only one when `name` is None."""
@@ -58,6 +59,20 @@ class Manifests:
                 f"names no WarehouseCredential in namespace {namespace!r} of the given files; add it or fix the name"
             )
         return credential
+
+    def workspace_for(self, integration: CdiIntegration) -> BrazeWorkspace | None:
+        """The BrazeWorkspace `spec.braze.workspaceRef` names; None without a reference (Braze's defaults apply)."""
+        ref = integration.spec.braze.workspace_ref if integration.spec.braze is not None else None
+        if ref is None:
+            return None
+        namespace = integration.metadata.namespace
+        workspace = self.workspaces.get((namespace, ref.name))
+        if workspace is None:
+            raise ManifestError(
+                f"CdiIntegration {_display(namespace, integration.metadata.name)}: spec.braze.workspaceRef.name "
+                f"{ref.name!r} names no BrazeWorkspace in namespace {namespace!r}; add it or remove the reference"
+            )
+        return workspace
 
     def secret_value(self, namespace: str, ref: SecretKeyRef, used_by: str) -> str:
         secret = self.secrets.get((namespace, ref.name))
@@ -134,7 +149,7 @@ def _add_document(manifests: Manifests, doc: Any, where: str) -> None:
     if kind == "Secret":
         manifests.secrets[(namespace, name)] = _decode_secret(doc, label)
         return
-    if kind not in ("WarehouseCredential", "CdiIntegration"):
+    if kind not in ("WarehouseCredential", "CdiIntegration", "BrazeWorkspace"):
         return  # other kinds (Namespaces, ConfigMaps, …) may share the file; kubectl applies them, we need not
     if doc.get("apiVersion") != API_VERSION:
         raise ManifestError(f"{label}: apiVersion must be {API_VERSION}, not {doc.get('apiVersion')!r}")
@@ -142,6 +157,9 @@ def _add_document(manifests: Manifests, doc: Any, where: str) -> None:
         if kind == "WarehouseCredential":
             credential = WarehouseCredential.model_validate(doc)
             manifests.credentials[(credential.metadata.namespace, credential.metadata.name)] = credential
+        elif kind == "BrazeWorkspace":
+            workspace = BrazeWorkspace.model_validate(doc)
+            manifests.workspaces[(workspace.metadata.namespace, workspace.metadata.name)] = workspace
         else:
             manifests.integrations.append(CdiIntegration.model_validate(doc))
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """The least-privilege identity of an integration's runner pods: a ServiceAccount, Role and RoleBinding of its own.
 
-A runner may read its own CdiIntegration and patch its status, read the WarehouseCredential it uses and the
-Secrets that credential (and the integration's spec.braze) names; nothing else, nothing cluster-wide. One identity
+A runner may read its own CdiIntegration and patch its status, read the WarehouseCredential it uses, the
+BrazeWorkspace its spec.braze.workspaceRef names and the Secrets that credential (and the integration's spec.braze)
+names; nothing else, nothing cluster-wide. One identity
 per integration, so a runner can never read another integration's Secrets in the same namespace. The three objects
 are owned by the CdiIntegration (garbage-collected with it) and re-applied on every reconcile, so a credential that
 starts naming another Secret is followed. The operator can grant only what it holds itself (RBAC's escalation
@@ -20,6 +21,7 @@ from cdi_operator.api.models import (
     CDI_PLURAL,
     GROUP,
     WHC_PLURAL,
+    WORKSPACE_PLURAL,
     CdiIntegrationSpec,
     WarehouseCredentialSpec,
 )
@@ -45,7 +47,7 @@ def secret_names(spec: CdiIntegrationSpec, credential: WarehouseCredentialSpec) 
     return sorted(names)
 
 
-def role_rules(integration: str, credential: str, secrets: list[str]) -> list[JSON]:
+def role_rules(integration: str, credential: str, secrets: list[str], workspace: str | None = None) -> list[JSON]:
     rules: list[JSON] = [
         {"apiGroups": [GROUP], "resources": [CDI_PLURAL], "resourceNames": [integration], "verbs": ["get"]},
         {
@@ -56,6 +58,10 @@ def role_rules(integration: str, credential: str, secrets: list[str]) -> list[JS
         },
         {"apiGroups": [GROUP], "resources": [WHC_PLURAL], "resourceNames": [credential], "verbs": ["get"]},
     ]
+    if workspace is not None:
+        rules.append(
+            {"apiGroups": [GROUP], "resources": [WORKSPACE_PLURAL], "resourceNames": [workspace], "verbs": ["get"]}
+        )
     if secrets:  # an empty resourceNames would mean every Secret
         rules.append({"apiGroups": [""], "resources": ["secrets"], "resourceNames": secrets, "verbs": ["get"]})
     return rules
@@ -73,7 +79,9 @@ def build_runner_access(
     def metadata() -> JSON:
         return {"name": account, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}
 
-    rules = role_rules(name, spec.credential_ref.name, secret_names(spec, credential))
+    workspace = spec.braze.workspace_ref if spec.braze is not None else None
+    secrets = secret_names(spec, credential)
+    rules = role_rules(name, spec.credential_ref.name, secrets, workspace.name if workspace is not None else None)
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(), "automountServiceAccountToken": True},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata(), "rules": rules},
