@@ -69,28 +69,10 @@ class Result:
 
 
 def start_emulator(limits: dict[str, Limit], latency: float) -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable,
-        "-m",
-        "cdi_operator.braze.emulator",
-        "--api-key",
-        KEY,
-        "--no-record",
-        "--latency",
-        str(latency),
-        "--track-rate-limit",
-        str(limits["track"].requests),
-        "--track-rate-window",
-        str(limits["track"].seconds),
-        "--delete-rate-limit",
-        str(limits["delete"].requests),
-        "--delete-rate-window",
-        str(limits["delete"].seconds),
-        "--catalog-rate-limit",
-        str(limits["catalog"].requests),
-        "--catalog-rate-window",
-        str(limits["catalog"].seconds),
-    ]
+    command = [sys.executable, "-m", "cdi_operator.braze.emulator", "--api-key", KEY, "--no-record"]
+    command += ["--latency", str(latency)]
+    for family, limit in limits.items():
+        command += [f"--{family}-rate-limit", str(limit.requests), f"--{family}-rate-window", str(limit.seconds)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
