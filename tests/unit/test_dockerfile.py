@@ -124,16 +124,20 @@ def parse_dockerfile(text: str) -> list[Instruction]:
 
 
 def stages(instructions: list[Instruction]) -> list[Stage]:
+    """The stages, with `FROM ${ARG}` resolved to the default of the global ARG (what a plain build uses)."""
     result: list[Stage] = []
+    defaults: dict[str, str] = {}
     for instruction in instructions:
         if instruction.keyword == "FROM":
             _, words = instruction.flags_and_words()
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            result.append(Stage(image=words[0], name=name, line=instruction.line))
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), words[0])
+            result.append(Stage(image=image, name=name, line=instruction.line))
         elif result:
             result[-1].instructions.append(instruction)
         else:
             assert instruction.keyword == "ARG", f"line {instruction.line}: {instruction.keyword} before FROM"
+            defaults.update(assignments(instruction))
     return result
 
 
@@ -318,6 +322,19 @@ def test_every_base_is_pinned_by_digest_and_both_stages_share_it(dockerfile: lis
     # The venv is built against the final stage's Python and libraries.
     assert {stage.image for stage in dockerfile} == {dockerfile[0].image}
     assert dockerfile[0].image.startswith("python:3.11-slim-bookworm@")
+
+
+def test_the_base_is_a_build_argument_and_nothing_needs_a_registry_but_the_base() -> None:
+    """hack/image.sh builds on a base made without a registry; a `# syntax=` line makes BuildKit fetch a frontend."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    froms = [i.args.split()[0] for i in parse_dockerfile(text) if i.keyword == "FROM"]
+    assert froms and set(froms) == {"${BASE_IMAGE}"}
+
+
+def test_no_stage_installs_a_compiler(dockerfile: list[Stage]) -> None:
+    """Every dependency comes as a wheel; a compiler would only make the build slower and the builder bigger."""
+    assert [problem for stage in dockerfile for problem in compiler_installs(stage)] == []
 
 
 def test_the_image_runs_as_a_fixed_numeric_non_root_user(final: Stage) -> None:
