@@ -3,9 +3,13 @@ BigQuery stand-in (bigquery_standin.py), with the manifest a user would write fo
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +18,7 @@ from typing import Any
 
 import duckdb
 import redshift_connector
+from harness.containerd import Containerd, image_archive
 
 from cdi_operator import cli
 from cdi_operator.api.models import CdiIntegrationSpec
@@ -275,3 +280,34 @@ def run_cdi(*args: str) -> CdiResult:
 
 def sync(manifest: Path, state: Path, *extra: str) -> CdiResult:
     return run_cdi("sync", "-f", str(manifest), "--state", str(state), "--output", "json", *extra)
+
+
+IN_IMAGE_ENV = "CDI_CONTRACT_IN_IMAGE"  # 1: the contract syncs run in the image (.ci/run does it once)
+_runtime: list[Containerd] = []
+
+
+def sync_in_image(manifest: Path, state: Path) -> CdiResult:
+    """`cdi sync` in the project's image as the chart runs it (uid 10001, read-only root, only /tmp writable), on
+    the host's network to reach the stand-ins on loopback; the stand-ins' endpoint settings ($CDI_*_ENDPOINT) are
+    passed on. The manifest and the state file go through a directory of their own that uid 10001 may write."""
+    if not _runtime:
+        runtime = Containerd(Path(tempfile.mkdtemp(prefix="cdi-contract-containerd-"))).start()
+        atexit.register(runtime.stop)
+        runtime.import_image(image_archive())
+        _runtime.append(runtime)
+    work = Path(tempfile.mkdtemp(prefix="cdi-contract-"))
+    work.chmod(0o777)
+    shutil.copy(manifest, work / "manifest.yaml")
+    if state.exists():
+        shutil.copy(state, work / "state.json")
+    endpoints = {k: v for k, v in os.environ.items() if k.startswith("CDI_") and k.endswith("_ENDPOINT")}
+    args = ["cdi", "sync", "-f", f"{work}/manifest.yaml", "--state", f"{work}/state.json", "--output", "json"]
+    ran = _runtime[0].run(
+        args, read_only=True, tmpfs=["/tmp"], writable_mounts={str(work): str(work)}, env=endpoints, host_network=True
+    )
+    if (work / "state.json").exists():
+        shutil.copy(work / "state.json", state)
+    shutil.rmtree(work, ignore_errors=True)
+    lines = ran.stdout.strip().splitlines()
+    record: dict[str, Any] = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return CdiResult(ran.returncode, record, ran.output)

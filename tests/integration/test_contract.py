@@ -1,8 +1,13 @@
-"""The same adversarial table (contract_rows.py) gives the same objects at Braze from every warehouse."""
+"""The same adversarial table (contract_rows.py) gives the same objects at Braze from every warehouse.
+
+With CDI_CONTRACT_IN_IMAGE=1 the syncs run in the project's image instead (read-only root, uid 10001): each
+warehouse client works there too (.ci/run runs the four warehouses' contract tests so once).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +15,7 @@ import duckdb
 import pytest
 from catalog_contract import TABLE, assert_catalog_delivered, text_rows
 from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, UNDATED_ROWS, normalise
-from sources import BRAZE_KEY, Source, sync
+from sources import BRAZE_KEY, IN_IMAGE_ENV, Source, sync, sync_in_image
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
@@ -46,7 +51,8 @@ def create_in_postgres(source: Source) -> None:
 def assert_contract_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
     manifest = source.manifest(tmp_path / "m.yaml", "contract", "customAttributes", braze.url)
 
-    result = sync(manifest, tmp_path / "state.json")
+    in_image = os.environ.get(IN_IMAGE_ENV) == "1"
+    result = (sync_in_image if in_image else sync)(manifest, tmp_path / "state.json")
 
     assert result.exit_code == 0, result.stdout
     assert normalise(braze.tracked("attributes")) == normalise(EXPECTED_ATTRIBUTES)

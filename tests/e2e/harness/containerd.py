@@ -36,7 +36,8 @@ def image_archive() -> Path:
 @dataclass
 class Run:
     returncode: int
-    output: str
+    output: str  # stdout and stderr
+    stdout: str
 
 
 @dataclass
@@ -96,12 +97,13 @@ class Containerd:
         read_only: bool = False,
         tmpfs: Sequence[str] = (),
         mounts: Mapping[str, str] = {},
+        writable_mounts: Mapping[str, str] = {},
         env: Mapping[str, str] = {},
         host_network: bool = False,
         timeout: float = 300,
     ) -> Run:
-        """Runs `args` in the image, as the image's USER (ctr 1.6 cannot set another), to its end (the whole command line, as ctr replaces the entrypoint; none: the
-        image's ENTRYPOINT and CMD); stdout and stderr together."""
+        """Runs `args` in the image to its end, as the image's USER (ctr 1.6 cannot set another). `args` is the
+        whole command line, as ctr replaces the entrypoint; none runs the image's ENTRYPOINT and CMD."""
         options = ["--rm"]
         if read_only:
             options.append("--read-only")
@@ -111,11 +113,13 @@ class Containerd:
             options += ["--mount", f"type=tmpfs,src=tmpfs,dst={path},options=rw:nosuid:nodev:mode=1777"]
         for source, target in mounts.items():
             options += ["--mount", f"type=bind,src={source},dst={target},options=rbind:ro"]
+        for source, target in writable_mounts.items():
+            options += ["--mount", f"type=bind,src={source},dst={target},options=rbind:rw"]
         for name, value in env.items():
             options += ["--env", f"{name}={value}"]
         name = f"cdi-{uuid.uuid4().hex[:12]}"
         result = self.ctr("run", *options, image, name, *args, check=False, timeout=timeout)
-        return Run(result.returncode, result.stdout + result.stderr)
+        return Run(result.returncode, result.stdout + result.stderr, result.stdout)
 
     def stop(self) -> None:
         if self.proc is not None:
