@@ -1,8 +1,9 @@
 """The validating admission webhook (controller/admission.py) served by `cdi operator` with
 CDI_WEBHOOK_MODE=managed-local against the real apiserver: kopf creates the ValidatingWebhookConfiguration
 `cdi.ingest.dev` pointing at https://127.0.0.1:PORT with a self-signed certificate, and the apiserver rejects what
-CEL cannot judge (cron spacing, time zones, references) with a message naming the field. With the operator killed
-(its configuration left behind), failurePolicy Ignore keeps the cluster accepting applies.
+CEL cannot judge (cron spacing, time zones, a source that does not fit the credential) with a message naming the
+field. A credential that does not exist yet is only a warning, so apply order does not matter. With the operator
+killed (its configuration left behind), failurePolicy Ignore keeps the cluster accepting applies.
 """
 
 from __future__ import annotations
@@ -165,9 +166,6 @@ def test_rejects_what_cel_cannot_judge(webhook: OperatorProcess, kube_api: clien
     status, body = rejection(kube_api, namespace, CDI, integration_body("atlantis", timeZone="Europe/Atlantis"))
     assert 400 <= status < 500 and "spec.timeZone" in body and "IANA" in body, body
 
-    status, body = rejection(kube_api, namespace, CDI, integration_body("orphan", credentialRef={"name": "nope"}))
-    assert 400 <= status < 500 and "spec.credentialRef.name" in body and "'nope' does not exist" in body, body
-
     bigquery_source = {"project": "p", "dataset": "d", "table": "users"}
     status, body = rejection(kube_api, namespace, CDI, integration_body("misfit", source=bigquery_source))
     assert 400 <= status < 500 and "spec.source.project is not used by redshift" in body, body
@@ -189,6 +187,31 @@ def test_rejects_what_cel_cannot_judge(webhook: OperatorProcess, kube_api: clien
     assert info.value.status == 422 and "spec.schedule" in str(info.value.body)
     labels = {"metadata": {"labels": {"team": "growth"}}}
     custom(kube_api).patch_namespaced_custom_object(GROUP, VERSION, namespace, CDI, "valid", labels)
+
+
+def test_an_integration_before_its_credential_is_accepted_with_a_warning_and_converges(
+    webhook: OperatorProcess, kube_api: client.ApiClient, namespace: str
+) -> None:
+    """Flux and Argo CD apply a directory at once, in any order: the credential may come second."""
+    objects = custom(kube_api)
+    for dry_run in ({"dry_run": "All"}, {}):
+        _, status, headers = objects.create_namespaced_custom_object_with_http_info(
+            GROUP, VERSION, namespace, CDI, integration_body("early", credentialRef={"name": "later"}), **dry_run
+        )
+        assert status == 201
+        assert "'later' does not exist" in headers.get("Warning", ""), headers
+
+    def reason() -> str:
+        obj: Any = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, "early")
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return next((str(c.get("reason")) for c in conditions if c.get("type") == "Ready"), "")
+
+    wait_until(
+        lambda: reason() == "CredentialNotFound", WAIT, "Ready reason CredentialNotFound", details=webhook.log_tail
+    )
+    create(kube_api, namespace, WHC, credential_body("later"))
+    # The credential's creation reconciles the integrations naming it (not only the next resync).
+    wait_until(lambda: reason() not in ("", "CredentialNotFound"), WAIT, "the integration to see its credential")
 
 
 def test_operator_down_does_not_block_applies(

@@ -2,10 +2,14 @@
 
 CEL cannot judge the cron spacing (15 minutes to a month), IANA time-zone names, or references to other objects,
 so the webhook checks a CdiIntegration with the pydantic models (`spec.schedule`, `spec.timeZone`, ...) and its
-references (the WarehouseCredential named by `spec.credentialRef.name` exists in the namespace, and `spec.source`
-fits that credential's warehouse type), and a WarehouseCredential with its model. Every message names the field and
-the fix. The same checks run in the reconcile and land in the status (Stalled: InvalidSpec, CredentialNotFound,
-InvalidSource), so without the webhook, or while the operator is down, nothing is lost but the early answer.
+references (`spec.source` fits the warehouse type of the WarehouseCredential named by `spec.credentialRef.name`),
+and a WarehouseCredential with its model. Every message names the field and the fix. The same checks run in the
+reconcile and land in the status (Stalled: InvalidSpec, CredentialNotFound, InvalidSource), so without the webhook,
+or while the operator is down, nothing is lost but the early answer.
+
+Apply order must not matter: Flux and Argo CD apply (Flux first dry-runs) a whole directory at once, so a credential
+that does not exist yet is no refusal, only an admission warning; the integration stays Draft with the reason
+CredentialNotFound until the credential appears (Kubernetes' eventual consistency).
 
 When it judges (so that the operator's own metadata patches and deletions are never blocked): on CREATE; on UPDATE
 only when `spec` changed, and the references only when `spec.credentialRef` or `spec.source` changed; never on
@@ -99,11 +103,8 @@ def review_integration(obj: JSON, namespace: str, lookup_credential: CredentialL
 def reference_problems(spec: CdiIntegrationSpec, namespace: str, lookup_credential: CredentialLookup) -> list[str]:
     name = spec.credential_ref.name
     credential = lookup_credential(name)
-    if credential is None:
-        return [
-            f"spec.credentialRef.name: WarehouseCredential {name!r} does not exist in namespace {namespace}; "
-            "create it first (apply the credential before the integration) or fix spec.credentialRef.name"
-        ]
+    if credential is None:  # not (yet) there: a warning (missing_credential_warning), and the status says so
+        return []
     warehouse = _warehouse_type(credential)
     if warehouse is None:  # the credential's own problems are reported on the credential
         return []
@@ -111,6 +112,14 @@ def reference_problems(spec: CdiIntegrationSpec, namespace: str, lookup_credenti
         f"{problem} (WarehouseCredential {name!r} is {warehouse.value})"
         for problem in spec.source.problems_for(warehouse)
     ]
+
+
+def missing_credential_warning(name: str, namespace: str) -> str:
+    return (
+        f"spec.credentialRef.name: WarehouseCredential {name!r} does not exist in namespace {namespace} (yet); the "
+        "integration stays Draft (reason CredentialNotFound) until it is created: apply it, or fix "
+        "spec.credentialRef.name"
+    )
 
 
 def _warehouse_type(credential: JSON) -> WarehouseType | None:
@@ -183,6 +192,8 @@ def register(registry: kopf.OperatorRegistry, kube: KubeApi, settings: OperatorS
             except Exception as exc:  # our own read failed: let the reconcile judge the references
                 log.warning("admission: cannot read WarehouseCredential %s/%s (%s); not checked", namespace, ref, exc)
             else:
+                if credential is None:
+                    kwargs["warnings"].append(missing_credential_warning(ref, namespace))
                 lookup = lambda name: credential if name == ref else None  # noqa: E731
         problems = review_integration(body, namespace, lookup)
         if problems:

@@ -1,12 +1,13 @@
 """`cdi operator`: kopf watches CdiIntegrations and WarehouseCredentials and calls the level-triggered reconcilers.
 
 Every watch event (the initial listing included, so a restart picks everything up) reconciles its object; a
-periodic resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which retries failures, notices a credential
-created after its integration, records finished runs and releases credentials no longer in use. One object is
-reconciled by one task at a time (a lock per object). Only `on.event` handlers are used, so kopf adds no finalizer of
-its own and writes no annotations; its progress storage is still set to our prefix in case handlers with state are
-added. One process works at a time: with `$CDI_LEADER_ELECTION_LEASE` (the chart sets it) everything starts only
-once the Lease is held (controller/leader.py); kopf's own peering stays off.
+credential's creation also reconciles the integrations that name it, so apply order does not matter. A periodic
+resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which retries failures, records finished runs and
+releases credentials no longer in use. One object is reconciled by one task at a time (a lock per object). Only
+`on.event` handlers are used, so kopf adds no finalizer of its own and writes no annotations; its progress storage
+is still set to our prefix in case handlers with state are added. One process works at a time: with
+`$CDI_LEADER_ELECTION_LEASE` (the chart sets it) everything starts only once the Lease is held
+(controller/leader.py); kopf's own peering stays off.
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ class Controller:
             (WHC_PLURAL, namespace, name), lambda: self.credentials.reconcile(namespace, name), wait=wait
         )
 
+    async def integrations_naming(self, namespace: str, credential: str) -> None:
+        """Reconciles the integrations that name a credential just created, instead of at the next resync: apply
+        order does not matter, and one applied before its credential converges as soon as the credential exists."""
+        names = [
+            obj["metadata"]["name"]
+            for obj in await self.kube.list_objects(CDI_PLURAL, namespace)
+            if ((obj.get("spec") or {}).get("credentialRef") or {}).get("name") == credential
+        ]
+        await asyncio.gather(*(self.integration(namespace, name, wait=False) for name in names))
+
     async def resync_once(self) -> None:
         scopes: list[str | None] = list(self.settings.namespaces) or [None]
         tasks = []
@@ -145,6 +156,8 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, WHC_PLURAL, registry=registry)
     async def credential_event(**kwargs: Any) -> None:
         await controller.credential(kwargs["namespace"], kwargs["name"])
+        if kwargs["type"] == "ADDED":
+            await controller.integrations_naming(kwargs["namespace"], kwargs["name"])
 
     admission.register(registry, controller.kube, controller.settings)  # validating webhook, if $CDI_WEBHOOK_MODE
     return registry
