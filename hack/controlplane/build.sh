@@ -12,6 +12,8 @@
 # win and nothing of the control plane is built; helm is then taken from there, from PATH, or built, and a small
 # directory of symlinks joining both is printed.
 #
+# `build.sh node` builds the node instead (kubelet, kube-proxy, kube-scheduler, pause; see below).
+#
 # Environment: CDI_CONTROLPLANE_CACHE (cache root), CDI_CONTROLPLANE_FORCE=1 (rebuild), GOFLAGS (extra flags).
 set -euo pipefail
 
@@ -47,10 +49,9 @@ module_commit() { # module@version -> upstream commit, when the proxy reports it
 
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-build_control_plane() { # dest
-  local dest=$1 commit
+k8s_ldflags() { # the -ldflags of every k8s.io/kubernetes binary
+  local commit
   commit=$(module_commit "k8s.io/kubernetes@$k8s_version")
-  # One go invocation for the three binaries: they share most packages and the compile work is done once.
   # -X for symbols a binary does not contain is ignored by the linker.
   local ldflags=(
     -s -w
@@ -67,8 +68,14 @@ build_control_plane() { # dest
   if [[ -n $commit ]]; then
     ldflags+=(-X "k8s.io/component-base/version.gitCommit=$commit")
   fi
+  echo "${ldflags[*]}"
+}
+
+build_control_plane() { # dest
+  local dest=$1
   log "building kube-apiserver, kube-controller-manager ($k8s_version) and etcd ($etcd_version) into $dest"
-  (cd "$here" && go build -tags selinux,notest -ldflags "${ldflags[*]}" -o "$dest/" \
+  # One go invocation for the three binaries: they share most packages and the compile work is done once.
+  (cd "$here" && go build -tags selinux,notest -ldflags "$(k8s_ldflags)" -o "$dest/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     go.etcd.io/etcd/server/v3)
@@ -98,6 +105,54 @@ if command -v flock >/dev/null; then
   flock 9
 fi
 
+build_node() { # dest
+  log "building kubelet, kube-proxy, kube-scheduler, kubectl ($k8s_version) and pause into $1"
+  (cd "$here" && go build -tags selinux,notest -ldflags "$(k8s_ldflags)" -o "$1/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl ./pause)
+}
+
+build_all() { # dest: the control plane and helm
+  build_control_plane "$1"
+  build_helm "$1"
+  local b
+  for b in "${control_plane[@]}" helm; do
+    log "$b: $("$1/$b" --version 2>/dev/null | head -1 || "$1/$b" version --short 2>/dev/null)"
+  done
+}
+
+build_once() { # dest builder binary...: `builder TMP` into dest, once (a stamp file marks it complete); prints dest
+  local dest=$1 builder=$2
+  shift 2
+  if [[ -f "$dest/.complete" && -z ${CDI_CONTROLPLANE_FORCE:-} ]] && has_all "$dest" "$@"; then
+    log "reusing $dest"
+    echo "$dest"
+    return 0
+  fi
+  command -v go >/dev/null || { log "go is required to build $*"; exit 1; }
+  local began
+  began=$(date +%s)
+  building="$dest.tmp.$$"
+  rm -rf "$building"
+  mkdir -p "$building"
+  trap 'rm -rf "$building"' EXIT
+  "$builder" "$building"
+  rm -rf "$dest"
+  mv "$building" "$dest"
+  trap - EXIT
+  echo "built in $(($(date +%s) - began))s with $(go version)" >"$dest/.complete"
+  log "done in $(($(date +%s) - began))s: $dest"
+  echo "$dest"
+}
+
+# `build.sh node`: kubelet, kube-proxy, kube-scheduler, kubectl (the same module, tags and ldflags, so the compile
+# work of the packages they share with the control plane is reused from Go's build cache) and a static pause binary
+# for the sandbox image (pause/), for hack/node.sh, into $cache_root/node-<k8s>/.
+if [[ ${1:-} == node ]]; then
+  build_once "$cache_root/node-$k8s_version" build_node kubelet kube-proxy kube-scheduler kubectl pause
+  exit 0
+fi
+
 if [[ -n ${KUBEBUILDER_ASSETS:-} ]] && has_all "$KUBEBUILDER_ASSETS" "${control_plane[@]}"; then
   assets=$(cd "$KUBEBUILDER_ASSETS" && pwd)
   log "using kube-apiserver, kube-controller-manager and etcd from KUBEBUILDER_ASSETS=$assets"
@@ -123,26 +178,4 @@ if [[ -n ${KUBEBUILDER_ASSETS:-} ]] && has_all "$KUBEBUILDER_ASSETS" "${control_
   exit 0
 fi
 
-if [[ -f "$out/.complete" && -z ${CDI_CONTROLPLANE_FORCE:-} ]] && has_all "$out" "${control_plane[@]}" helm; then
-  log "reusing $out"
-  echo "$out"
-  exit 0
-fi
-
-command -v go >/dev/null || { log "go is required to build the control plane"; exit 1; }
-start=$(date +%s)
-tmp="$out.tmp.$$"
-rm -rf "$tmp"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-build_control_plane "$tmp"
-build_helm "$tmp"
-for b in "${control_plane[@]}" helm; do
-  log "$b: $("$tmp/$b" --version 2>/dev/null | head -1 || "$tmp/$b" version --short 2>/dev/null)"
-done
-rm -rf "$out"
-mv "$tmp" "$out"
-trap - EXIT
-echo "built in $(($(date +%s) - start))s with $(go version)" >"$out/.complete"
-log "done in $(($(date +%s) - start))s: $out"
-echo "$out"
+build_once "$out" build_all "${control_plane[@]}" helm
