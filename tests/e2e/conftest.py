@@ -2,6 +2,8 @@
 
 By default the tests start their own etcd + kube-apiserver + kube-controller-manager (binaries from
 hack/controlplane/build.sh or $KUBEBUILDER_ASSETS) and a local kubelet that runs pods as local processes.
+With CDI_E2E_NODE=containerd a real node (hack/node.sh: containerd, kubelet, kube-proxy, kube-scheduler) runs the
+pods in containers of the image hack/image.sh built (harness/node.py).
 With CDI_E2E_KUBECONFIG=/path/to/kubeconfig they run against that cluster instead (e.g. kind); its nodes run
 the pods then, and the tests create and delete only their own namespaces and cluster-scoped test objects.
 """
@@ -11,13 +13,16 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from harness import Cluster, KubeletConfig, LocalControlPlane, LocalKubelet, postgres
+from harness.containerd import image_archive
 from harness.helpers import wait_until
+from harness.node import Node, node_mode
 from kubernetes import client, config
 from kubernetes.client import ApiException
 
@@ -35,12 +40,35 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         return
     # pytest keeps the last few base temp dirs, so the logs survive the session for a post-mortem.
     base = tmp_path_factory.mktemp("controlplane")
+    if node_mode():
+        # Not under pytest's base temp, which other sessions on this machine may rotate away while this one runs.
+        yield from _with_node(base, Path(tempfile.mkdtemp(prefix="cdi-e2e-node-")))
+        return
     with LocalControlPlane(base_dir=base, keep_dir=True) as control_plane:
         _active["control_plane"] = control_plane
         try:
             yield Cluster(kubeconfig=control_plane.kubeconfig, control_plane=control_plane)
         finally:
             _active.pop("control_plane", None)
+
+
+def _with_node(base: Path, node_dir: Path) -> Iterator[Cluster]:
+    archive = image_archive()
+    node = Node(node_dir)
+    try:
+        ip = node.network()
+        with LocalControlPlane(base_dir=base, keep_dir=True, bind_address=ip, node_network=True) as control_plane:
+            _active["control_plane"] = control_plane
+            _active["node"] = node
+            try:
+                node.up(control_plane.kubeconfig, archive)
+                yield Cluster(kubeconfig=control_plane.kubeconfig, control_plane=control_plane)
+            finally:
+                _active.pop("control_plane", None)
+                node.down()
+    finally:
+        _active.pop("node", None)
+        node.down()
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +92,8 @@ def _has_real_nodes(api: client.ApiClient) -> bool:
 def local_kubelet(
     kube: Cluster, kube_api: client.ApiClient, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalKubelet | None]:
-    """The local kubelet, or None on an existing cluster whose own nodes run the pods."""
-    if kube.control_plane is None and _has_real_nodes(kube_api):
+    """The local kubelet, or None on a real node or an existing cluster whose own nodes run the pods."""
+    if node_mode() or (kube.control_plane is None and _has_real_nodes(kube_api)):
         yield None
         return
     if kube.control_plane is not None:
@@ -122,9 +150,17 @@ def namespace(request: pytest.FixtureRequest, kube_api: client.ApiClient) -> Ite
 
 
 @pytest.fixture(scope="session")
-def pg_settings() -> dict[str, str]:
-    """The PostgreSQL server of hack/postgres.sh (the Redshift stand-in): from $CDI_PG_*, else started now."""
-    return postgres.pg_settings()
+def pg_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The PostgreSQL server of hack/postgres.sh (the Redshift stand-in): from $CDI_PG_*, else started now. On a
+    real node, through a forwarder on the node's address, which pods reach (and the tests too)."""
+    settings = postgres.pg_settings()
+    if node_mode():
+        request.getfixturevalue("kube")
+        node = _active["node"]
+        assert isinstance(node, Node)
+        port = node.forward(settings["CDI_PG_HOST"], int(settings["CDI_PG_PORT"]))
+        settings = {**settings, "CDI_PG_HOST": node.ip, "CDI_PG_PORT": str(port)}
+    return settings
 
 
 @pytest.hookimpl(wrapper=True)
@@ -136,6 +172,9 @@ def pytest_runtest_makereport(
         control_plane = _active.get("control_plane")
         if isinstance(control_plane, LocalControlPlane):
             report.sections.append(("control plane logs (tail)", control_plane.logs(lines=30)))
+        node = _active.get("node")
+        if isinstance(node, Node):
+            report.sections.append(("node logs (tail)", node.logs(lines=30)))
         kubelet = _active.get("kubelet")
         if isinstance(kubelet, LocalKubelet) and kubelet.errors:
             report.sections.append(("local kubelet errors", "\n".join(kubelet.errors[-30:])))

@@ -14,6 +14,7 @@ import pytest
 from harness import Cluster, LocalKubelet
 from harness.controlplane import REPO_ROOT
 from harness.helpers import pod_logs, wait_until
+from harness.node import RUNNER_IMAGE, node_mode
 from kubernetes import client
 from kubernetes.client import ApiException
 
@@ -23,8 +24,9 @@ GROUP = "harness.test.dev"
 MERGE_PATCH = "application/merge-patch+json"
 # On a real cluster the pods need an image with a shell (and Python, for the in-cluster test); the local
 # kubelet ignores images.
-SHELL_IMAGE = "busybox:1.36"
-PYTHON_IMAGE = "python:3.11-slim"
+# On the real node (no registry) the project's image serves as both: it has a shell, coreutils and Python.
+SHELL_IMAGE = RUNNER_IMAGE if node_mode() else "busybox:1.36"
+PYTHON_IMAGE = RUNNER_IMAGE if node_mode() else "python:3.11-slim"
 
 
 def test_apiserver_reports_the_pinned_version(kube: Cluster, kube_api: client.ApiClient) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from harness import LocalKubelet
 from harness.helpers import pod_logs, wait_until
+from harness.node import RUNNER_IMAGE, service_host
 from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
@@ -47,7 +48,7 @@ def schema(pg: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture
 def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+    with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
 
 
@@ -139,7 +140,7 @@ def _run_job(
                         "containers": [
                             {
                                 "name": "runner",
-                                "image": "cdi-operator:e2e",
+                                "image": RUNNER_IMAGE,
                                 "args": [
                                     "sync",
                                     "--in-cluster",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from harness import LocalKubelet
 from harness.helpers import wait_until
+from harness.node import RUNNER_IMAGE, service_host
 from harness.operator import OperatorProcess
 from harness.postgres import redshift_credential, sql
 from kubernetes import client
@@ -58,7 +59,7 @@ def crds(kube_api: client.ApiClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+    with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
 
 
@@ -238,7 +239,7 @@ def test_activation_cronjob_sync_now_restart_and_credential_finalizer(
     pod = cronjob.spec.job_template.spec.template.spec
     assert pod.service_account_name == RUNNER_SA
     container = pod.containers[0]
-    assert container.image == "cdi-operator:e2e"
+    assert container.image == RUNNER_IMAGE
     assert container.args == ["sync", "--in-cluster", "--integration", f"{namespace}/users", "--trigger", "schedule"]
     env = {e.name: e for e in container.env}
     assert env["CDI_BRAZE_REST_ENDPOINT"].value.startswith("http://")

@@ -28,6 +28,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from harness import LocalKubelet
 from harness.helpers import wait_until
+from harness.node import service_host
 from harness.operator import OperatorProcess
 from harness.postgres import redshift_credential, sql
 from kubernetes import client
@@ -125,7 +126,7 @@ def crds(kube_api: client.ApiClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+    with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
 
 

@@ -42,6 +42,8 @@ CONTROLLERS = (
     "deployment",  # the operator installed from the Helm chart
     "replicaset",
 )
+# With a real node: the taint of a NotReady node lifted once it is Ready, and EndpointSlices for kube-proxy.
+NODE_CONTROLLERS = ("nodelifecycle", "endpointslice")
 
 
 class ControlPlaneError(RuntimeError):
@@ -82,9 +84,9 @@ def find_binaries(build_if_missing: bool = True) -> dict[str, Path]:
     return {b: p for b, p in found.items() if p}
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -153,6 +155,10 @@ class LocalControlPlane:
     service_proxy: ServiceProxy | None = None
     apiserver_port: int = 0
     pki: pki_mod.Pki | None = None
+    # A real node (harness/node.py): the apiserver listens on the node's bridge address, which pods reach, and
+    # reaches Services and kubelets through the node's network instead of harness/serviceproxy.py.
+    bind_address: str = "127.0.0.1"
+    node_network: bool = False
 
     @property
     def dir(self) -> Path:
@@ -165,7 +171,7 @@ class LocalControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.bind_address}:{self.apiserver_port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -188,14 +194,22 @@ class LocalControlPlane:
             self.binaries = find_binaries()
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="cdi-e2e-controlplane-"))
-        self.pki = pki = pki_mod.generate(self.dir / "pki")
+        self.pki = pki = pki_mod.generate(self.dir / "pki", extra_ips=(self.bind_address,))
         etcd_client, etcd_peer = free_port(), free_port()
-        self.apiserver_port = free_port()
+        self.apiserver_port = free_port(self.bind_address)
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin.cert, pki.admin.key)
-        egress_config = self.dir / "egress-selector.yaml"
-        proxy_api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
-        self.service_proxy = ServiceProxy(self.dir / "egress.sock", proxy_api).start()
-        write_egress_config(egress_config, self.service_proxy.socket_path)
+        if self.node_network:
+            network = [
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki.admin.cert}",
+                f"--kubelet-client-key={pki.admin.key}",
+            ]
+        else:
+            egress_config = self.dir / "egress-selector.yaml"
+            proxy_api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+            self.service_proxy = ServiceProxy(self.dir / "egress.sock", proxy_api).start()
+            write_egress_config(egress_config, self.service_proxy.socket_path)
+            network = [f"--egress-selector-config-file={egress_config}"]  # webhook Services: serviceproxy.py
 
         etcd = Component(
             "etcd",
@@ -218,8 +232,8 @@ class LocalControlPlane:
             [
                 str(self.binaries["kube-apiserver"]),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.dir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.serving.cert}",
@@ -231,7 +245,7 @@ class LocalControlPlane:
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--allow-privileged=true",
-                f"--egress-selector-config-file={egress_config}",  # webhook Services: harness/serviceproxy.py
+                *network,
                 "--profiling=false",
                 "--v=1",
             ],
@@ -242,7 +256,7 @@ class LocalControlPlane:
             [
                 str(self.binaries["kube-controller-manager"]),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if self.node_network else ()))}",
                 "--leader-elect=false",
                 "--secure-port=0",
                 f"--service-account-private-key-file={pki.sa_key}",
@@ -292,7 +306,9 @@ class LocalControlPlane:
         return ctx
 
     def _get(self, path: str) -> tuple[int, str]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.apiserver_port, context=self._ssl_context(), timeout=5)
+        conn = http.client.HTTPSConnection(
+            self.bind_address, self.apiserver_port, context=self._ssl_context(), timeout=5
+        )
         try:
             conn.request("GET", path)
             resp = conn.getresponse()

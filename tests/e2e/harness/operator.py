@@ -9,6 +9,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from .node import RUNNER_IMAGE
+
 
 class OperatorProcess:
     def __init__(self, kubeconfig: str, log_path: Path, env: Mapping[str, str]) -> None:
@@ -18,7 +20,7 @@ class OperatorProcess:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("CDI_", "KUBERNETES_"))},
             "KUBECONFIG": kubeconfig,
-            "CDI_RUNNER_IMAGE": "cdi-operator:e2e",
+            "CDI_RUNNER_IMAGE": RUNNER_IMAGE,
             "CDI_METRICS_PORT": "0",
             **env,
         }

@@ -107,7 +107,7 @@ def _leaf(
     return pair
 
 
-def generate(directory: Path) -> Pki:
+def generate(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("cdi-e2e-ca")
@@ -135,7 +135,7 @@ def generate(directory: Path) -> Pki:
     _write_key(ca.key, ca_key)
 
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVING_DNS_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", SERVICE_IP)]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", SERVICE_IP, *extra_ips)]
     serving = _leaf(
         directory,
         "apiserver",
