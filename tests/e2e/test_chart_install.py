@@ -1,7 +1,9 @@
 """The Helm chart installed for real (`helm install`) on the e2e control plane.
 
 The local kubelet runs the chart's operator Deployment as a local process with the pod's env, its ServiceAccount's
-token and its volumes (the webhook's TLS Secret), so what is proven here is the chart's own wiring: its RBAC is
+token and its volumes (the webhook's TLS Secret); with CDI_E2E_NODE=containerd a real kubelet runs it in a container
+of the built image, with its probes, limits and read-only root, and Prometheus and the apiserver reach it through
+its Services (kube-proxy). What is proven here is the chart's own wiring: its RBAC is
 enough for the operator (and no more for the runners), the webhook Service and certificate reach the operator, the
 leader Lease is held, and the pods pass Pod Security "restricted" (both namespaces enforce it). An example from
 examples/ then goes Draft → Active → synced by a runner Job, while a real Prometheus scrapes the operator: every
@@ -26,6 +28,7 @@ from harness.controlplane import REPO_ROOT, free_port
 from harness.dashboard import dashboard_queries
 from harness.helm import CHART, RELEASE, helm
 from harness.helpers import pod_logs, wait_until
+from harness.node import IMAGE_REPOSITORY, IMAGE_TAG, node_mode, service_host
 from harness.postgres import sql
 from harness.prometheus import Prometheus
 from kubernetes import client, config
@@ -80,7 +83,7 @@ def _namespace(api: client.ApiClient, stem: str) -> str:
 
 @pytest.fixture(scope="module")
 def braze() -> Iterator[BrazeEmulator]:
-    with BrazeEmulator(api_key=BRAZE_KEY) as emulator:
+    with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
 
 
@@ -90,7 +93,7 @@ def release(kube_api: client.ApiClient, kubeconfig: str, local_kubelet: LocalKub
     namespace = _namespace(kube_api, "cdi-system")
     metrics_port, webhook_port = free_port(), free_port()
     values = {
-        "image": {"repository": "cdi-operator", "tag": "e2e", "pullPolicy": "Never"},
+        "image": {"repository": IMAGE_REPOSITORY, "tag": IMAGE_TAG, "pullPolicy": "Never"},
         "metrics": {"port": metrics_port},
         "webhook": {"port": webhook_port},
         "operator": {"resyncSeconds": 2, "retestFailedSeconds": 3600, "connectionTestTimeoutSeconds": 60},
@@ -122,7 +125,11 @@ def release(kube_api: client.ApiClient, kubeconfig: str, local_kubelet: LocalKub
 
 @pytest.fixture(scope="module")
 def prometheus(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    with Prometheus(tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{release.metrics_port}"]) as server:
+    target = f"127.0.0.1:{release.metrics_port}"  # the local kubelet's process
+    if node_mode():  # the pod, through the chart's metrics Service
+        service = client.CoreV1Api(release.api).read_namespaced_service(f"{RELEASE}-metrics", release.namespace)
+        target = f"{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+    with Prometheus(tmp_path_factory.mktemp("prometheus"), [target]) as server:
         yield server
 
 
@@ -212,6 +219,13 @@ def test_operator_runs_from_the_chart_as_the_lease_holder(release: Release) -> N
         return lease.spec.holder_identity if lease.spec else None
 
     wait_until(holder, WAIT, "the leader Lease held", details=release.operator_log)
+    if node_mode():  # a real kubelet ran the probes in a container with the chart's read-only root
+        ready = {c.type: c.status for c in pod.status.conditions}
+        assert ready["Ready"] == "True" and ready["ContainersReady"] == "True", ready
+        (container,) = pod.spec.containers
+        assert container.security_context.read_only_root_filesystem is True
+        assert container.readiness_probe is not None and container.liveness_probe is not None
+        assert pod.status.container_statuses[0].restart_count == 0, release.operator_log()
 
 
 def test_webhook_from_the_chart_rejects_bad_input_at_apply_time(release: Release, app_namespace: str) -> None:
