@@ -268,7 +268,9 @@ def test_example_goes_active_and_syncs_through_a_runner_job(
     obj = wait_cdi(release, app_namespace, lambda o: (o.get("status") or {}).get("phase") == "Active", "Active")
     assert condition(obj, "Ready")["status"] == "True"
     cronjob = client.BatchV1Api(release.api).read_namespaced_cron_job(INTEGRATION, app_namespace)
-    assert cronjob.spec.job_template.spec.template.spec.service_account_name == f"cdi-runner-{INTEGRATION}"
+    runner_pod = cronjob.spec.job_template.spec.template.spec
+    assert runner_pod.service_account_name == f"cdi-runner-{INTEGRATION}"
+    assert runner_pod.containers[0].security_context.read_only_root_filesystem is True  # on the node: enforced
 
     annotate(release.api, app_namespace, INTEGRATION, "cdi.ingest.dev/sync-now", "chart-e2e")
 

@@ -179,7 +179,13 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
         "imagePullPolicy": settings.runner_image_pull_policy,
         "args": contract.runner_args(namespace, name),
         "env": env,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # A read-only root as the chart gives the operator; /tmp (the image's HOME) is where the clients' caches go.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     resources = merged_resources(settings.runner_resources, spec.runner.resources if spec.runner else None)
     if resources:
@@ -214,6 +220,7 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
                             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                             "restartPolicy": "Never",
                             "containers": [container],
+                            "volumes": [{"name": "tmp", "emptyDir": {}}],
                         },
                     },
                 },
