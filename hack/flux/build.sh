@@ -64,9 +64,12 @@ for c in "${controllers[@]}"; do
   chmod -R u+w "$tmp/src/$name"
   (cd "$tmp/src/$name" && go mod edit -dropreplace "$module/api")
   log "building $c"
+  began=$(date +%s)
   (cd "$tmp/src/$name" && go build -ldflags "-s -w" -o "$tmp/$name" .)
+  log "built $c in $(($(date +%s) - began))s"
   cp "$dir"/config/crd/bases/*.yaml "$tmp/crds/"
 done
+chmod 0644 "$tmp/crds"/*.yaml
 chmod -R u+w "$tmp/src"
 rm -rf "$tmp/src"
 rm -rf "$out"
