@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from harness.controlplane import REPO_ROOT
 from harness.helm import EVERY_OPTION, render
+from harness.helpers import apply_crds
 from kubernetes import client, dynamic
 from kubernetes.client import ApiException
 
@@ -26,13 +26,7 @@ def third_party_crds(kube_api: client.ApiClient) -> None:
     out = subprocess.run(
         ["bash", str(REPO_ROOT / "hack" / "third-party-crds.sh")], check=True, capture_output=True, text=True
     ).stdout
-    resources = dynamic.DynamicClient(kube_api).resources
-    crds = resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
-    for path in sorted(Path(out.strip().splitlines()[-1]).glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                crds.server_side_apply(body=doc, name=doc["metadata"]["name"], field_manager=FIELD_MANAGER, force=True)
-    resources.invalidate_cache()
+    apply_crds(kube_api, sorted(Path(out.strip().splitlines()[-1]).glob("*.yaml")), FIELD_MANAGER)
 
 
 def dry_run_apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> list[str]:

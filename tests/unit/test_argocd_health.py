@@ -46,6 +46,14 @@ CASES = {
         integration("Draft", conditions.stalled("TableMissing", "no table s.t; create it", connection="False")),
         "Degraded",
     ),
+    "credential not applied yet": (
+        integration("Draft", conditions.stalled("CredentialNotFound", "no WarehouseCredential 'wh'")),
+        "Progressing",
+    ),
+    "secret not made yet": (
+        integration("Draft", conditions.stalled("SecretMissing", "no Secret redshift-cdi", connection="False")),
+        "Progressing",
+    ),
     "active": (integration("Active", conditions.ready("Active", "syncing on '0 * * * *' (UTC)")), "Healthy"),
     "suspended": (integration("Suspended", conditions.ready("Suspended", "paused (spec.suspend)")), "Suspended"),
     "spec changed, not yet seen": (

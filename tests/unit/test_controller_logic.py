@@ -224,6 +224,11 @@ def test_test_wanted() -> None:
     obj["status"]["connectionTest"]["result"] = "Failed"
     assert connection.test_wanted(obj, "fp", 600, now=T0 + timedelta(minutes=5))[0] is False
     assert connection.test_wanted(obj, "fp", 600, now=T0 + timedelta(minutes=11))[0] is True
+    # A missing Secret is looked for again after a resync interval, not after the failed-test back-off.
+    obj["status"]["connectionTest"]["reason"] = "SecretMissing"
+    later = T0 + timedelta(minutes=2)
+    assert connection.test_wanted(obj, "fp", 600, now=later, retest_missing_secret_seconds=60)[0] is True
+    assert connection.test_wanted(obj, "fp", 600, now=later)[0] is False
 
 
 def test_preview_values_are_short_and_json_safe() -> None:

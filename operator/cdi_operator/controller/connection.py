@@ -264,7 +264,12 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def test_wanted(
-    obj: JSON, fingerprint: str, retest_failed_seconds: float, now: datetime | None = None
+    obj: JSON,
+    fingerprint: str,
+    retest_failed_seconds: float,
+    now: datetime | None = None,
+    *,
+    retest_missing_secret_seconds: float | None = None,
 ) -> tuple[bool, bool, str | None]:
     """(test now?, is the last passing test still valid for the current spec?, requested annotation value)."""
     status = obj.get("status") or {}
@@ -280,8 +285,13 @@ def test_wanted(
     if requested is not None:
         return True, test.get("result") == PASSED, requested
     if test.get("result") == FAILED:
+        wait = retest_failed_seconds
+        if test.get("reason") == reasons.SECRET_MISSING and retest_missing_secret_seconds is not None:
+            # A Secret applied together with its credential (an ExternalSecret, a SealedSecret) arrives a moment
+            # later; looking again soon lets one GitOps apply converge.
+            wait = min(wait, retest_missing_secret_seconds)
         tested = _parse_time(test.get("time"))
         now = now or datetime.now(UTC)
-        if tested is None or (now - tested).total_seconds() >= retest_failed_seconds:
+        if tested is None or (now - tested).total_seconds() >= wait:
             return True, False, None
     return False, test.get("result") == PASSED, None

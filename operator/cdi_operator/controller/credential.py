@@ -155,7 +155,12 @@ class CredentialReconciler:
 
         fingerprint = credential_fingerprint(obj)
         test = status.get("connectionTest") or {}
-        wanted, _, requested = test_wanted(obj, fingerprint, self.settings.retest_failed_seconds)
+        wanted, _, requested = test_wanted(
+            obj,
+            fingerprint,
+            self.settings.retest_failed_seconds,
+            retest_missing_secret_seconds=self.settings.resync_seconds,
+        )
         key_updates, key_wants = await self._keys(obj, status, spec, requested is not None)
         writer.set(observed_generation=generation)
         writer.want(key_wants)

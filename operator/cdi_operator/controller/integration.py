@@ -368,7 +368,12 @@ class _Run:
             return
 
         fingerprint = test_fingerprint(spec, credential)
-        wanted, still_valid, requested = test_wanted(self.obj, fingerprint, self.settings.retest_failed_seconds)
+        wanted, still_valid, requested = test_wanted(
+            self.obj,
+            fingerprint,
+            self.settings.retest_failed_seconds,
+            retest_missing_secret_seconds=self.settings.resync_seconds,
+        )
         if wanted:
             await self.test(spec, credential_spec, fingerprint, live=still_valid, requested=requested)
         test = self.writer.get("connection_test") or {}

@@ -26,6 +26,10 @@ FIELD_MANAGER = "cdi-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "cdi-operator"
+# Labels kustomize-controller puts on every object it applies, naming its Kustomization.
+FLUX_NAME_LABEL = "kustomize.toolkit.fluxcd.io/name"
+FLUX_NAMESPACE_LABEL = "kustomize.toolkit.fluxcd.io/namespace"
+FLUX_KUSTOMIZATION = ("kustomize.toolkit.fluxcd.io", "v1")
 
 
 async def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -244,7 +248,28 @@ class KubeApi:
     # --- events ---
 
     async def event(self, obj: JSON, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about `obj` (never with a secret value in `message`)."""
+        """A core/v1 Event about `obj` (never with a secret value in `message`).
+
+        A Warning is also posted on the Flux Kustomization that applied `obj`, if any: Flux's failed health check
+        names the object but not its message, and `kubectl describe kustomization` shows that Kustomization's
+        Events.
+        """
+        await self._post_event(obj, type_, reason, message)
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        name, namespace = labels.get(FLUX_NAME_LABEL), labels.get(FLUX_NAMESPACE_LABEL)
+        if type_ != "Warning" or not name or not namespace:
+            return
+        group, version = FLUX_KUSTOMIZATION
+        try:
+            get: Any = self.custom.get_namespaced_custom_object
+            kustomization = await _call("its Kustomization", get, group, version, namespace, "kustomizations", name)
+        except KubeError:  # not readable (RBAC, operator.watchNamespaces) or gone: the object's own Event stays
+            return
+        where = f"{obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
+        await self._post_event(kustomization, type_, reason, f"{where}: {message}")
+
+    async def _post_event(self, obj: JSON, type_: str, reason: str, message: str) -> None:
         meta = obj.get("metadata", {})
         now = datetime.now(UTC)
         namespace = str(meta.get("namespace", "default"))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
-from kubernetes import client
+import yaml
+from kubernetes import client, dynamic
 from kubernetes.client import ApiException
 
 from .kubelet import LocalKubelet
@@ -41,3 +44,25 @@ def pod_logs(api: client.ApiClient, kubelet: LocalKubelet | None, namespace: str
         return str(client.CoreV1Api(api).read_namespaced_pod_log(name, namespace))
     except ApiException as e:
         return f"(no log: {e.reason})"
+
+
+def apply_crds(api: client.ApiClient, paths: Iterable[Path], field_manager: str) -> list[str]:
+    """Server-side apply every CRD in the files `paths`, wait until each is Established; their names."""
+    resources = dynamic.DynamicClient(api).resources
+    crds = resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    names = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                crds.server_side_apply(body=doc, name=doc["metadata"]["name"], field_manager=field_manager, force=True)
+                names.append(doc["metadata"]["name"])
+    ext = client.ApiextensionsV1Api(api)
+
+    def established(name: str) -> bool:
+        status = ext.read_custom_resource_definition(name).status
+        return any(c.type == "Established" and c.status == "True" for c in (status and status.conditions) or [])
+
+    for name in names:
+        wait_until(partial(established, name), 60, f"CRD {name} to be Established", interval=0.2)
+    resources.invalidate_cache()
+    return names
