@@ -151,7 +151,8 @@ def test_connection_test_alert_tolerates_the_operators_retest_interval() -> None
     # A broken connection fails once per retest; the alert must bridge that gap or it would never fire.
     rule = prometheus_rule({"operator": {"retestFailedSeconds": 1800}})
 
-    assert "[2220s]" in alerts(rule)["CdiConnectionTestFailing"]["expr"]
+    # 1800 s between retests + 60 s resync + the 600 s a connection test may take + one minute of scraping.
+    assert "[2520s]" in alerts(rule)["CdiConnectionTestFailing"]["expr"]
 
 
 def test_lower_watermark_threshold_fires_on_a_lag_the_default_tolerates(tmp_path: Path) -> None:
