@@ -38,7 +38,7 @@ from cdi_operator.api.models import (
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION = "cdi.ingest.dev", "v1alpha1"
-CDI, WHC = "cdiintegrations", "warehousecredentials"
+CDI, WHC, BZW = "cdiintegrations", "warehousecredentials", "brazeworkspaces"
 CRD_DIR = REPO_ROOT / "crds"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -146,11 +146,11 @@ def raw_get(api: client.ApiClient, path: str, accept: str) -> Any:
 
 
 def test_install_is_idempotent(kube_api: client.ApiClient, crds: list[str]) -> None:
-    assert sorted(crds) == [f"{CDI}.{GROUP}", f"{WHC}.{GROUP}"]
+    assert sorted(crds) == [f"{BZW}.{GROUP}", f"{CDI}.{GROUP}", f"{WHC}.{GROUP}"]
     again = install_crds(kube_api)
     assert again == crds
     ext = client.ApiextensionsV1Api(kube_api)
-    for name in crds:
+    for name in (f"{CDI}.{GROUP}", f"{WHC}.{GROUP}"):  # a BrazeWorkspace is settings only: no status
         crd = ext.read_custom_resource_definition(name)
         assert crd.spec.versions[0].subresources.status == {}
 
@@ -159,12 +159,12 @@ def test_short_names_and_categories_resolve_via_discovery(kube_api: client.ApiCl
     listing = raw_get(kube_api, f"/apis/{GROUP}/{VERSION}", "application/json")
     resources = {r["name"]: r for r in listing["resources"]}
     by_short_name = {short: name for name, r in resources.items() for short in r.get("shortNames", [])}
-    assert by_short_name == {"cdi": CDI, "whc": WHC}
-    for plural, kind in ((CDI, "CdiIntegration"), (WHC, "WarehouseCredential")):
+    assert by_short_name == {"cdi": CDI, "whc": WHC, "bzw": BZW}
+    for plural, kind in ((CDI, "CdiIntegration"), (WHC, "WarehouseCredential"), (BZW, "BrazeWorkspace")):
         assert resources[plural]["kind"] == kind
         assert resources[plural]["namespaced"] is True
         assert "cdi-ingest" in resources[plural]["categories"]
-        assert f"{plural}/status" in resources
+        assert (f"{plural}/status" in resources) == (plural != BZW)
     # A category named like a short name would make kubectl expand `kubectl get cdi` to every kind in it.
     assert not any("cdi" in r.get("categories", []) for r in resources.values())
 
