@@ -402,6 +402,7 @@ def _runner_account(api: client.ApiClient, namespace: str) -> None:
         {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["get", "patch", "update"]},
         {"apiGroups": [GROUP], "resources": [WHC], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"]},  # the run claim
     ]
     rbac = client.RbacAuthorizationV1Api(api)
     rbac.create_namespaced_role(namespace, {"metadata": {"name": RUNNER_SA}, "rules": rules})
