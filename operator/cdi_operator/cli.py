@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdi_operator.commands.common import EXIT_BAD_INPUT, setup_logging
+from cdi_operator.commands.common import ENV_LOG_FORMAT, EXIT_BAD_INPUT, LOG_FORMATS, setup_logging
 from cdi_operator.runner.contract import (
     ENV_BRAZE_ENDPOINT,
     FLAG_IN_CLUSTER,
@@ -26,6 +27,12 @@ from cdi_operator.runner.contract import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdi", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument(
+        "--log-format",
+        choices=tuple(LOG_FORMATS),
+        default=os.environ.get(ENV_LOG_FORMAT) if os.environ.get(ENV_LOG_FORMAT) in LOG_FORMATS else "logfmt",
+        help=f"structured log lines (default: ${ENV_LOG_FORMAT}, else logfmt)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sync = commands.add_parser(SYNC_COMMAND, help="run one sync from the YAML you would kubectl apply")
@@ -64,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) and EXIT_BAD_INPUT
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
     if args.command == SYNC_COMMAND:
         if bool(args.file) == bool(args.in_cluster):
             print("error: give exactly one of -f FILE.yaml (local run) or --in-cluster (in a pod)", file=sys.stderr)

@@ -69,6 +69,10 @@ def _create_objects(
         },
     )
     core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
+    # The integration's run Lease, which the operator creates (runner/claim.py); the runner may only update it.
+    client.CoordinationV1Api(api).create_namespaced_lease(
+        namespace, {"metadata": {"name": "cdi-run-users"}, "spec": {}}
+    )
     custom = client.CustomObjectsApi(api)
     custom.create_namespaced_custom_object(
         GROUP,
@@ -105,6 +109,12 @@ def _runner_account(api: client.ApiClient, namespace: str, name: str, secrets: l
         {"apiGroups": [GROUP], "resources": [CDI], "verbs": ["get"], "resourceNames": ["users"]},
         {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["patch"], "resourceNames": ["users"]},
         {"apiGroups": [GROUP], "resources": ["warehousecredentials"], "verbs": ["get"], "resourceNames": ["wh"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "update"],
+            "resourceNames": ["cdi-run-users"],
+        },
     ]
     if secrets:
         rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": secrets})
@@ -230,7 +240,10 @@ def test_runner_job_syncs_and_keeps_its_state_in_the_status(
     assert (last.result, last.trigger, last.rows_synced, last.rows_read) == (RunResult.SUCCESS, "syncNow", 5, 5)
     assert last.finished_at is not None and last.braze_requests == {"/users/track:201": 1}
     for key in operator_status:
-        assert status[key] == before[key], key
+        if key != "runs":
+            assert status[key] == before[key], key
+    # status.runs is the runners' since issue 10: this run's record comes first, the earlier one is kept.
+    assert status["runs"][0] == status["lastSync"] and status["runs"][1:] == before["runs"]
 
     # A second run finds nothing new and sends nothing.
     ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-2", "runner")
@@ -363,3 +376,36 @@ def test_a_bulk_load_at_one_updated_at_fits_in_the_status(
     ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-bulk-2", "runner")
     assert ok and code == 0, log
     assert _summary_line(log)["rowsSynced"] == 0 and len(braze.tracked("attributes")) == 100_000
+
+
+def test_one_claim_at_a_time_and_a_watermark_moved_by_another_writer_is_never_overwritten(
+    kube_api: client.ApiClient, namespace: str, crds: list[str], pg: dict[str, str]
+) -> None:
+    from cdi_operator.runner.claim import ClaimLost, RunClaim, RunIdentity
+    from cdi_operator.runner.status_store import WatermarkMoved
+
+    _create_objects(kube_api, namespace, pg, "public", "http://127.0.0.1:9")
+    kube = Kube(kube_api)
+    first = RunClaim(kube, namespace, "users", RunIdentity("run-1", "schedule", job="j1", pod="p1"), lease_seconds=30)
+    second = RunClaim(kube, namespace, "users", RunIdentity("run-2", "syncNow", job="j2"), lease_seconds=30)
+
+    assert first.take() is None and first.held()
+    holder = second.take()
+    assert holder is not None and holder.startswith("run run-1 (Job j1, pod p1, trigger schedule, since ")
+    first.renew()
+    first.release()
+    with pytest.raises(ClaimLost):
+        first.check()  # released: this run may write nothing more
+    assert second.take() is None and second.took_over is None  # a released claim is free, not abandoned
+
+    store = CrStatusStore(Kube(kube_api), namespace, "users", claim=second)
+    mark = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert store.load_watermark() is None
+    store.save_watermark(Watermark(updatedAt=mark))
+    theirs = {"updatedAt": "2026-06-01T00:00:00Z", "boundaryFingerprints": [], "boundaryComplete": False}
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, CDI, "users", {"status": {"watermark": theirs}}
+    )
+    with pytest.raises(WatermarkMoved, match="changed by another writer"):
+        store.save_watermark(Watermark(updatedAt=mark + timedelta(seconds=1)))
+    assert _status(kube_api, namespace)["watermark"] == theirs

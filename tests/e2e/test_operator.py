@@ -402,6 +402,7 @@ def _runner_account(api: client.ApiClient, namespace: str) -> None:
         {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["get", "patch", "update"]},
         {"apiGroups": [GROUP], "resources": [WHC], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"]},  # the run claim
     ]
     rbac = client.RbacAuthorizationV1Api(api)
     rbac.create_namespaced_role(namespace, {"metadata": {"name": RUNNER_SA}, "rules": rules})
@@ -442,7 +443,8 @@ def test_full_flow_sync_now_through_the_runner(
     wait_status(kube_api, operator, namespace, "users", phase_is("Active"), "phase Active")
 
     def finished() -> Callable[[dict[str, Any]], bool]:
-        return lambda o: bool(o["status"].get("runs") or [])
+        # The runner's record is in status.runs from its start (Running): wait for it to finish.
+        return lambda o: any(r.get("finishedAt") for r in o["status"].get("runs") or [])
 
     obj = wait_status(kube_api, operator, namespace, "users", finished(), "a finished run in status.runs", timeout=180)
     status = obj["status"]

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from cdi_operator.api.models import CdiIntegrationSpec, SourceTable, WarehouseCredentialSpec
-from cdi_operator.controller import conditions, connection, sync_now
+from cdi_operator.controller import conditions, connection, history, sync_now
 from cdi_operator.controller.credential import IN_USE_FINALIZER, finalizers_with, users_of
-from cdi_operator.controller.history import MAX_RUNS, runs_with_last_sync
 from cdi_operator.controller.integration import (
     build_cronjob,
     credential_specs,
@@ -200,15 +199,26 @@ def test_parse_spec_names_the_field() -> None:
     assert isinstance(message, str) and message.startswith("spec.schedule")
 
 
-def test_runs_history() -> None:
-    last = {"startedAt": "t1", "finishedAt": "t2", "result": "Success", "trigger": "schedule", "job": "j1"}
-    assert runs_with_last_sync({"lastSync": {**last, "finishedAt": None, "result": "Running"}}) is None
-    runs = runs_with_last_sync({"lastSync": last})
-    assert runs == [last]
-    assert runs_with_last_sync({"lastSync": last, "runs": runs}) is None
-    old = [{"startedAt": f"o{i}", "finishedAt": "x", "result": "Success", "job": f"o{i}"} for i in range(MAX_RUNS)]
-    new = runs_with_last_sync({"lastSync": last, "runs": old})
-    assert new is not None and len(new) == MAX_RUNS and new[0] == last
+def test_runs_history_is_counted_once_and_the_latest_run_is_not_a_skipped_one() -> None:
+    def run(run_id: str, result: str = "Success", minute: int = 0) -> dict[str, Any]:
+        started = f"2026-01-01T00:{minute:02d}:00Z"
+        finished = None if result == "Running" else f"2026-01-01T00:{minute:02d}:30Z"
+        return {"runId": run_id, "startedAt": started, "finishedAt": finished, "result": result}
+
+    status: dict[str, Any] = {"runs": [run("c", "Skipped", 3), run("b", "Running", 2), run("a", "Error", 1)]}
+    assert [r.run_id for r in history.uncounted(status)] == ["a", "c"]  # oldest first, Running left out
+    assert history.latest(status) is not None and history.latest(status).run_id == "a"  # type: ignore[union-attr]
+    counted = history.counted_runs(status, history.uncounted(status))
+    assert counted == ["c", "a"]
+    status["countedRuns"] = counted
+    assert history.uncounted(status) == []
+    # b finishes after c was recorded (c was skipped while b ran): b is new, c and a stay counted.
+    status["runs"][1] = run("b", "Success", 2)
+    assert [r.run_id for r in history.uncounted(status)] == ["b"]
+    assert history.latest(status).run_id == "b"  # type: ignore[union-attr]
+    # runs that left the history leave countedRuns too
+    status["runs"] = status["runs"][:1]
+    assert history.counted_runs(status, []) == ["c"]
 
 
 def test_test_wanted() -> None:

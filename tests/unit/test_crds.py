@@ -87,11 +87,11 @@ def test_check_reports_drift_and_exits_1(tmp_path: Path) -> None:
     assert gen.main(["--out", str(tmp_path), "--check"], stdout=out.append) == 0
 
     path = tmp_path / FILES["CdiIntegration"]
-    path.write_text(path.read_text().replace("maxItems: 10", "maxItems: 11"))
+    path.write_text(path.read_text().replace("maxItems: 50", "maxItems: 51"))
     out.clear()
     assert gen.main(["--out", str(tmp_path), "--check"], stdout=out.append) == 1
     text = "".join(out)
-    assert "-                maxItems: 11" in text and "+                maxItems: 10" in text
+    assert "-                maxItems: 51" in text and "+                maxItems: 50" in text
     assert gen.COMMAND in text
 
     (tmp_path / FILES["WarehouseCredential"]).unlink()
@@ -283,7 +283,7 @@ def test_bounds_formats_and_free_form_values() -> None:
     assert at(cdi, "spec.schedule")["maxLength"] == 200
     assert at(cdi, "spec.contactEmails")["maxItems"] == 20
     assert "pattern" in at(cdi, "spec.contactEmails[]")
-    assert at(cdi, "status.runs")["maxItems"] == 10
+    assert at(cdi, "status.runs")["maxItems"] == 50  # spec.sync.runHistory is at most 50
     assert at(cdi, "status.watermark.updatedAt")["format"] == "date-time"
     assert at(cdi, "status.lastSync.finishedAt")["format"] == "date-time"
     rate = at(cdi, "spec.braze.requestsPerSecond")

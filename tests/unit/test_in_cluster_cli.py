@@ -60,3 +60,24 @@ def test_a_warehouse_that_cannot_be_opened_keeps_its_reason_in_status(reason: Fa
     summary = RunSummary(trigger="schedule", started_at=datetime.now(UTC), result=RunResult.ERROR, message=message)
     assert failure_reason(summary) == reason.value
     assert "cannot connect to the warehouse: the warehouse said no" in message
+
+
+@pytest.mark.parametrize("log_format", ["logfmt", "json"])
+def test_log_lines_carry_their_fields_in_either_format(log_format: str) -> None:
+    import json
+    import logging
+
+    from cdi_operator.cli import build_parser
+    from cdi_operator.commands.common import LOG_FORMATS
+
+    assert build_parser().parse_args(["--log-format", log_format, "demo"]).log_format == log_format
+    record = logging.LogRecord("cdi", logging.WARNING, __file__, 1, "row error", None, None)
+    record.fields = {"reason": "INVALID_KEY", "identifier": "email=j***@example.com", "error": 'key "a b"'}
+    line = LOG_FORMATS[log_format]().format(record)
+    if log_format == "json":
+        parsed = json.loads(line)
+        assert (parsed["level"], parsed["msg"], parsed["reason"]) == ("warning", "row error", "INVALID_KEY")
+        assert parsed["error"] == 'key "a b"'
+    else:
+        assert 'msg="row error" reason=INVALID_KEY identifier="email=j***@example.com"' in line
+        assert 'error="key \\"a b\\""' in line

@@ -24,6 +24,7 @@ from cdi_operator.api.models import (
     SecretKeyRef,
     SnowflakeSpec,
     SourceTable,
+    SyncOptions,
     WarehouseCredential,
     WarehouseCredentialSpec,
     WarehouseType,
@@ -380,6 +381,8 @@ def test_integration_round_trips_by_alias() -> None:
         "maxRowsPerRun": 500_000_000,
         "checkpointSeconds": 1.0,
         "timeoutSeconds": 3600,
+        "leaseSeconds": 60,
+        "runHistory": 10,
     }
     assert CdiIntegration.model_validate(dumped) == integration
     assert CdiIntegration.model_validate(integration.model_dump(by_alias=True)) == integration
@@ -475,10 +478,13 @@ def test_condition_reason_is_kubernetes_shaped() -> None:
         Condition.model_validate({"type": "Ready", "status": "Yes", "reason": "Ok", "lastTransitionTime": T0})
 
 
-def test_status_history_capped_at_ten() -> None:
+def test_status_history_capped_at_the_largest_run_history() -> None:
     run = {"startedAt": T0, "result": "Success"}
+    CdiIntegrationStatus.model_validate({"runs": [run] * 50})
     with pytest.raises(ValidationError):
-        CdiIntegrationStatus.model_validate({"runs": [run] * 11})
+        CdiIntegrationStatus.model_validate({"runs": [run] * 51})
+    with pytest.raises(ValidationError, match="runHistory"):
+        SyncOptions.model_validate({"runHistory": 51})
 
 
 def test_public_reason_and_condition_names_do_not_change() -> None:

@@ -234,7 +234,7 @@ async def test_integration_phase(world: World, case: IntegrationCase) -> None:
         assert status["connectionTest"]["result"] == "Passed" and status["connectionTest"]["preview"]
         assert IN_USE_FINALIZER in world.kube.obj(WHC_PLURAL, NS, "wh")["metadata"]["finalizers"]
         kinds = sorted(kind for kind, _, _ in world.kube.runner_access)
-        assert kinds == ["Role", "RoleBinding", "ServiceAccount"]
+        assert kinds == ["Lease", "Role", "RoleBinding", "ServiceAccount"]  # the Lease: the runs' claim
     else:
         assert cronjob is None
         assert not world.kube.runner_access
@@ -264,7 +264,7 @@ async def test_operator_service_account_setting_makes_no_runner_access(world: Wo
     await world.integrations().reconcile(NS, "users")
 
     assert world.status()["phase"] == "Active"
-    assert not world.kube.runner_access
+    assert [kind for kind, _, _ in world.kube.runner_access] == ["Lease"]  # the runs' claim, in both modes
     cronjob = world.kube.cronjobs[(NS, cronjob_name("users"))]
     assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == "shared-runner"
 
@@ -509,57 +509,63 @@ async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceed
 # --- finished runs: history, Synced, Events ------------------------------------------------------------------
 
 
-RUN = {"trigger": "schedule", "job": "users-1", "startedAt": "2026-01-01T03:00:00Z"}
+RUN = {"runId": "r-1", "trigger": "schedule", "job": "users-1", "startedAt": "2026-01-01T03:00:00Z"}
+FINISHED = "2026-01-01T03:01:00Z"
 
 
 @pytest.mark.parametrize(
-    ("last_sync", "synced", "reason", "event"),
+    ("record", "synced", "reason", "event"),
     [
-        ({**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Success", "rowsSynced": 3}, "True", "Success", None),
-        ({**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Partial", "rowsFailed": 1}, "True", "Partial", None),
+        ({**RUN, "finishedAt": FINISHED, "result": "Success", "rowsSynced": 3}, "True", "Success", None),
+        ({**RUN, "finishedAt": FINISHED, "result": "Partial", "rowsFailed": 1}, "True", "Partial", None),
         (
-            {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "Error", "message": "TableMissing: gone"},
+            {**RUN, "finishedAt": FINISHED, "result": "Error", "message": "TableMissing: gone"},
             "False",
             reasons.FailureReason.TABLE_MISSING,
             reasons.FailureReason.TABLE_MISSING,
         ),
-        (
-            {**RUN, "finishedAt": "2026-01-01T03:01:00Z", "result": "LimitExceeded"},
-            "False",
-            "LimitExceeded",
-            "LimitExceeded",
-        ),
+        ({**RUN, "finishedAt": FINISHED, "result": "LimitExceeded"}, "False", "LimitExceeded", "LimitExceeded"),
         ({**RUN, "result": "Running"}, None, None, None),
+        (
+            {**RUN, "trigger": "syncNow", "finishedAt": FINISHED, "result": "Skipped", "heldBy": "run r-0"},
+            None,
+            None,
+            reasons.SYNC_NOW_SKIPPED,
+        ),
     ],
-    ids=["success", "partial", "error", "limit", "running"],
+    ids=["success", "partial", "error", "limit", "running", "skipped-sync-now"],
 )
 async def test_finished_run(
-    world: World, last_sync: dict[str, Any], synced: str | None, reason: str | None, event: str | None
+    world: World, record: dict[str, Any], synced: str | None, reason: str | None, event: str | None
 ) -> None:
     _active(world)
     reconciler = world.integrations(Observer(env={}))
     await reconciler.reconcile(NS, "users")
-    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = last_sync
+    # What the runner writes: its record in status.runs, and in lastSync unless it was skipped.
+    status = world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]
+    status["runs"] = [record]
+    if record["result"] != "Skipped":
+        status["lastSync"] = record
     events, patches = len(world.kube.events), len(world.kube.writes_of("patch_status"))
 
     await reconciler.reconcile(NS, "users")
 
-    # runs, Synced and the e-mail key come in one patch (none while the run is still going).
-    assert len(world.kube.writes_of("patch_status")) == patches + (0 if synced is None else 1)
+    # countedRuns, Synced and the e-mail key come in one patch (none while the run is still going).
+    finished = "finishedAt" in record
+    assert len(world.kube.writes_of("patch_status")) == patches + (1 if finished else 0)
 
     status = world.status()
+    assert status.get("countedRuns", []) == (["r-1"] if finished else [])
     if synced is None:
         assert conditions.find(status.get("conditions"), reasons.SYNCED) is None
-        assert not status.get("runs")
     else:
-        assert status["runs"] == [last_sync]
         found = condition(status, reasons.SYNCED)
         assert (found["status"], found["reason"]) == (synced, reason)
     assert [e.reason for e in world.kube.events[events:]] == ([event] if event else [])
 
-    await reconciler.reconcile(NS, "users")  # seen once: no second Event, runs unchanged
+    await reconciler.reconcile(NS, "users")  # counted once: no second Event, nothing written
     assert len(world.kube.events) == events + (1 if event else 0)
-    assert world.status().get("runs") == status.get("runs")
+    assert world.status().get("countedRuns") == status.get("countedRuns")
 
 
 # --- WarehouseCredential ----------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cdi_operator.api.models import CdiIntegrationSpec, WarehouseCredentialSpec, WorkspaceRef
-from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
+from cdi_operator.controller.runner_access import build_run_lease, build_runner_access, runner_account_name
 
 OBJ: dict[str, Any] = {
     "apiVersion": "cdi.ingest.dev/v1alpha1",
@@ -42,6 +42,9 @@ def test_role_names_exactly_the_objects_the_runner_reads() -> None:
     assert rules[("cdi.ingest.dev", "cdiintegrations/status")]["verbs"] == ["get", "patch"]
     assert rules[("cdi.ingest.dev", "warehousecredentials")]["resourceNames"] == ["wh"]
     assert rules[("", "secrets")]["resourceNames"] == ["bastion", "braze", "pw"]
+    # the run claim (runner/claim.py): its one Lease, never `create` (the operator makes it)
+    assert rules[("coordination.k8s.io", "leases")]["resourceNames"] == ["cdi-run-users"]
+    assert rules[("coordination.k8s.io", "leases")]["verbs"] == ["get", "update"]
     assert all(r["verbs"] != ["*"] and "list" not in r["verbs"] for r in role["rules"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cdi-runner-users", "namespace": "data"}]
     for obj in (account, role, binding):  # garbage-collected with the integration
@@ -72,3 +75,14 @@ def test_the_brazeworkspace_it_names_and_only_that_one() -> None:
     ]
     _, role, _ = build_runner_access(OBJ, SPEC, TUNNELLED, {})
     assert not [r for r in role["rules"] if r["resources"] == ["brazeworkspaces"]]
+
+
+def test_the_run_lease_is_empty_and_owned_by_the_integration() -> None:
+    lease = build_run_lease(OBJ, {"l": "v"})
+    assert (lease["kind"], lease["metadata"]["name"], lease["metadata"]["namespace"]) == (
+        "Lease",
+        "cdi-run-users",
+        "data",
+    )
+    assert "spec" not in lease  # the runners own it; a server-side apply of this one never touches it
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == "u-1"

@@ -12,6 +12,7 @@ import pytest
 
 from cdi_operator.api.models import RunResult, RunSummary, Watermark
 from cdi_operator.runner import state
+from cdi_operator.runner.run_record import merged_runs, new_run_id
 from cdi_operator.runner.state import RUN_HISTORY, JsonFileStore, StateFileError, StateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 654321, tzinfo=UTC)
@@ -204,3 +205,15 @@ def test_damaged_entry_of_another_integration_does_not_matter(tmp_path: Path) ->
     store = JsonFileStore(path, "default/users")
     store.save_watermark(watermark())
     assert store.load_watermark() == watermark()
+
+
+def test_a_run_record_replaces_its_own_entry_or_comes_first_within_the_limit() -> None:
+    runs = [{"runId": "b", "result": "Running"}, {"runId": "a", "result": "Success"}]
+    assert merged_runs(runs, {"runId": "b", "result": "Success"}, 10) == [
+        {"runId": "b", "result": "Success"},
+        {"runId": "a", "result": "Success"},
+    ]
+    assert merged_runs(runs, {"runId": "c", "result": "Skipped"}, 2) == [{"runId": "c", "result": "Skipped"}, runs[0]]
+    assert merged_runs(None, {"runId": "c"}, 3) == [{"runId": "c"}]
+    first, second = new_run_id(), new_run_id()
+    assert first != second and len(first) == len("20261201T214302Z-3f9a1c")

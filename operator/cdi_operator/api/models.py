@@ -6,6 +6,7 @@ that names the field and the fix, so that `cdi sync -f`, the admission webhook a
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +26,8 @@ TEST_CONNECTION_ANNOTATION = f"{GROUP}/test-connection"
 ROTATE_KEY_ANNOTATION = f"{GROUP}/rotate-key"
 REWIND_ANNOTATION = f"{GROUP}/rewind"
 REWIND_FULL = "full"
+RUN_LEASE_PREFIX = "cdi-run-"
+RUN_HISTORY_MAX = 50
 
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
@@ -33,6 +36,16 @@ _SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
 _SQL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,254}$"
 _HOSTNAME = r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def run_lease_name(integration: str) -> str:
+    """The coordination.k8s.io Lease that the runs of CdiIntegration `integration` claim (one run at a time)."""
+    name = RUN_LEASE_PREFIX + integration
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(integration.encode()).hexdigest()[:10]
+    return f"{name[:242].rstrip('-.')}-{digest}"
+
 
 SqlName = Annotated[str, Field(pattern=_SQL_NAME, description="A name we quote by the warehouse's own rules.")]
 Hostname = Annotated[str, Field(pattern=_HOSTNAME, max_length=253)]
@@ -67,6 +80,7 @@ class RunResult(StrEnum):
     PARTIAL = "Partial"
     ERROR = "Error"
     LIMIT_EXCEEDED = "LimitExceeded"
+    SKIPPED = "Skipped"  # another run held the integration: nothing read, nothing sent
 
 
 class Model(BaseModel):
@@ -338,6 +352,22 @@ class SyncOptions(Model):
         "finish within an hour.",
     )
 
+    lease_seconds: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        alias="leaseSeconds",
+        description="How long a run's claim on the integration (its Lease) lasts unrenewed: a runner killed while "
+        "holding it keeps every other run out for at most this long.",
+    )
+    run_history: int = Field(
+        default=10,
+        ge=1,
+        le=RUN_HISTORY_MAX,
+        alias="runHistory",
+        description="Run records kept in status.runs, newest first.",
+    )
+
 
 Quantity = Annotated[
     str,
@@ -532,8 +562,12 @@ class RowErrorSample(Model):
 
 
 class RunSummary(Model):
+    """One run's record, written by the runner itself: status.lastSync and each entry of status.runs."""
+
+    run_id: str | None = Field(default=None, alias="runId", max_length=128)
     trigger: Literal["schedule", "syncNow", "local"] = "local"
     job: str | None = None
+    pod: str | None = None
     started_at: datetime = Field(alias="startedAt")
     finished_at: datetime | None = Field(default=None, alias="finishedAt")
     result: RunResult
@@ -551,8 +585,16 @@ class RunSummary(Model):
     future_rows: int = Field(
         default=0, alias="futureRows", description="Rows dated after the read bound; they wait for their time."
     )
+    watermark_before: datetime | None = Field(default=None, alias="watermarkBefore")
     watermark: datetime | None = None
     message: str = ""
+    held_by: str | None = Field(
+        default=None,
+        alias="heldBy",
+        max_length=512,
+        description="A skipped run: the run that held the integration (run id, Job, pod).",
+    )
+    row_errors_by_reason: dict[str, int] = Field(default_factory=dict, alias="rowErrorsByReason", max_length=64)
     row_errors: list[RowErrorSample] = Field(default_factory=list, alias="rowErrors", max_length=20)
     braze_requests: dict[str, int] | None = Field(
         default=None,
@@ -614,7 +656,18 @@ class CdiIntegrationStatus(Model):
     connection_test: ConnectionTest | None = Field(default=None, alias="connectionTest")
     watermark: Watermark | None = None
     last_sync: RunSummary | None = Field(default=None, alias="lastSync")
-    runs: list[RunSummary] = Field(default_factory=list, max_length=10)
+    runs: list[RunSummary] = Field(
+        default_factory=list,
+        max_length=RUN_HISTORY_MAX,
+        description="Written by the runners: one record per run, newest first, at most spec.sync.runHistory.",
+    )
+    counted_runs: list[str] = Field(
+        default_factory=list,
+        alias="countedRuns",
+        max_length=RUN_HISTORY_MAX,
+        description="Set by the operator: the runIds of status.runs already counted in its metrics, so that each "
+        "run is counted once, also when it finished while the operator was down.",
+    )
     last_handled_sync_now: str | None = Field(default=None, alias="lastHandledSyncNow")
     last_handled_test_connection: str | None = Field(default=None, alias="lastHandledTestConnection")
     last_handled_rewind: str | None = Field(default=None, alias="lastHandledRewind")

@@ -76,6 +76,9 @@ ACTIVE: Final = "Active"  # also the Normal Event when it becomes Active
 SUSPENDED: Final = "Suspended"  # spec.suspend; also its Event
 SYNC_NOW: Final = "SyncNow"  # Event: the Job of a sync-now value was created
 SYNC_NOW_REFUSED: Final = "SyncNowRefused"  # Event: a sync-now value not acted on (not Active, or a run in progress)
+# Event: a sync-now's Job found another run holding the integration (runner/claim.py) and sent nothing; refused, not
+# queued, as SYNC_NOW_REFUSED
+SYNC_NOW_SKIPPED: Final = "SyncNowSkipped"
 SYNC_FAILED: Final = "SyncFailed"  # Synced=False for a failed run whose message names no more precise reason
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"  # a run stopped at spec.sync.timeoutSeconds (the Job's deadline)
 TERMINATED: Final = "Terminated"  # a run whose runner got SIGTERM; the operator names the deadline when it was that

@@ -45,15 +45,17 @@ class BadInput(Exception):
 class LogfmtFormatter(logging.Formatter):
     """`time=… level=… logger=… msg="…"`: plain structured lines that log collectors parse."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {
+    def fields(self, record: logging.LogRecord) -> dict[str, object]:
+        return {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
             **getattr(record, "fields", {}),
         }
-        return " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_logfmt_value(value)}" for key, value in self.fields(record).items())
 
 
 def _logfmt_value(value: object) -> str:
@@ -63,9 +65,20 @@ def _logfmt_value(value: object) -> str:
     return text
 
 
-def setup_logging(verbose: bool) -> None:
+class JsonFormatter(LogfmtFormatter):
+    """The same fields as one JSON object per line, for Loki, Elasticsearch and the like."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), ensure_ascii=False, default=str)
+
+
+LOG_FORMATS: dict[str, type[logging.Formatter]] = {"logfmt": LogfmtFormatter, "json": JsonFormatter}
+ENV_LOG_FORMAT = "CDI_LOG_FORMAT"
+
+
+def setup_logging(verbose: bool, log_format: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(LOG_FORMATS[log_format]())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("aiohttp", "asyncio", "urllib3", "redshift_connector"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -11,13 +11,16 @@ CdiIntegration was read is also written to `status.lastSync` (result Error, mess
 A rewind the operator accepted (`status.pendingRewind`) is applied before the watermark is read (runner/rewind.py);
 SIGTERM ends a run as Error `Terminated:` instead of leaving it Running (runner/termination.py).
 
-`$CDI_JOB_NAME` (runner/contract.py), when set (e.g. from the pod label `job-name` by the downward API), is
-recorded as the run's `job`.
+`$CDI_JOB_NAME` and `$CDI_POD_NAME` (runner/contract.py), when set (the pod label `job-name` and the pod's name, by
+the downward API), are recorded as the run's `job` and `pod`. Before it reads a row the run claims its integration
+(runner/claim.py); a run that finds another in progress sends nothing, records itself in status.runs as Skipped
+naming the holder, and exits 0. The run's record (runner/run_record.py) is in status.runs from its start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -50,9 +53,11 @@ from cdi_operator.commands.common import (
 )
 from cdi_operator.commands.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
-from cdi_operator.runner.contract import ENV_JOB_NAME
+from cdi_operator.runner.claim import ClaimLost, RunClaim, RunIdentity
+from cdi_operator.runner.contract import ENV_JOB_NAME, ENV_POD_NAME
 from cdi_operator.runner.rewind import apply_pending_rewind
-from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError
+from cdi_operator.runner.run_record import new_run_id
+from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError, WatermarkMoved
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
 from cdi_operator.runner.termination import MESSAGE as stopped_message
 from cdi_operator.runner.termination import cancel_on_sigterm
@@ -132,7 +137,9 @@ def connect_failure(exc: WarehouseError) -> str:
     return f"{exc.reason.value}: cannot connect to the warehouse: {exc.message}"
 
 
-def _record_failure(store: CrStatusStore, trigger: Trigger, started: datetime, message: str) -> None:
+def _record_failure(
+    store: CrStatusStore, trigger: Trigger, started: datetime, message: str, *, last_sync: bool = True
+) -> None:
     summary = RunSummary(
         trigger=trigger,
         started_at=started,
@@ -141,11 +148,38 @@ def _record_failure(store: CrStatusStore, trigger: Trigger, started: datetime, m
         message=message,
     )
     try:
-        store.record_run(summary)
+        store.record_run(summary) if last_sync else store.record_history_only(summary)
     except (KubeError, StatusStoreError) as exc:
         log.error("%s: cannot record the failure in status.lastSync: %s", store.key, exc)
     except Exception as exc:  # the failure itself is what matters; never hide it behind this one
         log.error("%s: cannot record the failure in status.lastSync: %s", store.key, type(exc).__name__)
+
+
+async def _claim(claim: RunClaim, store: CrStatusStore, trigger: Trigger, started: datetime) -> RunSummary | None:
+    """Take the claim; when another run holds it, record this run as Skipped and return that record."""
+    holder = await asyncio.to_thread(claim.take)
+    if holder is None:
+        store.claim = claim
+        if claim.took_over is not None:
+            now = datetime.now(UTC)
+            message = (
+                f"the run stopped without finishing (killed, or its pod lost); run {claim.me.run_id} took over its "
+                f"expired claim at {now.isoformat()}"
+            )
+            await asyncio.to_thread(store.close_abandoned, claim.took_over, message, now)
+        return None
+    message = f"skipped: another run holds the integration, {holder}; this run read and sent nothing"
+    log.warning("%s: %s", store.key, message)
+    skipped = RunSummary(
+        trigger=trigger,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        result=RunResult.SKIPPED,
+        message=message,
+        held_by=holder[:512],
+    )
+    await asyncio.to_thread(store.record_history_only, skipped)
+    return skipped
 
 
 async def in_cluster_sync_command(
@@ -160,6 +194,31 @@ async def in_cluster_sync_command(
     """One sync of the CdiIntegration `integration_key` (NAMESPACE/NAME, or NAME in the pod's namespace); the
     result goes to `out` as `output` ("text" or "json"). Returns the exit status."""
     started = datetime.now(UTC)
+    me = RunIdentity(
+        run_id=new_run_id(started),
+        trigger=trigger,
+        job=os.environ.get(ENV_JOB_NAME) or None,
+        pod=os.environ.get(ENV_POD_NAME) or None,
+    )
+    held: list[RunClaim] = []
+    try:
+        return await _sync(integration_key, out, trigger, dry_run, output, braze_endpoint, started, me, held)
+    finally:
+        for claim in held:  # on every way out, so that the next run need not wait for the claim to expire
+            await asyncio.to_thread(claim.release)
+
+
+async def _sync(
+    integration_key: str | None,
+    out: IO[str],
+    trigger: Trigger,
+    dry_run: bool,
+    output: str,
+    braze_endpoint: str | None,
+    started: datetime,
+    me: RunIdentity,
+    held: list[RunClaim],
+) -> int:
     key = integration_key or "?"
     store: CrStatusStore | None = None
     try:
@@ -181,9 +240,12 @@ async def in_cluster_sync_command(
             namespace,
             name,
             resource_version=raw["metadata"].get("resourceVersion"),
-            job=os.environ.get(ENV_JOB_NAME) or None,
+            job=me.job,
+            run_id=me.run_id,
+            pod=me.pod,
         )
         integration: CdiIntegration = _validated(CdiIntegration, raw, f"CdiIntegration {key}")
+        store.run_history = integration.spec.sync.run_history
         credential_name = integration.spec.credential_ref.name
         try:
             raw_credential = await asyncio.to_thread(kube.get_custom, WHC_PLURAL, namespace, credential_name)
@@ -205,6 +267,13 @@ async def in_cluster_sync_command(
             raise _Failed(str(exc), EXIT_BAD_INPUT) from None
         try:
             if not dry_run:
+                claim = RunClaim(kube, namespace, name, me, lease_seconds=integration.spec.sync.lease_seconds)
+                skipped = await _claim(claim, store, trigger, started)
+                if skipped is not None:
+                    print_result(out, output, key, skipped, None)
+                    return EXIT_OK
+                held.append(claim)
+                # only the run that holds the integration applies a rewind
                 store.rewound_to = await asyncio.to_thread(apply_pending_rewind, store, job.source)
             await asyncio.to_thread(store.load_watermark)  # an unusable watermark is found before anything is sent
             if not dry_run:
@@ -235,6 +304,7 @@ async def in_cluster_sync_command(
         label = f"{endpoint}:{code}"
         braze_requests[label] = braze_requests.get(label, 0) + 1
 
+    keeper = asyncio.create_task(held[0].keep()) if held else None
     with cancel_on_sigterm() as stop:
         try:
             if settings is None or dry_run:
@@ -250,10 +320,16 @@ async def in_cluster_sync_command(
             )
             print(f"error: {message}", file=sys.stderr)
             if not dry_run:
-                await asyncio.to_thread(_record_failure, store, trigger, started, message)
+                # lastSync may be another run's by now: a run that lost its claim records itself in status.runs only
+                lost = isinstance(exc, (ClaimLost, WatermarkMoved))
+                await asyncio.to_thread(_record_failure, store, trigger, started, message, last_sync=not lost)
             print_result(out, output, key, None, None, failure=message)
             return EXIT_FAILED
         finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
             await asyncio.to_thread(warehouse.close)
     if braze_requests and summary.braze_requests is None:
         summary = summary.model_copy(update={"braze_requests": dict(braze_requests)})

@@ -25,29 +25,31 @@ from cdi_operator.api.json import JSON
 from cdi_operator.api.models import (
     API_VERSION,
     CDI_PLURAL,
+    SYNC_NOW_ANNOTATION,
     WHC_PLURAL,
     CdiIntegrationSpec,
     CdiIntegrationStatus,
     DataType,
     Phase,
     RunResult,
+    RunSummary,
     SecretKeyRef,
     SourceTable,
     WarehouseCredentialSpec,
 )
 from cdi_operator.api.snowflake_key import resolved_spec
-from cdi_operator.controller import conditions, connection, deadline, observability, rewind, sync_now
+from cdi_operator.controller import conditions, connection, deadline, history, observability, rewind, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
-from cdi_operator.controller.history import runs_with_last_sync
 from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.resources import merged as merged_resources
-from cdi_operator.controller.runner_access import build_runner_access, runner_account_name
+from cdi_operator.controller.runner_access import build_run_lease, build_runner_access, runner_account_name
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner import contract
+from cdi_operator.runner.run_record import merged_runs
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,7 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
     labels = {INTEGRATION_LABEL: label_value(name), MANAGED_BY_LABEL: MANAGED_BY}
     env: list[JSON] = [
         {"name": contract.ENV_JOB_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
+        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     braze = spec.braze
     if (braze is None or braze.rest_endpoint is None) and settings.braze_default_endpoint:
@@ -325,10 +328,6 @@ class _Run:
         await self.handle_sync_now(phase, None)
 
     async def go(self) -> None:
-        runs = runs_with_last_sync(self.status)
-        if runs is not None:
-            self.writer.set(runs=runs)
-
         spec = parse_spec(self.obj)
         if isinstance(spec, str):
             await self.stop(Phase.FAILED, reasons.INVALID_SPEC, f"{self.where}: {spec}")
@@ -387,12 +386,13 @@ class _Run:
             return
 
         phase = Phase.SUSPENDED if spec.suspend else Phase.ACTIVE
+        labels = {INTEGRATION_LABEL: label_value(self.name), MANAGED_BY_LABEL: MANAGED_BY}
+        manifests = [build_run_lease(self.obj, labels)]
         if self.settings.runner_service_account is None:
-            labels = {INTEGRATION_LABEL: label_value(self.name), MANAGED_BY_LABEL: MANAGED_BY}
-            manifests = build_runner_access(self.obj, spec, credential_spec, labels)
-            await self.reconciler.ensure_runner_access(self.namespace, self.name, manifests)
+            manifests += build_runner_access(self.obj, spec, credential_spec, labels)
+        await self.reconciler.ensure_runner_access(self.namespace, self.name, manifests)
         manifest = build_cronjob(self.obj, spec, self.settings, suspend=spec.suspend)
-        await self.record_deadline(await self.kube.apply_cronjob(manifest))
+        await self.record_deadline(await self.kube.apply_cronjob(manifest), spec.sync.run_history)
         await ensure_in_use_finalizer(self.kube, credential, self.where)
         message = (
             "scheduled syncs are paused (spec.suspend)"
@@ -475,7 +475,7 @@ class _Run:
             await self.kube.event(self.obj, "Warning", reasons.SYNC_NOW_REFUSED, decision.message)
         self.writer.set(last_handled_sync_now=decision.value)
 
-    async def record_deadline(self, cronjob: JSON | None) -> None:
+    async def record_deadline(self, cronjob: JSON | None, run_history: int) -> None:
         """A run its Job's deadline stopped, recorded in status.lastSync (deadline.py)."""
         last = self.status.get("lastSync")
         if not deadline.should_check(last, cronjob):
@@ -484,9 +484,8 @@ class _Run:
         if record is None:
             return
         self.writer.set(last_sync=record)
-        runs = runs_with_last_sync({"lastSync": record, "runs": self.writer.get("runs")})
-        if runs is not None:
-            self.writer.set(runs=runs)
+        # in place of the record the stopped runner left Running (the same runId), or first
+        self.writer.set(runs=merged_runs(self.writer.get("runs"), record, run_history))
 
     async def handle_rewind(self) -> None:
         """A new cdi.ingest.dev/rewind: accepted into status.pendingRewind or refused, with an Event (rewind.py).
@@ -503,10 +502,22 @@ class _Run:
         await self.writer.flush()
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
-        """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py)."""
+        """Metrics, Events and failure e-mail for each run of status.runs not yet accounted for, the Synced condition
+        from the latest run (history.py, observability.py)."""
         status = self.writer.view()
-        observer.observe(self.obj, status)
-        summary = observability.last_sync(status)
+        fresh = observer.observe(self.obj, status)
+        if fresh:
+            self.writer.set(counted_runs=history.counted_runs(status, fresh))
+        for run in fresh:
+            if run.result is RunResult.SKIPPED and run.trigger == "syncNow":
+                await self.kube.event(
+                    self.obj,
+                    "Warning",
+                    reasons.SYNC_NOW_SKIPPED,
+                    f"{self.where}: the sync-now Job {run.job or '?'} did not run: {run.message}; annotate "
+                    f"{SYNC_NOW_ANNOTATION} again once that run has finished",
+                )
+        summary = history.latest(status) or observability.last_sync(status)
         want = observability.synced_condition(summary)
         if want is not None:
             old = conditions.find(status.get("conditions"), want.type) or {}
@@ -514,14 +525,21 @@ class _Run:
                 self.set(None, [want])
                 if want.status == "False":
                     await self.kube.event(self.obj, "Warning", want.reason, f"{self.where}: {want.message}")
-        failure = observability.stalled_failure(self.obj, status, phase_before)
-        if failure is None and summary is not None and summary.result is RunResult.ERROR:
-            failure = summary, observability.failure_reason(summary)
-        if failure is not None:
-            last_key = status.get("lastNotifiedFailure")
+        failures: list[tuple[RunSummary, str]] = []
+        stalled = observability.stalled_failure(self.obj, status, phase_before)
+        if stalled is not None:
+            failures.append(stalled)
+        else:
+            errors = [r for r in fresh if r.result is RunResult.ERROR]
+            if summary is not None and summary.result is RunResult.ERROR and summary not in errors:
+                errors.append(summary)  # still failing: told unless told already (a refused e-mail is retried)
+            failures += [(r, observability.failure_reason(r)) for r in errors]
+        last_key = status.get("lastNotifiedFailure")
+        for failure in failures:
             key = await observer.notify(self.obj, *failure, last_key, status.get("runs"))
             if key is not None:
                 self.writer.set(last_notified_failure=key)
+                last_key = key
 
 
 def _reason(status: JSON, type_: str) -> str | None:

@@ -17,10 +17,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from cdi_operator.api.json import JSON
 from cdi_operator.kube import Conflict, Kube, KubeError, NotFound
+from cdi_operator.kube.leases import available, micro_time
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ class LeaseSettings:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return None
-
-
-def _micro(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def available(spec: JSON, identity: str, now: datetime) -> bool:
-    """May `identity` take (or keep) a Lease whose spec is `spec`?"""
-    holder = spec.get("holderIdentity")
-    if not holder or holder == identity:
-        return True
-    renewed = _time(spec.get("renewTime")) or _time(spec.get("acquireTime"))
-    duration = int(spec.get("leaseDurationSeconds") or 0)
-    return renewed is None or renewed + timedelta(seconds=duration) < now
 
 
 class LeaderLease:
@@ -83,10 +61,10 @@ class LeaderLease:
         spec.update(
             holderIdentity=s.identity,
             leaseDurationSeconds=s.duration_seconds,
-            renewTime=_micro(now),
+            renewTime=micro_time(now),
         )
         if taking:
-            spec["acquireTime"] = _micro(now)
+            spec["acquireTime"] = micro_time(now)
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if current else 0)
         body: JSON = {"metadata": {"name": s.name, "namespace": s.namespace}, "spec": spec}
         try:

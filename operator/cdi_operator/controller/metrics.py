@@ -9,9 +9,11 @@ Counting each run once, also across operator restarts: `observe_run()` counts a 
 - its `finishedAt` is not older than the operator's start (`Metrics.counting_since`, set when the `Metrics` is
   created), so that a restarted operator, whose counters start at zero again, does not count the runs it finds in
   status as new (Prometheus' `rate()`/`increase()` handle the reset; counting old runs again would be a false
-  increase); and
-- its key `(namespace, name, startedAt)` is not among the last `SEEN_RUNS` keys counted (a bounded memory of runs
-  already seen, since the operator sees the same lastSync on every status change and resync).
+  increase) — unless the caller knows the run was never counted (`any_age`: the operator keeps the runs it counted
+  in `status.countedRuns`, controller/history.py, so a run that finished while it was down is counted after its
+  restart); and
+- its key (`(namespace, name, startedAt)`, or the run's id) is not among the last `SEEN_RUNS` keys counted (a
+  bounded memory of runs already seen, since the operator sees the same status on every change and resync).
 
 Gauges (watermark, last success) are state rather than events; they are set from any run, old or new.
 """
@@ -87,8 +89,17 @@ class Metrics:
 
     # --- runs ----------------------------------------------------------------------------------------------------
 
-    def observe_run(self, namespace: str, name: str, data_type: str, summary: RunSummary) -> bool:
-        """Account for a run from status.lastSync; True when it was counted now (a new finished run)."""
+    def observe_run(
+        self,
+        namespace: str,
+        name: str,
+        data_type: str,
+        summary: RunSummary,
+        *,
+        key: str | None = None,
+        any_age: bool = False,
+    ) -> bool:
+        """Account for a finished run; True when it was counted now (a new finished run)."""
         if summary.watermark is not None:
             self.set_watermark(namespace, name, summary.watermark)
         if summary.result is RunResult.RUNNING or summary.finished_at is None:
@@ -101,13 +112,13 @@ class Metrics:
                     self._last_success[(namespace, name)] = finished
             if newer:
                 self.last_success.labels(namespace, name).set(finished)
-        if summary.finished_at < self.counting_since:
+        if summary.finished_at < self.counting_since and not any_age:
             return False
-        key = (namespace, name, summary.started_at.isoformat())
+        seen = (namespace, name, key or summary.started_at.isoformat())
         with self._lock:
-            if key in self._seen:
+            if seen in self._seen:
                 return False
-            self._seen[key] = None
+            self._seen[seen] = None
             while len(self._seen) > SEEN_RUNS:
                 self._seen.popitem(last=False)
         self.runs.labels(namespace, name, data_type, summary.trigger, summary.result.value).inc()

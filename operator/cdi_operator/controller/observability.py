@@ -1,14 +1,15 @@
 """What the operator tells about runs it did not do itself: Prometheus metrics and failure e-mail.
 
-Runner pods live for one sync, so the operator reads what they leave in status (`lastSync`, `watermark`) every time
-it reconciles an integration, and
+Runner pods live for one sync, so the operator reads what they leave in status (their records in `status.runs`,
+`watermark`) every time it reconciles an integration, and
 
-- feeds the metrics of DESIGN.md (`metrics.py`): each finished `lastSync` once (`observe_run`), the watermark, the
-  last success, the integrations by phase; the series of a deleted integration are dropped;
-- keeps the condition `Synced` (True after Success/Partial; False with the failure reason after Error or
-  LimitExceeded) and emits one Warning Event per failed run (when that condition changes, so never twice across a
-  restart);
-- sends one e-mail to `spec.contactEmails` per sync-level failure: a `lastSync` with result Error, or an integration
+- feeds the metrics of DESIGN.md (`metrics.py`): each finished run of `status.runs` once, also one that finished
+  while the operator was down (`history.uncounted`, kept in `status.countedRuns`), the watermark, the last success,
+  the integrations by phase; the series of a deleted integration are dropped;
+- keeps the condition `Synced` from the latest run that was not skipped (True after Success/Partial; False with the
+  failure reason after Error or LimitExceeded) and emits one Warning Event per failed run (when that condition
+  changes, so never twice across a restart);
+- sends one e-mail to `spec.contactEmails` per sync-level failure: a run with result Error, or an integration
   that had been syncing and is now stalled by a failed connection test (auth, permission, missing table…). Row
   errors (Partial) are never e-mailed. The key of the last failure told is kept in `status.lastNotifiedFailure`, so
   a restarted operator does not tell it again; a failure that lasts (the Job's retries, the next scheduled runs,
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
-from cdi_operator.controller import conditions, connection, metrics, notify
+from cdi_operator.controller import conditions, connection, history, metrics, notify
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ class Observer:
         if self._phases.pop((namespace, name), None) is not None:
             self.metrics.set_phases(Counter(self._phases.values()))
 
-    def observe(self, obj: JSON, status: JSON) -> None:
+    def observe(self, obj: JSON, status: JSON) -> list[RunSummary]:
+        """Metrics from status; returns the runs counted now (to add to status.countedRuns)."""
         meta = obj.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         phase = status.get("phase")
@@ -189,12 +191,13 @@ class Observer:
             self._phases[(namespace, name)] = str(phase)
             self.metrics.set_phases(Counter(self._phases.values()))
         data_type = str((obj.get("spec") or {}).get("dataType") or "")
-        summary = last_sync(status)
-        if summary is not None:
-            self.metrics.observe_run(namespace, name, data_type, summary)
+        fresh = history.uncounted(status)
+        for summary in fresh:
+            self.metrics.observe_run(namespace, name, data_type, summary, key=history.run_key(summary), any_age=True)
         watermark = _parse_time((status.get("watermark") or {}).get("updatedAt"))
         if watermark is not None:
             self.metrics.set_watermark(namespace, name, watermark)
+        return fresh
 
     # --- e-mail ----------------------------------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 """The least-privilege identity of an integration's runner pods: a ServiceAccount, Role and RoleBinding of its own.
 
-A runner may read its own CdiIntegration and patch its status, read the WarehouseCredential it uses, the
-BrazeWorkspace its spec.braze.workspaceRef names and the Secrets that credential (and the integration's spec.braze)
-names; nothing else, nothing cluster-wide. One identity
-per integration, so a runner can never read another integration's Secrets in the same namespace. The three objects
-are owned by the CdiIntegration (garbage-collected with it) and re-applied on every reconcile, so a credential that
-starts naming another Secret is followed. The operator can grant only what it holds itself (RBAC's escalation
-check): its ClusterRole has these verbs.
+A runner may read its own CdiIntegration and patch its status, get and update its integration's run Lease (the
+claim of runner/claim.py), read the WarehouseCredential it uses, the BrazeWorkspace its spec.braze.workspaceRef
+names and the Secrets that credential (and the integration's spec.braze) names; nothing else, nothing
+cluster-wide. RBAC cannot limit `create` to one name, so the operator creates that Lease itself
+(`build_run_lease`, in both account modes) and runners only update it. One identity per integration, so a runner
+can never read another integration's Secrets in the same namespace. The objects are owned by the CdiIntegration
+(garbage-collected with it) and re-applied on every reconcile, so a credential that starts naming another Secret is
+followed. The operator can grant only what it holds itself (RBAC's escalation check): its ClusterRole has these
+verbs.
 
-With `$CDI_RUNNER_SERVICE_ACCOUNT` set, runners use that account instead and none of this is created.
+With `$CDI_RUNNER_SERVICE_ACCOUNT` set, runners use that account instead and none of this but the Lease is created
+(that account's Role needs `get` and `update` on leases).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from cdi_operator.api.models import (
     WORKSPACE_PLURAL,
     CdiIntegrationSpec,
     WarehouseCredentialSpec,
+    run_lease_name,
 )
 from cdi_operator.kube.objects import controller_reference
 
@@ -57,6 +61,12 @@ def role_rules(integration: str, credential: str, secrets: list[str], workspace:
             "verbs": ["get", "patch"],
         },
         {"apiGroups": [GROUP], "resources": [WHC_PLURAL], "resourceNames": [credential], "verbs": ["get"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [run_lease_name(integration)],
+            "verbs": ["get", "update"],
+        },
     ]
     if workspace is not None:
         rules.append(
@@ -67,6 +77,26 @@ def role_rules(integration: str, credential: str, secrets: list[str], workspace:
     return rules
 
 
+def _owner(obj: JSON) -> JSON:
+    return controller_reference(obj.get("apiVersion", API_VERSION), "CdiIntegration", obj["metadata"])
+
+
+def build_run_lease(obj: JSON, labels: dict[str, str]) -> JSON:
+    """The (empty) run Lease of the CdiIntegration `obj`, applied server-side: the operator owns its metadata
+    only, the runners its spec."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": run_lease_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [_owner(obj)],
+        },
+    }
+
+
 def build_runner_access(
     obj: JSON, spec: CdiIntegrationSpec, credential: WarehouseCredentialSpec, labels: dict[str, str]
 ) -> list[JSON]:
@@ -74,7 +104,7 @@ def build_runner_access(
     meta = obj["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     account = runner_account_name(name)
-    owner = controller_reference(obj.get("apiVersion", API_VERSION), "CdiIntegration", meta)
+    owner = _owner(obj)
 
     def metadata() -> JSON:
         return {"name": account, "namespace": namespace, "labels": labels, "ownerReferences": [owner]}

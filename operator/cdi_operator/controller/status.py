@@ -6,9 +6,9 @@ conditions to the current ones (conditions.apply keeps transition times), checks
 model (`CdiIntegrationStatus`, `WarehouseCredentialStatus`: what the CRD's schema is generated from) and sends the
 fields that differ in one JSON merge patch. A reconcile flushes once at its end; only a connection test, which may
 take minutes, flushes its "testing" status first so that users see it running, and a rewind (controller/rewind.py)
-before a sync-now of the same reconcile starts a run. The fields the runner owns (`watermark`, `lastSync`) are not
-set here, so a merge patch does not touch them, except the record of a run its Job's deadline stopped before it
-could write one (controller/deadline.py).
+before a sync-now of the same reconcile starts a run. The fields the runner owns (`watermark`, `lastSync`, `runs`)
+are not set here, so a merge patch does not touch them, except the record of a run its Job's deadline stopped
+before it could write one (controller/deadline.py).
 """
 
 from __future__ import annotations

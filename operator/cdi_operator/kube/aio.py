@@ -67,6 +67,7 @@ class KubeApi:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.leases = client.CoordinationV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -222,11 +223,12 @@ class KubeApi:
         return True
 
     async def apply_runner_access(self, manifests: list[JSON]) -> None:
-        """Server-side apply of a runner's ServiceAccount, Role and RoleBinding (controller/runner_access.py)."""
+        """Server-side apply of a runner's ServiceAccount, Role, RoleBinding and run Lease (runner_access.py)."""
         patchers: dict[str, Any] = {
             "ServiceAccount": self.core.patch_namespaced_service_account,
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "Lease": self.leases.patch_namespaced_lease,
         }
         for manifest in manifests:
             await _apply(patchers[manifest["kind"]], manifest)

@@ -83,15 +83,17 @@ class Kube:
             raise api_error(exc, f"Lease {namespace}/{name}", self.forbidden_hint) from None
         return self._plain(lease)
 
-    def create_lease(self, namespace: str, body: JSON) -> None:
+    def create_lease(self, namespace: str, body: JSON) -> JSON:
         try:
-            self._coordination.create_namespaced_lease(namespace, body)
+            lease = self._coordination.create_namespaced_lease(namespace, body)
         except ApiException as exc:
             raise api_error(exc, f"Lease {namespace}/{body['metadata']['name']}", self.forbidden_hint) from None
+        return self._plain(lease)
 
-    def replace_lease(self, namespace: str, name: str, body: JSON) -> None:
+    def replace_lease(self, namespace: str, name: str, body: JSON) -> JSON:
         """Replace the Lease; with `metadata.resourceVersion` in `body`, only over that version (else `Conflict`)."""
         try:
-            self._coordination.replace_namespaced_lease(name, namespace, body)
+            lease = self._coordination.replace_namespaced_lease(name, namespace, body)
         except ApiException as exc:
             raise api_error(exc, f"Lease {namespace}/{name}", self.forbidden_hint) from None
+        return self._plain(lease)

@@ -9,6 +9,7 @@ from typing import Final
 ENV_BRAZE_ENDPOINT: Final = "CDI_BRAZE_REST_ENDPOINT"
 ENV_BRAZE_API_KEY: Final = "CDI_BRAZE_API_KEY"
 ENV_JOB_NAME: Final = "CDI_JOB_NAME"  # the run's `job`, from the pod label `job-name` by the downward API
+ENV_POD_NAME: Final = "CDI_POD_NAME"  # the run's `pod`, from the pod's name by the downward API
 
 SYNC_COMMAND: Final = "sync"
 FLAG_IN_CLUSTER: Final = "--in-cluster"

@@ -261,8 +261,10 @@ class SyncRun:
             rows_skipped=self.progress.rows_skipped,
             future_rows=self.future_rows,
             undated_rows=self.undated_rows,
+            watermark_before=watermark_before.updated_at if watermark_before else None,
             watermark=self.frontier.updated_at if self.braze is None else (self._saved and self._saved.updated_at),
             message=message,
+            row_errors_by_reason=dict(sorted(self.row_errors_by_reason.items())),
             row_errors=self.row_errors,
             source_changed=self.source_changed,
         )
@@ -464,7 +466,16 @@ class SyncRun:
                     reason=reason, identifier=error.identifier, updated_at=error.updated_at, message=error.message
                 )
             )
-            log.warning("%s: row error %s (%s): %s", self.job.key, reason, error.identifier, error.message)
+        # Every row error, one line each, for the cluster's log pipeline; the message names the column or payload
+        # key and the fix, never a value (rows.py), and the identifier is masked.
+        fields = {
+            "integration": self.job.key,
+            "reason": reason,
+            "identifier": error.identifier,
+            "updated_at": error.updated_at.isoformat() if error.updated_at else "",
+            "error": error.message,
+        }
+        log.warning("row error", extra={"fields": fields})
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
