@@ -31,12 +31,13 @@ from cdi_operator.api.models import (
     DataType,
     Phase,
     RunResult,
+    RunSummary,
     SecretKeyRef,
     SourceTable,
     WarehouseCredentialSpec,
 )
 from cdi_operator.api.snowflake_key import resolved_spec
-from cdi_operator.controller import conditions, connection, deadline, observability, rewind, sync_now
+from cdi_operator.controller import alerts, conditions, connection, deadline, observability, rewind, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.history import runs_with_last_sync
@@ -503,7 +504,8 @@ class _Run:
         await self.writer.flush()
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
-        """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py)."""
+        """Metrics from status; the Synced condition, its Warning Event and the failure e-mail (observability.py); the
+        sync alerts of spec.notifications (alerts.py)."""
         status = self.writer.view()
         observer.observe(self.obj, status)
         summary = observability.last_sync(status)
@@ -522,6 +524,17 @@ class _Run:
             key = await observer.notify(self.obj, *failure, last_key, status.get("runs"))
             if key is not None:
                 self.writer.set(last_notified_failure=key)
+        if summary is not None:
+            await self.tell_alerts(observer, summary, status)
+
+    async def tell_alerts(self, observer: observability.Observer, summary: RunSummary, status: JSON) -> None:
+        """The sync alerts of spec.notifications about the last run, once per run (alerts.py)."""
+        integration = observability.parse(self.obj)
+        fired = None if integration is None else alerts.due(integration, summary, status)
+        if integration is None or fired is None:
+            return
+        if not fired or await observer.alert(integration, summary, fired):
+            self.writer.set(notified_runs=alerts.recorded(status, summary, fired))
 
 
 def _reason(status: JSON, type_: str) -> str | None:
