@@ -7,6 +7,7 @@ is what a key rotation depends on and what fakesnow (which takes any key) cannot
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -596,6 +597,9 @@ def _smtp_env(port: int) -> dict[str, str]:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, dict[str, str]]]:
+    # aiosmtpd logs each connection from its own thread, also after the test, into whatever handlers earlier tests
+    # left on the root logger
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     inbox, port = Inbox(), _unused_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()

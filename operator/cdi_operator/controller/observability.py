@@ -1,4 +1,4 @@
-"""What the operator tells about runs it did not do itself: Prometheus metrics and failure e-mail.
+"""What the operator tells about runs it did not do itself: Prometheus metrics, failure e-mail and sync alerts.
 
 Runner pods live for one sync, so the operator reads what they leave in status (`lastSync`, `watermark`) every time
 it reconciles an integration, and
@@ -9,10 +9,12 @@ it reconciles an integration, and
   LimitExceeded) and emits one Warning Event per failed run (when that condition changes, so never twice across a
   restart);
 - sends one e-mail to `spec.contactEmails` per sync-level failure: a `lastSync` with result Error, or an integration
-  that had been syncing and is now stalled by a failed connection test (auth, permission, missing table…). Row
-  errors (Partial) are never e-mailed. The key of the last failure told is kept in `status.lastNotifiedFailure`, so
-  a restarted operator does not tell it again; a failure that lasts (the Job's retries, the next scheduled runs,
-  the same reason) is told once, until a run completes again (`already_told`).
+  that had been syncing and is now stalled by a failed connection test (auth, permission, missing table…), unless
+  `spec.notifications.onSyncError` is off. Row errors (Partial) are e-mailed only by the sync alerts (alerts.py).
+  The key of the last failure told is kept in `status.lastNotifiedFailure`, so a restarted operator does not tell
+  it again; a failure that lasts (the Job's retries, the next scheduled runs, the same reason) is told once, until
+  a run completes again (`already_told`).
+- sends the sync alerts of `spec.notifications` (`alert`; which rules fire and the once-per-run record: alerts.py).
 
 Everything here is a plain function of the object, apart from `Observer`, which holds the phases and the SMTP
 settings of the process.
