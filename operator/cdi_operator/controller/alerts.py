@@ -85,9 +85,8 @@ def _headline(alert: Alert, summary: RunSummary, rules: NotificationsSpec) -> st
         )
     if alert is Alert.NO_CHANGES:
         return "synced, no changed rows"
-    return f"synced {summary.rows_synced} row(s)" + (
-        f", {summary.rows_failed} row error(s)" if summary.rows_failed else ""
-    )
+    errors = f", {summary.rows_failed} row error(s)" if summary.rows_failed else ""
+    return f"synced {summary.rows_synced} row(s){errors}"
 
 
 def build_message(
