@@ -609,12 +609,12 @@ def smtp() -> Iterator[tuple[Inbox, dict[str, str]]]:
         controller.stop()
 
 
-def _finished(result: str, synced: int = 0, failed: int = 0, job: str = "users-1", start: str = "03:00") -> JSON:
+def _finished(result: str, synced: int = 0, failed: int = 0) -> JSON:
     return {
         "trigger": "schedule",
-        "job": job,
-        "startedAt": f"2026-01-01T{start}:00Z",
-        "finishedAt": f"2026-01-01T{start}:30Z",
+        "job": "users-1",
+        "startedAt": "2026-01-01T03:00:00Z",
+        "finishedAt": "2026-01-01T03:00:30Z",
         "result": result,
         "rowsRead": synced + failed,
         "rowsSynced": synced,
