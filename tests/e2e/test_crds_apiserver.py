@@ -266,6 +266,37 @@ def test_schema_bounds_are_enforced(custom: client.CustomObjectsApi, namespace: 
     assert "spec: Required value" in message
 
 
+def test_notifications_are_defaulted_and_need_contacts(custom: client.CustomObjectsApi, namespace: str) -> None:
+    created = custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        CDI,
+        integration(notifications={"rowErrorRatePercent": 2.5}, contactEmails=["a@b.io"]),
+    )
+    assert created["spec"]["notifications"] == {
+        "onSyncError": True,
+        "rowErrorRatePercent": 2.5,
+        "onSuccess": False,
+        "onSuccessWithoutChanges": False,
+    }
+    quiet = integration("quiet", notifications={"onSyncError": False})  # no rule that e-mails: no contact needed
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CDI, quiet)
+    for rule in ({"onSuccess": True}, {"onSuccessWithoutChanges": True}, {"rowErrorRatePercent": 0}):
+        message, _ = rejected(
+            lambda rule=rule: custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, CDI, integration("alone", notifications=rule)
+            )
+        )
+        assert "spec.notifications e-mails spec.contactEmails, which is empty" in message
+    message, _ = rejected(
+        lambda: custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, CDI, integration("over", notifications={"rowErrorRatePercent": 101})
+        )
+    )
+    assert "spec.notifications.rowErrorRatePercent" in message
+
+
 def test_data_type_is_immutable(custom: client.CustomObjectsApi, namespace: str) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CDI, integration())
 

@@ -232,7 +232,14 @@ def wait_status(
     return wait_until(probe, timeout, f"{namespace}/{name}: {what}", interval=0.5, details=details)
 
 
-def create_objects(api: client.ApiClient, namespace: str, pg: dict[str, str], schema: str, braze_url: str) -> None:
+def create_objects(
+    api: client.ApiClient,
+    namespace: str,
+    pg: dict[str, str],
+    schema: str,
+    braze_url: str,
+    notifications: dict[str, Any] | None = None,
+) -> None:
     core(api).create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
     core(api).create_namespaced_secret(
         namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
@@ -261,6 +268,7 @@ def create_objects(api: client.ApiClient, namespace: str, pg: dict[str, str], sc
                 "contactEmails": [CONTACT],
                 "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
                 "braze": {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
+                **({"notifications": notifications} if notifications is not None else {}),
             },
         },
     )
@@ -455,6 +463,79 @@ def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
         interval=0.5,
         details=operator.log_tail,
     )
+
+
+def test_sync_alerts_each_rule_once_per_run(
+    kube_api: client.ApiClient,
+    operator: MetricsOperator,
+    local_kubelet: LocalKubelet | None,
+    braze: BrazeEmulator,
+    smtp: tuple[Mailbox, int],
+    namespace: str,
+    pg_settings: dict[str, str],
+    pg_schema: str,
+) -> None:
+    """spec.notifications through the CRD, the runner's runs and the operator to the SMTP server: a run with rows
+    is told Succeeded, one without changes also NoChanges, one with a third of its rows refused RowErrorRate; each
+    once, whatever the resyncs and the Jobs' retries."""
+    mailbox = smtp[0]
+    ns, it = namespace, "users"
+    rules = {"rowErrorRatePercent": 10, "onSuccess": True, "onSuccessWithoutChanges": True}
+    create_objects(kube_api, ns, pg_settings, pg_schema, braze.url, notifications=rules)
+    assert (get(kube_api, ns, it) or {})["spec"]["notifications"] == {**rules, "onSyncError": True}  # the defaults
+
+    def told() -> list[str]:
+        return [str(m["X-CDI-Alert"]) for m in mailbox.received() if f"{ns}/{it}:" in str(m["Subject"])]
+
+    def finished_run(previous: str | None) -> dict[str, Any]:
+        obj = wait_status(
+            kube_api,
+            operator,
+            ns,
+            it,
+            lambda o: (
+                (o.get("status") or {}).get("lastSync", {}).get("startedAt") not in (None, previous)
+                and o["status"]["lastSync"].get("finishedAt") is not None
+            ),
+            "a finished sync-now",
+            timeout=180,
+        )
+        wait_until(
+            lambda: jobs_finished(kube_api, ns), 60, "the Job to finish", interval=0.5, details=operator.log_tail
+        )
+        return obj["status"]["lastSync"]  # type: ignore[no-any-return]
+
+    def sync_now(value: str) -> None:
+        custom(kube_api).patch_namespaced_custom_object(
+            GROUP, VERSION, ns, CDI, it, {"metadata": {"annotations": {"cdi.ingest.dev/sync-now": value}}}
+        )
+
+    def wait_told(expected: list[str]) -> None:
+        wait_until(lambda: told() == expected or None, 30, f"the alerts {expected}", details=operator.log_tail)
+
+    first = finished_run(None)  # the sync-now of create_objects: five rows
+    assert (first["result"], first["rowsSynced"]) == ("Success", 5), first
+    wait_told(["Succeeded"])
+
+    sync_now("no-changes")
+    second = finished_run(first["startedAt"])
+    assert (second["result"], second["rowsSynced"], second["rowsFailed"]) == ("Success", 0, 0), second
+    wait_told(["Succeeded", "Succeeded, NoChanges"])
+
+    base = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=30)
+    rows = [(base, "user-a", '{"plan": "a"}'), (base, "user-b", '{"plan": "b"}'), (base, "user-c", "not json")]
+    sql(pg_settings, f'INSERT INTO "{pg_schema}".users VALUES (%s, %s, %s)', rows)
+    sync_now("row-errors")
+    third = finished_run(second["startedAt"])
+    assert (third["result"], third["rowsSynced"], third["rowsFailed"]) == ("Partial", 2, 1), third
+    wait_told(["Succeeded", "Succeeded, NoChanges", "RowErrorRate, Succeeded"])
+    mail = [m for m in mailbox.received() if f"{ns}/{it}:" in str(m["Subject"])][-1]
+    assert "33.3% row errors, above 10%" in str(mail["Subject"]), mail["Subject"]
+    assert "INVALID_PAYLOAD_JSON" in mail.get_content()
+
+    time.sleep(5)  # resyncs tell nothing again
+    assert len(told()) == 3, told()
+    assert len((get(kube_api, ns, it) or {})["status"]["notifiedRuns"]) >= 3
 
 
 def samples_after(operator: MetricsOperator, key: tuple[str, frozenset[tuple[str, str]]]) -> float:

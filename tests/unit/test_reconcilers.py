@@ -7,17 +7,23 @@ is what a key rotation depends on and what fakesnow (which takes any key) cannot
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from aiosmtpd.controller import Controller
 from fake_kube import FakeKube
 
 from cdi_operator.api import reasons, snowflake_key
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, WarehouseCredentialSpec
 from cdi_operator.controller import conditions, connection, snowflake_keys
 from cdi_operator.controller.credential import IN_USE_FINALIZER, CredentialReconciler
@@ -566,6 +572,133 @@ async def test_finished_run(
     await reconciler.reconcile(NS, "users")  # counted once: no second Event, nothing written
     assert len(world.kube.events) == events + (1 if event else 0)
     assert world.status().get("countedRuns") == status.get("countedRuns")
+
+
+# --- finished runs: the sync alerts of spec.notifications, e-mailed through a real SMTP server on loopback ---------
+
+
+@dataclass
+class Inbox:
+    """aiosmtpd handler keeping each message received; `kinds` names them: the X-CDI-Alert rules, or "failure"."""
+
+    messages: list[Message] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.original_content))
+        return "250 OK"
+
+    def kinds(self) -> list[str]:
+        return [str(m["X-CDI-Alert"] or "failure") for m in self.messages]
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _smtp_env(port: int) -> dict[str, str]:
+    return {"CDI_SMTP_HOST": "127.0.0.1", "CDI_SMTP_PORT": str(port), "CDI_SMTP_STARTTLS": "false"}
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, dict[str, str]]]:
+    # aiosmtpd logs each connection from its own thread, also after the test, into whatever handlers earlier tests
+    # left on the root logger
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    inbox, port = Inbox(), _unused_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, _smtp_env(port)
+    finally:
+        controller.stop()
+
+
+def _finished(result: str, synced: int = 0, failed: int = 0) -> JSON:
+    return {
+        "trigger": "schedule",
+        "job": "users-1",
+        "startedAt": "2026-01-01T03:00:00Z",
+        "finishedAt": "2026-01-01T03:00:30Z",
+        "result": result,
+        "rowsRead": synced + failed,
+        "rowsSynced": synced,
+        "rowsFailed": failed,
+        "message": "TableMissing: gone" if result == "Error" else "",
+    }
+
+
+@dataclass(frozen=True)
+class AlertCase:
+    id: str
+    notifications: JSON
+    last_sync: JSON
+    told: list[str]
+
+
+ALERT_CASES = [
+    AlertCase("rate-fires", {"rowErrorRatePercent": 5}, _finished("Partial", 90, 10), [reasons.Alert.ROW_ERROR_RATE]),
+    AlertCase("rate-quiet-below", {"rowErrorRatePercent": 5}, _finished("Partial", 97, 3), []),
+    AlertCase("rate-off-by-default", {}, _finished("Partial", 1, 99), []),
+    AlertCase("success-fires", {"onSuccess": True}, _finished("Success", 3), [reasons.Alert.SUCCEEDED]),
+    AlertCase("success-off-by-default", {}, _finished("Success", 3), []),
+    AlertCase("success-quiet-on-error", {"onSuccess": True}, _finished("Error"), ["failure"]),
+    AlertCase("no-changes-fires", {"onSuccessWithoutChanges": True}, _finished("Success"), [reasons.Alert.NO_CHANGES]),
+    AlertCase("no-changes-quiet-with-rows", {"onSuccessWithoutChanges": True}, _finished("Success", 2), []),
+    AlertCase(
+        "both-in-one-message",
+        {"onSuccess": True, "onSuccessWithoutChanges": True},
+        _finished("Success"),
+        [f"{reasons.Alert.SUCCEEDED}, {reasons.Alert.NO_CHANGES}"],
+    ),
+    AlertCase("sync-error-on-by-default", {}, _finished("Error"), ["failure"]),
+    AlertCase("sync-error-off", {"onSyncError": False}, _finished("Error"), []),
+]
+
+
+@pytest.mark.parametrize("case", ALERT_CASES, ids=[c.id for c in ALERT_CASES])
+async def test_sync_alerts_fire_once_per_run(world: World, smtp: tuple[Inbox, dict[str, str]], case: AlertCase) -> None:
+    inbox, env = smtp
+    world.credential()
+    world.integration(contactEmails=["ops@example.com"], notifications=case.notifications)
+    reconciler = world.integrations(Observer(env=env))
+    await reconciler.reconcile(NS, "users")
+    assert inbox.kinds() == []
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = case.last_sync
+
+    await reconciler.reconcile(NS, "users")
+    assert inbox.kinds() == case.told
+    assert all(m["To"] == "ops@example.com" for m in inbox.messages)
+
+    await reconciler.reconcile(NS, "users")  # a re-run of the reconcile
+    await world.integrations(Observer(env=env)).reconcile(NS, "users")  # a restarted operator
+    retry = {**case.last_sync, "startedAt": "2026-01-01T03:05:00Z", "finishedAt": "2026-01-01T03:05:30Z"}
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = retry  # the Job's next pod
+    await reconciler.reconcile(NS, "users")
+    assert inbox.kinds() == case.told
+
+    nxt = {**case.last_sync, "job": "users-2", "startedAt": "2026-01-02T03:00:00Z", "finishedAt": "2026-01-02T03:01Z"}
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = nxt  # the next run is told again
+    await reconciler.reconcile(NS, "users")
+    expected_next = [k for k in case.told if k != "failure"]  # a failure that lasts is told once (observability)
+    assert inbox.kinds() == case.told + expected_next
+
+
+async def test_an_alert_the_smtp_server_refused_is_sent_once_it_accepts(
+    world: World, smtp: tuple[Inbox, dict[str, str]]
+) -> None:
+    inbox, env = smtp
+    world.credential()
+    world.integration(contactEmails=["ops@example.com"], notifications={"onSuccess": True})
+    await world.integrations(Observer(env={})).reconcile(NS, "users")
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = _finished("Success", 3)
+    await world.integrations(Observer(env=_smtp_env(_unused_port()))).reconcile(NS, "users")  # nobody listens
+    assert "notifiedRuns" not in world.status()
+
+    await world.integrations(Observer(env=env)).reconcile(NS, "users")
+    assert inbox.kinds() == [reasons.Alert.SUCCEEDED]
+    assert "Subject" in inbox.messages[0] and "synced 3 row(s)" in str(inbox.messages[0]["Subject"])
 
 
 # --- WarehouseCredential ----------------------------------------------------------------------------------------

@@ -309,6 +309,13 @@ KINDS: tuple[Kind, ...] = (
                     rule="!has(self.catalog) || self.dataType == 'catalogItems'",
                     message="spec.catalog is for dataType catalogItems only; remove it",
                 ),
+                Rule(  # models.CdiIntegrationSpec: a rule of spec.notifications beyond onSyncError needs someone
+                    rule="(has(self.contactEmails) && size(self.contactEmails) > 0) || !has(self.notifications) || "
+                    "(!has(self.notifications.rowErrorRatePercent) && !self.notifications.onSuccess && "
+                    "!self.notifications.onSuccessWithoutChanges)",
+                    message="spec.notifications e-mails spec.contactEmails, which is empty; add an address there or "
+                    "remove the rule",
+                ),
             ],
         },
         extra={

@@ -409,6 +409,33 @@ class CatalogSpec(Model):
     )
 
 
+class NotificationsSpec(Model):
+    """Sync alerts as Braze's CDI offers them, e-mailed to spec.contactEmails once per run; only onSyncError is on."""
+
+    on_sync_error: bool = Field(
+        default=True,
+        alias="onSyncError",
+        description="E-mail a sync-level failure (the run failed as a whole, or a failed connection test stopped "
+        "the integration); one message per failure, not repeated while it lasts.",
+    )
+    row_error_rate_percent: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        alias="rowErrorRatePercent",
+        description="E-mail a run whose row errors exceed this percentage of the rows it sent or refused (0: any "
+        "row error). Unset: row errors are never e-mailed.",
+    )
+    on_success: bool = Field(
+        default=False, alias="onSuccess", description="E-mail every run that completed (Success or Partial)."
+    )
+    on_success_without_changes: bool = Field(
+        default=False,
+        alias="onSuccessWithoutChanges",
+        description="E-mail a run that completed without any changed row (nothing sent, nothing refused).",
+    )
+
+
 class CdiIntegrationSpec(Model):
     credential_ref: CredentialRef = Field(alias="credentialRef")
     source: SourceTable
@@ -417,7 +444,13 @@ class CdiIntegrationSpec(Model):
         min_length=1, max_length=200, description="Cron expression; runs 15 minutes to a month apart."
     )
     time_zone: str = Field(default="UTC", alias="timeZone", max_length=64, description="IANA zone of the schedule.")
-    contact_emails: list[str] = Field(default_factory=list, alias="contactEmails", max_length=20)
+    contact_emails: list[str] = Field(
+        default_factory=list,
+        alias="contactEmails",
+        max_length=20,
+        description="Who is e-mailed about the runs spec.notifications selects (by default sync-level failures).",
+    )
+    notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
     suspend: bool = False
     braze: BrazeSpec | None = None
     sync: SyncOptions = Field(default_factory=SyncOptions)
@@ -433,11 +466,26 @@ class CdiIntegrationSpec(Model):
     runner: RunnerOptions | None = None
 
     @model_validator(mode="after")
-    def _catalog_matches_data_type(self) -> Self:
+    def _cross_field_rules(self) -> Self:
         if self.data_type is DataType.CATALOG_ITEMS and self.catalog is None:
             raise ValueError("dataType catalogItems needs spec.catalog.name: the Braze catalog to fill")
         if self.data_type is not DataType.CATALOG_ITEMS and self.catalog is not None:
             raise ValueError(f"spec.catalog is for dataType catalogItems, not {self.data_type.value}; remove it")
+        alerts = self.notifications
+        opted_in = [
+            name
+            for name, on in (
+                ("rowErrorRatePercent", alerts.row_error_rate_percent is not None),
+                ("onSuccess", alerts.on_success),
+                ("onSuccessWithoutChanges", alerts.on_success_without_changes),
+            )
+            if on
+        ]
+        if opted_in and not self.contact_emails:
+            raise ValueError(
+                f"spec.notifications.{opted_in[0]} e-mails spec.contactEmails, which is empty; add an address there "
+                "or remove the rule"
+            )
         if self.update_existing_only and self.data_type is not DataType.CUSTOM_ATTRIBUTES:
             raise ValueError(
                 f"spec.updateExistingOnly applies to dataType customAttributes only, not {self.data_type.value}; "
@@ -682,6 +730,13 @@ class CdiIntegrationStatus(Model):
         max_length=1024,
         description="Set by the operator: the key of the last sync-level failure e-mailed to spec.contactEmails, so "
         "that it is told once, also across restarts.",
+    )
+    notified_runs: list[str] = Field(
+        default_factory=list,
+        alias="notifiedRuns",
+        max_length=50,
+        description="Set by the operator: the run attempts whose spec.notifications were decided, and the rules "
+        "told per run (a Job, with its retries), so that nothing is told twice, also across restarts.",
     )
 
 

@@ -88,6 +88,14 @@ REWIND_REFUSED: Final = "RewindRefused"  # Event: a rewind value not acted on (a
 # reason of a failed run (FailureReason), or "Braze" and the Braze error (BrazeUnauthorized, BrazeCatalogNotFound, …).
 
 
+class Alert(StrEnum):
+    """A rule of spec.notifications that fired for a run: the e-mail's `X-CDI-Alert` header and its subject."""
+
+    ROW_ERROR_RATE = "RowErrorRate"  # rowErrorRatePercent: the run's row errors exceed the percentage
+    SUCCEEDED = "Succeeded"  # onSuccess: the run completed (Success or Partial)
+    NO_CHANGES = "NoChanges"  # onSuccessWithoutChanges: the run completed without any changed row
+
+
 # --- WarehouseCredential ---
 
 VERIFIED: Final = "Verified"  # Ready=True: the connection test passed

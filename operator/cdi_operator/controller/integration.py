@@ -38,7 +38,7 @@ from cdi_operator.api.models import (
     WarehouseCredentialSpec,
 )
 from cdi_operator.api.snowflake_key import resolved_spec
-from cdi_operator.controller import conditions, connection, deadline, history, observability, rewind, sync_now
+from cdi_operator.controller import alerts, conditions, connection, deadline, history, observability, rewind, sync_now
 from cdi_operator.controller.connection import spec_error, test_wanted
 from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.listing import SharedList
@@ -503,7 +503,7 @@ class _Run:
 
     async def observe(self, observer: observability.Observer, phase_before: str | None) -> None:
         """Metrics, Events and failure e-mail for each run of status.runs not yet accounted for, the Synced condition
-        from the latest run (history.py, observability.py)."""
+        from the latest run (history.py, observability.py); the sync alerts of spec.notifications (alerts.py)."""
         status = self.writer.view()
         fresh = observer.observe(self.obj, status)
         if fresh:
@@ -540,6 +540,17 @@ class _Run:
             if key is not None:
                 self.writer.set(last_notified_failure=key)
                 last_key = key
+        if summary is not None:
+            await self.tell_alerts(observer, summary, status)
+
+    async def tell_alerts(self, observer: observability.Observer, summary: RunSummary, status: JSON) -> None:
+        """The sync alerts of spec.notifications about the last run, once per run (alerts.py)."""
+        integration = observability.parse(self.obj)
+        fired = None if integration is None else alerts.due(integration, summary, status)
+        if integration is None or fired is None:
+            return
+        if not fired or await observer.alert(integration, summary, fired):
+            self.writer.set(notified_runs=alerts.recorded(status, summary, fired))
 
 
 def _reason(status: JSON, type_: str) -> str | None:

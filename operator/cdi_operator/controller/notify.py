@@ -1,4 +1,4 @@
-"""E-mail to `spec.contactEmails` about sync-level failures, never about row errors.
+"""E-mail to `spec.contactEmails` about sync-level failures (the sync alerts of spec.notifications: alerts.py).
 
 The operator calls `notify_failure()` when it sees a finished run in status.lastSync. One message goes out per
 distinct failure: `failure_key()` is `namespace/name|reason|startedAt`, and the caller keeps the last key it notified
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -82,21 +82,22 @@ def failure_key(integration: CdiIntegration, summary: RunSummary, reason: str | 
     return f"{meta.namespace}/{meta.name}|{reason or summary.result.value}|{summary.started_at.isoformat()}"
 
 
-def build_message(
-    settings: SmtpSettings, integration: CdiIntegration, summary: RunSummary, reason: str | None = None
-) -> EmailMessage:
-    meta = integration.metadata
-    key = f"{meta.namespace}/{meta.name}"
+def new_message(settings: SmtpSettings, integration: CdiIntegration, subject: str, lines: list[str]) -> EmailMessage:
+    """A message to spec.contactEmails with `lines` as its text."""
     message = EmailMessage()
-    message["Subject"] = f"[cdi] sync of {key} failed" + (f": {reason}" if reason else "")
+    message["Subject"] = subject
     message["From"] = settings.from_addr
     message["To"] = ", ".join(integration.spec.contact_emails)
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain="cdi.ingest.dev")
+    message.set_content("\n".join(lines))
+    return message
+
+
+def run_lines(integration: CdiIntegration, summary: RunSummary, reason: str | None = None) -> list[str]:
+    """What a message tells about one run: source, trigger, times, result, rows, watermark."""
     finished = summary.finished_at.isoformat() if summary.finished_at else "-"
-    lines = [
-        f"The sync of CdiIntegration {key} failed as a whole; rows after the last watermark were not all sent.",
-        "",
+    return [
         f"Source:     {integration.spec.source.display()} ({integration.spec.data_type.value})",
         f"Trigger:    {summary.trigger}" + (f" (Job {summary.job})" if summary.job else ""),
         f"Started:    {summary.started_at.isoformat()}",
@@ -105,14 +106,27 @@ def build_message(
         f"Message:    {summary.message or '-'}",
         f"Rows:       read {summary.rows_read}, synced {summary.rows_synced}, failed {summary.rows_failed}",
         f"Watermark:  {summary.watermark.isoformat() if summary.watermark else '-'}",
+    ]
+
+
+def build_message(
+    settings: SmtpSettings, integration: CdiIntegration, summary: RunSummary, reason: str | None = None
+) -> EmailMessage:
+    meta = integration.metadata
+    key = f"{meta.namespace}/{meta.name}"
+    lines = [
+        f"The sync of CdiIntegration {key} failed as a whole; rows after the last watermark were not all sent.",
+        "",
+        *run_lines(integration, summary, reason),
         "",
         "The next scheduled run starts from the watermark; nothing is lost. To look further:",
         f"  kubectl -n {meta.namespace} describe cdi {meta.name}",
         "",
-        "You get this because spec.contactEmails lists you. Row-level errors are never e-mailed; see status.runs.",
+        "You get this because spec.contactEmails lists you. Row-level errors are e-mailed only above "
+        "spec.notifications.rowErrorRatePercent; see status.runs.",
     ]
-    message.set_content("\n".join(lines))
-    return message
+    subject = f"[cdi] sync of {key} failed" + (f": {reason}" if reason else "")
+    return new_message(settings, integration, subject, lines)
 
 
 def notify_failure(
@@ -131,14 +145,20 @@ def notify_failure(
     key = failure_key(integration, summary, reason)
     if key is None or key == last_key or not integration.spec.contact_emails:
         return None
-    message = build_message(settings, integration, summary, reason)
+    send(settings, build_message(settings, integration, summary, reason), integration.spec.contact_emails)
+    return key
+
+
+def send(settings: SmtpSettings, message: EmailMessage, recipients: Sequence[str]) -> None:
+    """Deliver `message` to `recipients` through the SMTP server; raises NotifyError when it refuses or cannot be
+    reached."""
     try:
         with smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout) as smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context(cafile=settings.ca_file))
             if settings.username and settings.password:
                 smtp.login(settings.username, settings.password)
-            smtp.send_message(message, to_addrs=list(integration.spec.contact_emails))
+            smtp.send_message(message, to_addrs=list(recipients))
     except smtplib.SMTPAuthenticationError as exc:
         raise NotifyError(
             f"SMTP server {settings.host}:{settings.port} refused the login of {settings.username!r} "
@@ -148,4 +168,3 @@ def notify_failure(
         raise NotifyError(
             f"cannot send e-mail through {settings.host}:{settings.port}: {type(exc).__name__}: {exc}"
         ) from None
-    return key

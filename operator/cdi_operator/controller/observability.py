@@ -1,4 +1,4 @@
-"""What the operator tells about runs it did not do itself: Prometheus metrics and failure e-mail.
+"""What the operator tells about runs it did not do itself: Prometheus metrics, failure e-mail and sync alerts.
 
 Runner pods live for one sync, so the operator reads what they leave in status (their records in `status.runs`,
 `watermark`) every time it reconciles an integration, and
@@ -11,9 +11,11 @@ Runner pods live for one sync, so the operator reads what they leave in status (
   changes, so never twice across a restart);
 - sends one e-mail to `spec.contactEmails` per sync-level failure: a run with result Error, or an integration
   that had been syncing and is now stalled by a failed connection test (auth, permission, missing table…). Row
-  errors (Partial) are never e-mailed. The key of the last failure told is kept in `status.lastNotifiedFailure`, so
-  a restarted operator does not tell it again; a failure that lasts (the Job's retries, the next scheduled runs,
-  the same reason) is told once, until a run completes again (`already_told`).
+  errors (Partial) are e-mailed only by the sync alerts (alerts.py), and `spec.notifications.onSyncError` turns this
+  off. The key of the last failure told is kept in `status.lastNotifiedFailure`, so a restarted operator does not
+  tell it again; a failure that lasts (the Job's retries, the next scheduled runs, the same reason) is told once,
+  until a run completes again (`already_told`).
+- sends the sync alerts of `spec.notifications` (`alert`; which rules fire and the once-per-run record: alerts.py).
 
 Everything here is a plain function of the object, apart from `Observer`, which holds the phases and the SMTP
 settings of the process.
@@ -27,6 +29,7 @@ import re
 import time
 from collections import Counter
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,7 +37,8 @@ from pydantic import ValidationError
 from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CdiIntegration, Phase, RunResult, RunSummary
-from cdi_operator.controller import conditions, connection, history, metrics, notify
+from cdi_operator.api.reasons import Alert
+from cdi_operator.controller import alerts, conditions, connection, history, metrics, notify
 
 log = logging.getLogger(__name__)
 
@@ -201,46 +205,65 @@ class Observer:
 
     # --- e-mail ----------------------------------------------------------------------------------------------
 
+    def _smtp_on(self, where: str) -> bool:
+        if self.smtp is None and not self._smtp_off_logged:
+            self._smtp_off_logged = True
+            log.warning(
+                "e-mail is off ($%sHOST is not set): what %s and any other integration asks to be told is not e-mailed",
+                notify.ENV_PREFIX,
+                where,
+            )
+        return self.smtp is not None
+
+    async def _send(self, key: str, what: str, message: EmailMessage, recipients: list[str]) -> bool:
+        """Whether `message` went out; after a refusal the same key waits RETRY_SECONDS before it is tried again."""
+        refused = self._failed_sends.get(key)
+        if self.smtp is None or (refused is not None and time.monotonic() - refused < RETRY_SECONDS):
+            return False
+        try:
+            await asyncio.to_thread(notify.send, self.smtp, message, recipients)
+        except notify.NotifyError as exc:
+            self._failed_sends[key] = time.monotonic()
+            log.error("cannot e-mail %s; trying again in %.0f s: %s", what, RETRY_SECONDS, exc)
+            return False
+        self._failed_sends.pop(key, None)
+        log.info("e-mailed %s to its %d contact(s)", what, len(recipients))
+        return True
+
     async def notify(
         self, obj: JSON, summary: RunSummary, reason: str, last_key: str | None, runs: Any = None
     ) -> str | None:
-        """Send the e-mail about this failure unless told already (`already_told`); the key to keep in status."""
-        try:
-            integration = CdiIntegration.model_validate({**obj, "status": None})
-        except ValidationError:
+        """Send the e-mail about this failure unless told already (`already_told`) or spec.notifications.onSyncError
+        is off; the key to keep in status."""
+        integration = parse(obj)
+        if integration is None or not integration.spec.notifications.on_sync_error:
             return None
         key = notify.failure_key(integration, summary, reason)
         if key is None or already_told(key, last_key, runs) or not integration.spec.contact_emails:
             return None
         where = f"{integration.metadata.namespace}/{integration.metadata.name}"
-        if self.smtp is None:
-            if not self._smtp_off_logged:
-                self._smtp_off_logged = True
-                log.warning(
-                    "failure e-mail is off ($%sHOST is not set): %s and any later failure are not e-mailed",
-                    notify.ENV_PREFIX,
-                    where,
-                )
+        if not self._smtp_on(where):
             return None
-        refused = self._failed_sends.get(key)
-        if refused is not None and time.monotonic() - refused < RETRY_SECONDS:
-            return None
-        try:
-            sent = await asyncio.to_thread(
-                notify.notify_failure, self.smtp, integration, summary, reason=reason, last_key=last_key
-            )
-        except notify.NotifyError as exc:
-            self._failed_sends[key] = time.monotonic()
-            log.error(
-                "cannot e-mail the failure of %s (%s); trying again in %.0f s: %s", where, reason, RETRY_SECONDS, exc
-            )
-            return None
-        self._failed_sends.pop(key, None)
-        if sent is not None:
-            log.info(
-                "e-mailed the failure of %s (%s) to its %d contact(s)",
-                where,
-                reason,
-                len(integration.spec.contact_emails),
-            )
-        return sent
+        assert self.smtp is not None
+        message = notify.build_message(self.smtp, integration, summary, reason)
+        sent = await self._send(key, f"the failure of {where} ({reason})", message, integration.spec.contact_emails)
+        return key if sent else None
+
+    async def alert(self, integration: CdiIntegration, summary: RunSummary, fired: list[Alert]) -> bool:
+        """Send the one e-mail about the rules of spec.notifications that `summary` fired; False when it must be
+        tried again (the SMTP server refused), True when it went out or cannot (e-mail is off)."""
+        where = f"{integration.metadata.namespace}/{integration.metadata.name}"
+        if not self._smtp_on(where):
+            return True
+        assert self.smtp is not None
+        message = alerts.build_message(self.smtp, integration, summary, fired)
+        what = f"{', '.join(fired)} of the run {alerts.run_key(summary)} of {where}"
+        return await self._send(alerts.attempt_key(summary), what, message, integration.spec.contact_emails)
+
+
+def parse(obj: JSON) -> CdiIntegration | None:
+    """The integration without its status (which the operator reads as JSON); None when its spec is invalid."""
+    try:
+        return CdiIntegration.model_validate({**obj, "status": None})
+    except ValidationError:
+        return None
