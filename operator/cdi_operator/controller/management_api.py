@@ -112,7 +112,8 @@ class ManagementApi:
         self.clock = clock or (lambda: datetime.now(UTC))
 
     async def authenticate(self, header: str | None) -> Caller:
-        caller = await self.kube.review_token(bearer_token(header))
+        token = bearer_token(header)
+        caller = await self.kube.review_token(token)
         if caller is None:
             raise ApiError(401, "Invalid token: the Kubernetes API did not accept it (expired, revoked or unknown)")
         return caller
@@ -276,6 +277,9 @@ def build_app(api: ManagementApi, limiter: RateLimiter | None = None) -> web.App
             response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:  # unknown path or method: still Braze's shape
             return _json(exc.status, {"message": exc.reason})
+        except Exception:
+            log.exception("management API: %s %s failed", request.method, request.path)
+            return _json(500, {"message": "Internal error; the operator's log has the details"})
         return response
 
     app = web.Application(middlewares=[json_errors])

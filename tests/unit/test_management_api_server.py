@@ -1,0 +1,47 @@
+"""The management API's HTTP server on loopback: HTTPS with a certificate from a directory (as the chart mounts the
+webhook's), answers in Braze's JSON shape for a missing token and unknown paths, before any Kubernetes call."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cdi_operator.controller.admission import self_signed_certificate, write_certificate
+from cdi_operator.controller.management_api import ManagementApi, Server
+from cdi_operator.controller.settings import ManagementApiSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_https_with_the_mounted_certificate_and_json_errors(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(["localhost"])
+    write_certificate(tmp_path, cert, key)
+    port = free_port()
+    kube: Any = None  # nothing here may reach Kubernetes: refused before the TokenReview
+    server = Server(ManagementApi(kube), ManagementApiSettings(port=port, addr="127.0.0.1", cert_dir=str(tmp_path)))
+    await server.start()
+    try:
+        context = ssl.create_default_context(cadata=cert.decode())
+        async with aiohttp.ClientSession() as session:
+            url = f"https://localhost:{port}"
+            async with session.get(f"{url}/cdi/integrations", ssl=context) as response:
+                assert response.status == 401
+                assert "Bearer" in (await response.json())["message"]
+            async with session.post(
+                f"{url}/cdi/integrations/x/sync", ssl=context, headers={"Authorization": "Basic a"}
+            ) as response:
+                assert response.status == 401
+            async with session.get(f"{url}/cdi/nothing-here", ssl=context) as response:
+                assert (response.status, await response.json()) == (404, {"message": "Not Found"})
+            async with session.delete(f"{url}/cdi/integrations", ssl=context) as response:
+                assert (response.status, await response.json()) == (405, {"message": "Method Not Allowed"})
+    finally:
+        await server.stop()
