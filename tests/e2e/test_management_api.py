@@ -22,21 +22,20 @@ from harness.helpers import wait_until
 from harness.operator import OperatorProcess
 from kubernetes import client
 from test_operator import (
-    BRAZE_KEY,
     CDI,
     GROUP,
-    RUNNER_SA,
+    OPERATOR_ENV,
     VERSION,
-    _runner_account,
     braze,
     crds,
-    create_credential,
     create_integration,
+    create_syncable,
     custom,
     get,
     jobs_of,
     pg_schema,
     phase_is,
+    service_account,
     wait_status,
 )
 
@@ -60,10 +59,7 @@ def operator(
     crds: list[str], kubeconfig: str, braze: BrazeEmulator, api_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     env = {
-        "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
-        "CDI_RESYNC_SECONDS": "2",
-        "CDI_RETEST_FAILED_SECONDS": "3600",
-        "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+        **OPERATOR_ENV,
         "CDI_MANAGEMENT_API_PORT": str(api_port),
         "CDI_MANAGEMENT_API_ADDR": "127.0.0.1",
     }
@@ -112,19 +108,10 @@ def links(headers: dict[str, str]) -> dict[str, str]:
 
 def account(api: client.ApiClient, namespace: str, name: str, verbs: list[str], allowed_in: str) -> str:
     """A ServiceAccount allowed `verbs` on the CdiIntegrations of namespace `allowed_in`; a token of it."""
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
-    rules = [{"apiGroups": [GROUP], "resources": [CDI], "verbs": verbs}]
-    rbac.create_namespaced_role(allowed_in, {"metadata": {"name": name}, "rules": rules})
-    rbac.create_namespaced_role_binding(
-        allowed_in,
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
+    service_account(api, namespace, name, [{"apiGroups": [GROUP], "resources": [CDI], "verbs": verbs}], allowed_in)
+    request = client.CoreV1Api(api).create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}
     )
-    request = core.create_namespaced_service_account_token(name, namespace, {"spec": {"expirationSeconds": 3600}})
     return str(request.status.token)
 
 
@@ -235,14 +222,7 @@ def test_sync_through_the_api_is_exactly_one_run(
     pg_settings: dict[str, str],
     pg_schema: str,
 ) -> None:
-    _runner_account(kube_api, namespace)
-    client.CoreV1Api(kube_api).create_namespaced_secret(
-        namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}}
-    )
-    create_credential(kube_api, namespace, pg_settings)
-    create_integration(
-        kube_api, namespace, "users", "wh", pg_settings["CDI_PG_DATABASE"], pg_schema, braze_url=braze.url
-    )
+    create_syncable(kube_api, namespace, pg_settings, pg_schema, braze.url)
     active = wait_status(kube_api, operator, namespace, "users", phase_is("Active"), "phase Active")
     uid = active["metadata"]["uid"]
     syncer = account(kube_api, namespace, "automation", ["get", "list", "patch"], namespace)
