@@ -152,20 +152,13 @@ class ManagementApi:
         objs, credentials = await asyncio.gather(self._all(CDI_PLURAL), self._all(WHC_PLURAL))
         visible = sorted(await self._visible(caller, objs), key=views.integration_key)
         result = _page(visible, views.integration_key, cursor, views.KIND_INTEGRATIONS, "", newest_first=False)
-        types = {
-            (c["metadata"]["namespace"], c["metadata"]["name"]): (c.get("spec") or {}).get("type") for c in credentials
-        }
+        types = {views.integration_key(c): (c.get("spec") or {}).get("type") for c in credentials}
         now = self.clock()
-        results = [
-            views.integration_result(
-                obj,
-                types.get(
-                    (obj["metadata"]["namespace"], ((obj.get("spec") or {}).get("credentialRef") or {}).get("name"))
-                ),
-                now,
-            )
-            for obj in result.items
-        ]
+        results = []
+        for obj in result.items:
+            credential = ((obj.get("spec") or {}).get("credentialRef") or {}).get("name")
+            warehouse_type = types.get((obj["metadata"]["namespace"], str(credential)))
+            results.append(views.integration_result(obj, warehouse_type, now))
         return Answer({"results": results, "message": "success"}, link=views.link_header("/cdi/integrations", result))
 
     async def job_sync_status(self, caller: Caller, integration_id: str, cursor: str | None) -> Answer:
@@ -222,7 +215,15 @@ class ManagementApi:
         return sync_running(jobs, status.get("lastSync"))
 
 
-def _page(items: list[JSON], key: Any, cursor: str | None, kind: str, scope: str, *, newest_first: bool) -> Any:
+def _page(
+    items: list[JSON],
+    key: Callable[[JSON], views.Key],
+    cursor: str | None,
+    kind: str,
+    scope: str,
+    *,
+    newest_first: bool,
+) -> views.Page[JSON]:
     try:
         return views.page(items, key, cursor, kind, scope, newest_first=newest_first)
     except views.InvalidCursor:
