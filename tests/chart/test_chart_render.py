@@ -44,6 +44,7 @@ def test_helm_lint_strict_passes(values: dict[str, Any]) -> None:
         ({"prometheusRule": {"rowErrorRatio": 5}}, "/prometheusRule/rowErrorRatio"),
         ({"runner": {"resources": {"limits": {"memory": "lots"}}}}, "/runner/resources/limits/memory"),
         ({"runner": {"resources": {"limits": {"gpu": "1"}}}}, "/runner/resources/limits"),
+        ({"managementApi": {"enable": True}}, "/managementApi"),
     ],
 )
 def test_values_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], names: str) -> None:

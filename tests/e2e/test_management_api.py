@@ -263,6 +263,9 @@ def test_sync_through_the_api_is_exactly_one_run(
         kube_api, operator, namespace, "users", lambda o: bool(o["status"].get("runs")), "the run in status.runs"
     )
     assert len(jobs_of(kube_api, namespace, "users")) == 1, "one POST, one Job"
+    events = client.CoreV1Api(kube_api).list_namespaced_event(namespace).items
+    [started] = [e for e in events if e.reason == "SyncNow"]
+    assert f"by system:serviceaccount:{namespace}:automation" in started.message  # who asked, for the audit
     assert [r["trigger"] for r in obj["status"]["runs"]] == ["syncNow"]
     assert obj["spec"]["schedule"] == "0 3 * * *" and obj["metadata"]["generation"] == active["metadata"]["generation"]
     code, _, body = call(api_port, "GET", path, syncer)

@@ -179,7 +179,8 @@ class ManagementApi:
             busy = await self._busy(obj)
             if busy:
                 raise ApiError(429, f"Another job is in progress ({busy})")
-            value = f"api-{self.clock():%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(3)}"
+            # Unique, and it names the caller: the SyncNow Event and the Job's annotation show who asked.
+            value = f"{views.wire_time(self.clock())} {secrets.token_hex(3)} by {caller.username} (management API)"
             patch = {
                 "metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {SYNC_NOW_ANNOTATION: value}}
             }
