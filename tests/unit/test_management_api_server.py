@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from cdi_operator.controller.admission import self_signed_certificate, write_certificate
 from cdi_operator.controller.management_api import ManagementApi, Server
-from cdi_operator.controller.settings import ManagementApiSettings
+from cdi_operator.controller.settings import ManagementApiSettings, SettingsError
 
 
 def free_port() -> int:
@@ -45,3 +46,19 @@ async def test_https_with_the_mounted_certificate_and_json_errors(tmp_path: Path
                 assert (response.status, await response.json()) == (405, {"message": "Method Not Allowed"})
     finally:
         await server.stop()
+
+
+def test_settings_off_by_default_and_bad_values_name_the_variable(tmp_path: Path) -> None:
+    assert ManagementApiSettings.from_env({}) == ManagementApiSettings(port=0)
+    on = ManagementApiSettings.from_env({"CDI_MANAGEMENT_API_PORT": "8443", "CDI_MANAGEMENT_API_ADDR": "127.0.0.1"})
+    assert (on.port, on.addr, on.cert_dir) == (8443, "127.0.0.1", None)
+    for env, variable in (
+        ({"CDI_MANAGEMENT_API_PORT": "https"}, "CDI_MANAGEMENT_API_PORT"),
+        (
+            {"CDI_MANAGEMENT_API_PORT": "8443", "CDI_MANAGEMENT_API_CERT_DIR": str(tmp_path)},
+            "CDI_MANAGEMENT_API_CERT_DIR",
+        ),
+        ({"CDI_MANAGEMENT_API_ADDR": "0.0.0.0; rm"}, "CDI_MANAGEMENT_API_ADDR"),
+    ):
+        with pytest.raises(SettingsError, match=variable):
+            ManagementApiSettings.from_env(env)

@@ -48,6 +48,12 @@ WEBHOOK_FAILURE_POLICIES = ("Ignore", "Fail")
 WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE = "tls.crt", "tls.key"
 
 
+def _require_certificate(variable: str, cert_dir: str, fix: str) -> None:
+    for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
+        if not os.path.isfile(os.path.join(cert_dir, file)):
+            raise SettingsError(f"${variable} {cert_dir!r} has no {file}; {fix}")
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     """The validating admission webhook (controller/admission.py).
@@ -95,11 +101,7 @@ class WebhookSettings:
                 f"Secret ({WEBHOOK_CERT_FILE}, {WEBHOOK_KEY_FILE}) and point it there"
             )
         if mode != "off" and cert_dir is not None:
-            for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
-                if not os.path.isfile(os.path.join(cert_dir, file)):
-                    raise SettingsError(
-                        f"${ENV_WEBHOOK_CERT_DIR} {cert_dir!r} has no {file}; mount the webhook's TLS Secret there"
-                    )
+            _require_certificate(ENV_WEBHOOK_CERT_DIR, cert_dir, "mount the webhook's TLS Secret there")
         return cls(mode=mode, addr=addr, host=host, port=int(raw_port), cert_dir=cert_dir, failure_policy=policy)
 
 
@@ -119,12 +121,9 @@ class ManagementApiSettings:
             raise SettingsError(f"${ENV_MANAGEMENT_API_ADDR} {addr!r} is not a host name or IP address")
         cert_dir = env.get(ENV_MANAGEMENT_API_CERT_DIR, "").strip() or None
         if port and cert_dir is not None:
-            for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
-                if not os.path.isfile(os.path.join(cert_dir, file)):
-                    raise SettingsError(
-                        f"${ENV_MANAGEMENT_API_CERT_DIR} {cert_dir!r} has no {file}; mount the TLS Secret there, or "
-                        "unset it to serve plain HTTP"
-                    )
+            _require_certificate(
+                ENV_MANAGEMENT_API_CERT_DIR, cert_dir, "mount the TLS Secret there, or unset it to serve plain HTTP"
+            )
         return cls(port=port, addr=addr, cert_dir=cert_dir)
 
 
