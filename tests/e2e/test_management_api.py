@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -240,8 +241,11 @@ def test_sync_through_the_api_is_exactly_one_run(
     assert entry["last_job_status"] is None
 
     before = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the caller's clock, as a published client takes it
-    code, _, body = call(api_port, "POST", f"/cdi/integrations/{uid}/sync", syncer)
-    assert (code, body) == (202, {"message": "success"})
+    # five callers at once (an orchestrator retrying, say): one sync starts, the others hear that it runs
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: call(api_port, "POST", f"/cdi/integrations/{uid}/sync", syncer), range(5)))
+    assert sorted(code for code, _, _ in answers) == [202, 429, 429, 429, 429], answers
+    assert {body["message"].split(" (")[0] for _, _, body in answers} == {"success", "Another job is in progress"}
     code, _, body = call(api_port, "POST", f"/cdi/integrations/{uid}/sync", syncer)
     assert (code, body["message"].split(" (")[0]) == (429, "Another job is in progress")
 
