@@ -3,6 +3,8 @@ webhook's), answers in Braze's JSON shape for a missing token and unknown paths,
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 
 from cdi_operator.controller.admission import self_signed_certificate, write_certificate
-from cdi_operator.controller.management_api import ManagementApi, Server
+from cdi_operator.controller.management_api import ManagementApi, Server, TlsFiles
 from cdi_operator.controller.settings import ManagementApiSettings, SettingsError
 
 
@@ -62,3 +64,26 @@ def test_settings_off_by_default_and_bad_values_name_the_variable(tmp_path: Path
     ):
         with pytest.raises(SettingsError, match=variable):
             ManagementApiSettings.from_env(env)
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    old_cert, old_key = self_signed_certificate(["localhost"])
+    write_certificate(tmp_path, old_cert, old_key)
+    tls = TlsFiles(str(tmp_path))
+    new_cert, new_key = self_signed_certificate(["localhost"])
+    write_certificate(tmp_path, new_cert, new_key)
+    os.utime(tmp_path / "tls.crt", (1, 1))  # a renewal within the same second still differs in mtime
+    tls.reload()
+    port = free_port()
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port, ssl=tls.context)
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ssl.create_default_context(cadata=new_cert.decode()), server_hostname="localhost"
+        )
+        writer.close()
+        with pytest.raises(ssl.SSLError):
+            await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ssl.create_default_context(cadata=old_cert.decode()), server_hostname="localhost"
+            )
+    finally:
+        server.close()
