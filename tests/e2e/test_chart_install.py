@@ -293,10 +293,10 @@ def test_example_goes_active_and_syncs_through_a_runner_job(
 
 
 class _ServiceConnection(http.client.HTTPSConnection):
-    """HTTPS to a local port, verifying the certificate for the Service's DNS name (there is no cluster DNS)."""
+    """HTTPS to an address, verifying the certificate for the Service's DNS name (there is no cluster DNS)."""
 
-    def __init__(self, port: int, service_name: str, context: ssl.SSLContext) -> None:
-        super().__init__("127.0.0.1", port, context=context, timeout=30)
+    def __init__(self, address: tuple[str, int], service_name: str, context: ssl.SSLContext) -> None:
+        super().__init__(address[0], address[1], context=context, timeout=30)
         self.service_name = service_name
 
     def connect(self) -> None:
@@ -327,15 +327,19 @@ def test_management_api_from_the_chart_over_tls_for_a_bound_account(
     secret = core.read_namespaced_secret(f"{RELEASE}-webhook-tls", release.namespace)
     context = ssl.create_default_context(cadata=base64.b64decode(secret.data["ca.crt"]).decode())
     service = f"{RELEASE}-management-api.{release.namespace}.svc"
+    address = ("127.0.0.1", release.management_api_port)  # the local kubelet's process
+    if node_mode():  # the pod, through the Service
+        spec = core.read_namespaced_service(f"{RELEASE}-management-api", release.namespace).spec
+        address = (spec.cluster_ip, spec.ports[0].port)
 
     def call(token: str | None) -> tuple[int, dict[str, Any]] | None:
-        connection = _ServiceConnection(release.management_api_port, service, context)
+        connection = _ServiceConnection(address, service, context)
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
         try:
             connection.request("GET", "/cdi/integrations", headers=headers)
             response = connection.getresponse()
             return response.status, json.loads(response.read())
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
             return None  # not listening yet
         finally:
             connection.close()
