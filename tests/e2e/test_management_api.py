@@ -260,7 +260,9 @@ def test_sync_through_the_api_is_exactly_one_run(
         return None
 
     run = wait_until(finished_run, 180, "the run the API started to finish", interval=1, details=operator.log_tail)
-    assert run["job_status"] == "success" and run["rows_synced"] == 5 and run["rows_failed_with_errors"] == 0
+    last_sync = (get(kube_api, CDI, namespace, "users") or {}).get("status", {}).get("lastSync")
+    assert run["job_status"] == "success", last_sync
+    assert run["rows_synced"] == 5 and run["rows_failed_with_errors"] == 0
     assert run["sync_finish_time"] >= run["sync_start_time"] and run["last_timestamp_synced"]
 
     obj = wait_status(
