@@ -40,6 +40,7 @@ from test_operator import (
     wait_status,
 )
 
+from cdi_operator.api.models import run_lease_name
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
@@ -117,7 +118,9 @@ def account(api: client.ApiClient, namespace: str, name: str, verbs: list[str], 
 
 
 def run_record(start: datetime, result: str = "Success") -> dict[str, Any]:
+    """A run's record as a runner writes it into status.runs."""
     return {
+        "runId": f"{start:%Y%m%dT%H%M%SZ}-{result[:3].lower()}",
         "trigger": "schedule",
         "job": f"users-{start:%H%M%S}",
         "startedAt": start.isoformat(),
@@ -182,25 +185,28 @@ def test_paging_errors_and_rbac(
     code, _, body = call(api_port, "POST", f"/cdi/integrations/{uids['i00']}/sync", syncer)
     assert code == 400 and "not active" in body["message"]
 
-    # more than 10 runs (the history and the run in progress), newest first, 10 a page
-    start = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=11)
-    history = [run_record(start + timedelta(hours=h)) for h in range(9, -1, -1)]
-    running = run_record(start + timedelta(hours=10, minutes=30), "Running")
+    # more than 10 runs (the records the runners wrote, the one in progress first), newest first, 10 a page; a
+    # Skipped record (another run held the integration) is no sync in Braze's sense and is not listed
+    start = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=15)
+    history = [run_record(start + timedelta(hours=h)) for h in range(13, -1, -1)]
+    skipped = run_record(start + timedelta(hours=14), "Skipped")
+    running = run_record(start + timedelta(hours=14, minutes=30), "Running")
     custom(kube_api).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, CDI, "i00", {"status": {"runs": history, "lastSync": running}}
+        GROUP, VERSION, namespace, CDI, "i00", {"status": {"runs": [running, skipped, *history], "lastSync": running}}
     )
     path = f"/cdi/integrations/{uids['i00']}/job_sync_status"
     code, headers, first = call(api_port, "GET", path, reader)
     assert code == 200 and len(first["results"]) == 10 and set(links(headers)) == {"next"}
     newest = first["results"][0]
     assert newest["job_status"] == "running" and newest["sync_finish_time"] is None
-    assert newest["sync_start_time"] == (start + timedelta(hours=10, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert newest["sync_start_time"] == (start + timedelta(hours=14, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert first["results"][1]["job_status"] == "success" and first["results"][1]["rows_failed_with_errors"] == 1
     starts = [r["sync_start_time"] for r in first["results"]]
     assert starts == sorted(starts, reverse=True)
     code, headers, second = call(api_port, "GET", links(headers)["next"], reader)
-    assert code == 200 and len(second["results"]) == 1 and set(links(headers)) == {"prev"}
-    assert second["results"][0]["sync_start_time"] == start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert code == 200 and len(second["results"]) == 5 and set(links(headers)) == {"prev"}
+    assert second["results"][-1]["sync_start_time"] == start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert "skipped" not in {r["job_status"] for r in first["results"] + second["results"]}
     # a cursor of one list is no cursor of another
     cursor = links(headers)["prev"].split("cursor=")[1]
     code, _, body = call(api_port, "GET", f"/cdi/integrations?cursor={cursor}", reader)
@@ -279,3 +285,25 @@ def test_sync_through_the_api_is_exactly_one_run(
     code, _, listed = call(api_port, "GET", "/cdi/integrations", syncer)
     assert listed["results"][0]["last_job_status"] == "success"
     assert listed["results"][0]["last_job_start_time"] == run["sync_start_time"]
+
+    # until its Job is complete, the run counts as going on (the operator would refuse a sync-now as well)
+    wait_until(
+        lambda: all(j.status.completion_time for j in jobs_of(kube_api, namespace, "users")),
+        60,
+        "the first run's Job to complete",
+    )
+    # a run started some other way (kubectl create job --from=cronjob/…) holds the integration's claim: 429
+    leases = client.CoordinationV1Api(kube_api)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    held = {"holderIdentity": "manual-run", "leaseDurationSeconds": 300, "acquireTime": now, "renewTime": now}
+    leases.patch_namespaced_lease(run_lease_name("users"), namespace, {"spec": held})
+    code, _, body = call(api_port, "POST", f"/cdi/integrations/{uid}/sync", syncer)
+    assert code == 429 and "manual-run" in body["message"], body
+    # released: the next request starts the second run
+    leases.patch_namespaced_lease(run_lease_name("users"), namespace, {"spec": {"holderIdentity": None}})
+    before = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    code, _, body = call(api_port, "POST", f"/cdi/integrations/{uid}/sync", syncer)
+    assert code == 202, body
+    second = wait_until(finished_run, 180, "the second run to finish", interval=1, details=operator.log_tail)
+    assert second["job_status"] == "success" and second["sync_start_time"] > run["sync_start_time"]
+    assert len(jobs_of(kube_api, namespace, "users")) == 2, "two syncs through the API, two Jobs"

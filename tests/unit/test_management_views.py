@@ -115,6 +115,9 @@ def test_runs_newest_first_with_the_run_in_progress() -> None:
         "rows_synced": 40,
         "rows_failed_with_errors": 1,
     }
+    # a Skipped record (another run held the integration) is no sync: not listed
+    skipped = {**run(45, "Skipped"), "runId": "skip"}
+    assert [r["job"] for r in views.runs_newest_first({"runs": [skipped, run(40)]})] == ["job-40"]
     # a finished lastSync already recorded in runs is not shown twice
     assert len(views.runs_newest_first({"runs": [run(40)], "lastSync": run(40)})) == 1
 

@@ -26,13 +26,15 @@ from typing import Any
 from aiohttp import web
 
 from cdi_operator.api.json import JSON
-from cdi_operator.api.models import CDI_PLURAL, SYNC_NOW_ANNOTATION, WHC_PLURAL, Phase
+from cdi_operator.api.models import CDI_PLURAL, SYNC_NOW_ANNOTATION, WHC_PLURAL, Phase, run_lease_name
 from cdi_operator.controller import management_views as views
 from cdi_operator.controller.integration import selector
 from cdi_operator.controller.settings import WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE, ManagementApiSettings
 from cdi_operator.controller.sync_now import requested_value, sync_running
 from cdi_operator.kube import Conflict, KubeError
 from cdi_operator.kube.aio import Caller, KubeApi
+from cdi_operator.kube.leases import available
+from cdi_operator.runner.claim import describe
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,11 @@ class ManagementApi:
         pending = requested_value(obj)
         if pending is not None and pending != status.get("lastHandledSyncNow"):
             return f"sync-now {pending!r} is about to start"
+        # The claim is what keeps a second run out (runner/claim.py); a Job whose pod has not claimed it yet counts
+        # too, as for the operator's own sync-now.
+        lease = await self.kube.get_lease(meta["namespace"], run_lease_name(meta["name"]))
+        if lease is not None and not available(lease.get("spec") or {}, "", self.clock()):
+            return f"{describe(lease)} holds the integration"
         jobs = await self.kube.list_jobs(meta["namespace"], selector(meta["name"]))
         return sync_running(jobs, status.get("lastSync"))
 

@@ -134,13 +134,14 @@ def link_header(path: str, result: Page[Any]) -> str | None:
 
 
 def runs_newest_first(status: JSON) -> list[JSON]:
-    """The integration's runs, the one in progress included: status.runs, and status.lastSync while it is not
-    recorded there yet (a run in progress, or one the operator has not recorded)."""
+    """The integration's runs as Braze lists syncs, the one in progress included: the records of status.runs, and
+    status.lastSync when it is not among them. A Skipped record is left out: it read and sent nothing because
+    another run held the integration, and Braze, which refuses a second job instead, never shows such a sync."""
     runs = [r for r in status.get("runs") or [] if isinstance(r, dict) and r.get("startedAt")]
     last = status.get("lastSync")
     if isinstance(last, dict) and last.get("startedAt") and not any(_same_run(r, last) for r in runs):
         runs.append(last)
-    return sorted(runs, key=run_key, reverse=True)
+    return sorted((r for r in runs if r.get("result") != RunResult.SKIPPED.value), key=run_key, reverse=True)
 
 
 def _same_run(a: JSON, b: JSON) -> bool:

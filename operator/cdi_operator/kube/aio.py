@@ -246,6 +246,13 @@ class KubeApi:
         for manifest in manifests:
             await _apply(patchers[manifest["kind"]], manifest)
 
+    async def get_lease(self, namespace: str, name: str) -> JSON | None:
+        try:
+            lease = await _call(f"Lease {namespace}/{name}", self.leases.read_namespaced_lease, name, namespace)
+        except NotFound:
+            return None
+        return cast(JSON, self._plain(lease))
+
     async def list_jobs(self, namespace: str, selector: str) -> list[JSON]:
         result = await _call(f"Jobs in {namespace}", self.batch.list_namespaced_job, namespace, label_selector=selector)
         return [cast(JSON, self._plain(j)) for j in result.items]
