@@ -44,6 +44,7 @@ def test_helm_lint_strict_passes(values: dict[str, Any]) -> None:
         ({"prometheusRule": {"rowErrorRatio": 5}}, "/prometheusRule/rowErrorRatio"),
         ({"runner": {"resources": {"limits": {"memory": "lots"}}}}, "/runner/resources/limits/memory"),
         ({"runner": {"resources": {"limits": {"gpu": "1"}}}}, "/runner/resources/limits"),
+        ({"managementApi": {"enable": True}}, "/managementApi"),
     ],
 )
 def test_values_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], names: str) -> None:
@@ -94,7 +95,7 @@ def test_the_operator_accepts_the_settings_the_chart_gives_it(tmp_path: Path) ->
     env = {k: v.replace("$(POD_NAMESPACE)", NAMESPACE) for k, v in env.items()}
     for name in ("tls.crt", "tls.key"):
         (tmp_path / name).write_text("x")
-    env["CDI_WEBHOOK_CERT_DIR"] = str(tmp_path)  # the mounted Secret
+    env["CDI_WEBHOOK_CERT_DIR"] = env["CDI_MANAGEMENT_API_CERT_DIR"] = str(tmp_path)  # the mounted Secret
     settings = OperatorSettings.from_env(env)
     assert settings.runner_image == "registry.example.com/cdi-runner:1.2.3"
     assert container["image"] == "ghcr.io/cdi-operator/cdi-operator@sha256:" + "a" * 64
@@ -102,6 +103,7 @@ def test_the_operator_accepts_the_settings_the_chart_gives_it(tmp_path: Path) ->
     assert settings.braze_default_endpoint == "https://rest.iad-01.braze.com"
     assert settings.braze_default_secret_name == "braze"
     assert settings.webhook.mode == "chart" and settings.webhook.failure_policy == "Fail"
+    assert settings.management_api.port == 8443 and settings.management_api.cert_dir == str(tmp_path)
     assert settings.leader_lease == (NAMESPACE, "cdi-operator")
     assert settings.runner_service_account is None  # one least-privilege account per integration
     resources = settings.runner_resources
@@ -175,3 +177,57 @@ def test_options_render_their_objects() -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == metrics_service["spec"]["ports"][0]["name"]
     # our `namespace` and `endpoint` labels survive the Prometheus Operator's target labels
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_management_api_is_off_by_default_and_renders_its_objects_when_on() -> None:
+    defaults = render()
+    assert not [d for d in defaults if "management-api" in d["metadata"]["name"]]
+    operator_env = {e["name"] for e in find(defaults, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "CDI_MANAGEMENT_API_PORT" not in operator_env
+
+    docs = render({"managementApi": {"enabled": True, "ingress": {"enabled": True, "host": "cdi-api.example.com"}}})
+    service = find(docs, "Service", "cdi-operator-management-api")
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "management-api", "protocol": "TCP"}
+    ]
+    ingress = find(docs, "Ingress", "cdi-operator-management-api")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"number": 443}}
+    # the operator may ask who a caller is and what it may do, nothing more
+    cluster_rules = find(docs, "ClusterRole", "cdi-operator-cluster")["rules"]
+    assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in cluster_rules
+    assert {
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["subjectaccessreviews"],
+        "verbs": ["create"],
+    } in cluster_rules
+    caller = find(docs, "ClusterRole", "cdi-operator-management-api-caller")
+    assert caller["rules"] == [
+        {"apiGroups": ["cdi.ingest.dev"], "resources": ["cdiintegrations"], "verbs": ["get", "list", "patch"]}
+    ]
+    # HTTPS with the webhook's certificate, which names the API's Service too
+    secret = find(docs, "Secret", "cdi-operator-webhook-tls")
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert {f"cdi-operator-webhook.{NAMESPACE}.svc", f"cdi-operator-management-api.{NAMESPACE}.svc"} <= set(names)
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CDI_MANAGEMENT_API_PORT"] == "8443" and env["CDI_MANAGEMENT_API_CERT_DIR"] == "/etc/cdi/webhook-tls"
+
+    # without the webhook the certificate is still made, for the API alone
+    alone = render({"webhook": {"enabled": False}, "managementApi": {"enabled": True}})
+    assert not [d for d in alone if d["kind"] == "ValidatingWebhookConfiguration"]
+    secret = find(alone, "Secret", "cdi-operator-webhook-tls")
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert (
+        f"cdi-operator-management-api.{NAMESPACE}.svc" in names and f"cdi-operator-webhook.{NAMESPACE}.svc" not in names
+    )
+    certificate = find(
+        render({"managementApi": {"enabled": True}, "webhook": {"certManager": {"enabled": True}}}),
+        "Certificate",
+        "cdi-operator-webhook",
+    )
+    assert f"cdi-operator-management-api.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    plain = render({"managementApi": {"enabled": True, "tls": False}, "webhook": {"enabled": False}})
+    assert not [d for d in plain if d["kind"] == "Secret"]

@@ -12,8 +12,12 @@ query of the Grafana dashboard returns data afterwards.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import secrets
+import socket
+import ssl
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -58,6 +62,7 @@ class Release:
     webhook_port: int
     kubelet: LocalKubelet | None
     api: client.ApiClient
+    management_api_port: int
 
     def operator_pod(self) -> client.V1Pod | None:
         pods = client.CoreV1Api(self.api).list_namespaced_pod(
@@ -91,11 +96,12 @@ def braze() -> Iterator[BrazeEmulator]:
 def release(kube_api: client.ApiClient, kubeconfig: str, local_kubelet: LocalKubelet | None) -> Iterator[Release]:
     install_crds(kube_api)  # helm leaves CRDs that exist alone; other modules installed them from crds/ already
     namespace = _namespace(kube_api, "cdi-system")
-    metrics_port, webhook_port = free_port(), free_port()
+    metrics_port, webhook_port, management_api_port = free_port(), free_port(), free_port()
     values = {
         "image": {"repository": IMAGE_REPOSITORY, "tag": IMAGE_TAG, "pullPolicy": "Never"},
         "metrics": {"port": metrics_port},
         "webhook": {"port": webhook_port},
+        "managementApi": {"enabled": True, "port": management_api_port},
         "operator": {"resyncSeconds": 2, "retestFailedSeconds": 3600, "connectionTestTimeoutSeconds": 60},
     }
     with tempfile.NamedTemporaryFile("w", suffix=".json") as values_file:
@@ -115,7 +121,7 @@ def release(kube_api: client.ApiClient, kubeconfig: str, local_kubelet: LocalKub
             "--timeout",
             "180s",
         )
-    installed = Release(namespace, metrics_port, webhook_port, local_kubelet, kube_api)
+    installed = Release(namespace, metrics_port, webhook_port, local_kubelet, kube_api, management_api_port)
     try:
         yield installed
     finally:
@@ -284,6 +290,72 @@ def test_example_goes_active_and_syncs_through_a_runner_job(
     assert (last["rowsSynced"], last["rowsFailed"]) == (4, 1)
     assert obj["status"]["watermark"]["updatedAt"]
     assert sorted(a["external_id"] for a in braze.tracked("attributes")) == [f"chart-user-{i}" for i in range(4)]
+
+
+class _ServiceConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, verifying the certificate for the Service's DNS name (there is no cluster DNS)."""
+
+    def __init__(self, address: tuple[str, int], service_name: str, context: ssl.SSLContext) -> None:
+        super().__init__(address[0], address[1], context=context, timeout=30)
+        self.service_name = service_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.service_name)  # type: ignore[attr-defined]
+
+
+def test_management_api_from_the_chart_over_tls_for_a_bound_account(
+    release: Release, app_namespace: str, kube_api: client.ApiClient
+) -> None:
+    """The chart's operator RBAC suffices for TokenReviews and SubjectAccessReviews, its certificate serves the API's
+    Service, and its caller ClusterRole, bound in a namespace, lets automation see that namespace's integrations."""
+    core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    core.create_namespaced_service_account(app_namespace, {"metadata": {"name": "airflow"}})
+    rbac.create_namespaced_role_binding(
+        app_namespace,
+        {
+            "metadata": {"name": "airflow-cdi"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{RELEASE}-management-api-caller",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "airflow", "namespace": app_namespace}],
+        },
+    )
+    token = core.create_namespaced_service_account_token("airflow", app_namespace, {"spec": {}}).status.token
+    secret = core.read_namespaced_secret(f"{RELEASE}-webhook-tls", release.namespace)
+    context = ssl.create_default_context(cadata=base64.b64decode(secret.data["ca.crt"]).decode())
+    service = f"{RELEASE}-management-api.{release.namespace}.svc"
+    address = ("127.0.0.1", release.management_api_port)  # the local kubelet's process
+    if node_mode():  # the pod, through the Service
+        spec = core.read_namespaced_service(f"{RELEASE}-management-api", release.namespace).spec
+        address = (spec.cluster_ip, spec.ports[0].port)
+
+    def call(token: str | None) -> tuple[int, dict[str, Any]] | None:
+        connection = _ServiceConnection(address, service, context)
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        try:
+            connection.request("GET", "/cdi/integrations", headers=headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
+            return None  # not listening yet
+        finally:
+            connection.close()
+
+    code, body = wait_until(lambda: call(None), WAIT, "the management API over TLS", details=release.operator_log)
+    assert code == 401 and body["message"]
+    code, body = call(token) or (0, {})
+    assert code == 200, body
+    [entry] = [r for r in body["results"] if r["integration_name"] == INTEGRATION]
+    assert (entry["app_group_id"], entry["integration_status"], entry["warehouse_type"]) == (
+        app_namespace,
+        "active",
+        "redshift",
+    )
+    assert entry["last_job_status"] == "partial" and entry["next_scheduled_run"]
+    assert token not in release.operator_log()
 
 
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(release: Release, prometheus: Prometheus) -> None:

@@ -29,6 +29,12 @@ GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "war
 BRAZE_KEY = "e2e-operator-braze-key"
 RUNNER_SA = "cdi-runner"
 WAIT = 90
+OPERATOR_ENV = {  # quick resyncs, no retest of a failed test during a test
+    "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
+    "CDI_RESYNC_SECONDS": "2",
+    "CDI_RETEST_FAILED_SECONDS": "3600",
+    "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+}
 
 
 # --- fixtures ------------------------------------------------------------------------------------------------------
@@ -68,10 +74,7 @@ def operator(
     crds: list[str], kubeconfig: str, braze: BrazeEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     env = {
-        "CDI_RUNNER_SERVICE_ACCOUNT": RUNNER_SA,
-        "CDI_RESYNC_SECONDS": "2",
-        "CDI_RETEST_FAILED_SECONDS": "3600",
-        "CDI_CONNECTION_TEST_TIMEOUT_SECONDS": "60",
+        **OPERATOR_ENV,
         "CDI_BRAZE_DEFAULT_REST_ENDPOINT": braze.url,
         "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME": "braze-default",
     }
@@ -395,8 +398,25 @@ def test_draft_reasons(
         sql(pg_settings, f"DROP ROLE {role}")
 
 
+def service_account(
+    api: client.ApiClient, namespace: str, name: str, rules: list[dict[str, Any]], allowed_in: str | None = None
+) -> None:
+    """The ServiceAccount `name` of `namespace`, allowed `rules` in namespace `allowed_in` (default: its own)."""
+    allowed_in = allowed_in or namespace
+    client.CoreV1Api(api).create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.create_namespaced_role(allowed_in, {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        allowed_in,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
+
+
 def _runner_account(api: client.ApiClient, namespace: str) -> None:
-    client.CoreV1Api(api).create_namespaced_service_account(namespace, {"metadata": {"name": RUNNER_SA}})
     rules = [
         {"apiGroups": [GROUP], "resources": [CDI], "verbs": ["get"]},
         {"apiGroups": [GROUP], "resources": [f"{CDI}/status"], "verbs": ["get", "patch", "update"]},
@@ -404,15 +424,25 @@ def _runner_account(api: client.ApiClient, namespace: str) -> None:
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"]},  # the run claim
     ]
-    rbac = client.RbacAuthorizationV1Api(api)
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": RUNNER_SA}, "rules": rules})
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": namespace}],
-        },
+    service_account(api, namespace, RUNNER_SA, rules)
+
+
+def create_syncable(
+    api: client.ApiClient,
+    namespace: str,
+    pg: dict[str, str],
+    schema: str,
+    braze_url: str,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    """The integration `users` on `schema`.users with all a runner needs: its account, the Braze key, the credential."""
+    _runner_account(api, namespace)
+    client.CoreV1Api(api).create_namespaced_secret(
+        namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}}
+    )
+    create_credential(api, namespace, pg)
+    create_integration(
+        api, namespace, "users", "wh", pg["CDI_PG_DATABASE"], schema, braze_url=braze_url, annotations=annotations
     )
 
 
@@ -425,21 +455,7 @@ def test_full_flow_sync_now_through_the_runner(
     pg_settings: dict[str, str],
     pg_schema: str,
 ) -> None:
-    _runner_account(kube_api, namespace)
-    client.CoreV1Api(kube_api).create_namespaced_secret(
-        namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}}
-    )
-    create_credential(kube_api, namespace, pg_settings)
-    create_integration(
-        kube_api,
-        namespace,
-        "users",
-        "wh",
-        pg_settings["CDI_PG_DATABASE"],
-        pg_schema,
-        braze_url=braze.url,
-        annotations={"cdi.ingest.dev/sync-now": "go"},
-    )
+    create_syncable(kube_api, namespace, pg_settings, pg_schema, braze.url, {"cdi.ingest.dev/sync-now": "go"})
     wait_status(kube_api, operator, namespace, "users", phase_is("Active"), "phase Active")
 
     def finished() -> Callable[[dict[str, Any]], bool]:

@@ -69,3 +69,17 @@ app.kubernetes.io/part-of: cdi-operator
 {{- define "cdi-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "cdi-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{- define "cdi-operator.managementApiServiceName" -}}
+{{- printf "%s-management-api" (include "cdi-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "true" when the management API serves HTTPS with the chart's certificate. */}}
+{{- define "cdi-operator.managementApiTls" -}}
+{{- if and .Values.managementApi.enabled .Values.managementApi.tls -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart makes the serving certificate (the webhook's, also the management API's). */}}
+{{- define "cdi-operator.servingCertificate" -}}
+{{- if or .Values.webhook.enabled (include "cdi-operator.managementApiTls" .) -}}true{{- end -}}
+{{- end -}}

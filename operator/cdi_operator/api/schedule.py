@@ -7,7 +7,7 @@ so that a schedule that works here also means the same to someone coming from Br
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -167,3 +167,20 @@ def validate_schedule(schedule: str) -> str:
 def _minutes(delta: timedelta) -> str:
     minutes = int(delta.total_seconds() // 60)
     return "1 minute" if minutes == 1 else f"{minutes} minutes"
+
+
+def next_run(schedule: str, time_zone: str, after: datetime) -> datetime:
+    """When the CronJob of `schedule` in `time_zone` next fires after `after` (aware), in UTC. A wall-clock time
+    that the change to summer time skips does not fire that day, as with Kubernetes' CronJob controller."""
+    text = _MACROS.get(schedule.strip().lower(), schedule.strip()).replace("?", "*")
+    zone = ZoneInfo(time_zone)
+    try:
+        times = croniter(text, after.astimezone(zone).replace(tzinfo=None))
+        for _ in range(_HORIZON_DAYS):
+            local: datetime = times.get_next(datetime)
+            fire = local.replace(tzinfo=zone)
+            if fire.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == local and fire > after:
+                return fire.astimezone(UTC)
+    except (CroniterError, ValueError) as exc:
+        raise ScheduleError(f"schedule {schedule!r} is not a valid cron expression: {exc}") from exc
+    raise ScheduleError(f"schedule {schedule!r} does not fire in the next four years")

@@ -27,6 +27,8 @@ from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
 from cdi_operator.controller.leader import LeaderLease, LeaseSettings
+from cdi_operator.controller.management_api import ManagementApi
+from cdi_operator.controller.management_api import Server as ManagementServer
 from cdi_operator.controller.metrics import start_metrics_server
 from cdi_operator.controller.observability import Observer
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
@@ -169,6 +171,10 @@ async def operate(settings: OperatorSettings) -> bool:
     if settings.metrics_port:  # also while waiting for the Lease: it is the liveness probe's endpoint
         start_metrics_server(settings.metrics_port)
         log.info("serving /metrics on port %d", settings.metrics_port)
+    management: ManagementServer | None = None
+    if settings.management_api.port:  # reads, and sync-now annotations that the working operator handles
+        management = ManagementServer(ManagementApi(kube, settings.namespaces), settings.management_api)
+        await management.start()
     lease: LeaderLease | None = None
     if settings.leader_lease is not None:
         namespace, name = settings.leader_lease
@@ -197,6 +203,8 @@ async def operate(settings: OperatorSettings) -> bool:
             keeping.cancel()
         if lease is not None and not lost:
             await asyncio.to_thread(lease.release)
+        if management is not None:
+            await management.stop()
         kube.close()
     return not lost
 

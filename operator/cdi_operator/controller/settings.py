@@ -28,6 +28,9 @@ ENV_WEBHOOK_HOST = "CDI_WEBHOOK_HOST"
 ENV_WEBHOOK_PORT = "CDI_WEBHOOK_PORT"
 ENV_WEBHOOK_CERT_DIR = "CDI_WEBHOOK_CERT_DIR"
 ENV_WEBHOOK_FAILURE_POLICY = "CDI_WEBHOOK_FAILURE_POLICY"
+ENV_MANAGEMENT_API_PORT = "CDI_MANAGEMENT_API_PORT"  # Braze's CDI management API; 0 (default) turns it off
+ENV_MANAGEMENT_API_ADDR = "CDI_MANAGEMENT_API_ADDR"
+ENV_MANAGEMENT_API_CERT_DIR = "CDI_MANAGEMENT_API_CERT_DIR"  # tls.crt/tls.key: HTTPS; unset: plain HTTP
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -43,6 +46,12 @@ class SettingsError(ValueError):
 WEBHOOK_MODES = ("off", "managed-local", "chart")
 WEBHOOK_FAILURE_POLICIES = ("Ignore", "Fail")
 WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE = "tls.crt", "tls.key"
+
+
+def _require_certificate(variable: str, cert_dir: str, fix: str) -> None:
+    for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
+        if not os.path.isfile(os.path.join(cert_dir, file)):
+            raise SettingsError(f"${variable} {cert_dir!r} has no {file}; {fix}")
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,30 @@ class WebhookSettings:
                 f"Secret ({WEBHOOK_CERT_FILE}, {WEBHOOK_KEY_FILE}) and point it there"
             )
         if mode != "off" and cert_dir is not None:
-            for file in (WEBHOOK_CERT_FILE, WEBHOOK_KEY_FILE):
-                if not os.path.isfile(os.path.join(cert_dir, file)):
-                    raise SettingsError(
-                        f"${ENV_WEBHOOK_CERT_DIR} {cert_dir!r} has no {file}; mount the webhook's TLS Secret there"
-                    )
+            _require_certificate(ENV_WEBHOOK_CERT_DIR, cert_dir, "mount the webhook's TLS Secret there")
         return cls(mode=mode, addr=addr, host=host, port=int(raw_port), cert_dir=cert_dir, failure_policy=policy)
+
+
+@dataclass(frozen=True)
+class ManagementApiSettings:
+    """Braze's CDI management API (controller/management_api.py): off unless a port is set."""
+
+    port: int = 0
+    addr: str = "0.0.0.0"
+    cert_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ManagementApiSettings:
+        port = _port(env, ENV_MANAGEMENT_API_PORT, 0)
+        addr = env.get(ENV_MANAGEMENT_API_ADDR, "").strip() or "0.0.0.0"
+        if not re.fullmatch(r"[-.:a-zA-Z0-9]{1,253}", addr):
+            raise SettingsError(f"${ENV_MANAGEMENT_API_ADDR} {addr!r} is not a host name or IP address")
+        cert_dir = env.get(ENV_MANAGEMENT_API_CERT_DIR, "").strip() or None
+        if port and cert_dir is not None:
+            _require_certificate(
+                ENV_MANAGEMENT_API_CERT_DIR, cert_dir, "mount the TLS Secret there, or unset it to serve plain HTTP"
+            )
+        return cls(port=port, addr=addr, cert_dir=cert_dir)
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class OperatorSettings:
     webhook: WebhookSettings = WebhookSettings()
     leader_lease: tuple[str, str] | None = None  # (namespace, name)
     runner_resources: ResourceRequirements | None = None  # the chart's runner.resources
+    management_api: ManagementApiSettings = ManagementApiSettings()
 
     @property
     def clusterwide(self) -> bool:
@@ -184,6 +212,7 @@ class OperatorSettings:
             webhook=WebhookSettings.from_env(env),
             leader_lease=(lease_parts[0], lease_parts[1]) if lease_parts else None,
             runner_resources=runner_resources,
+            management_api=ManagementApiSettings.from_env(env),
         )
 
 

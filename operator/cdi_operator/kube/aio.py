@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets as pysecrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -56,6 +57,16 @@ async def _apply(patch: Callable[..., Any], manifest: JSON) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a bearer token belongs to, as a TokenReview answered (never the token itself)."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
 def _custom(plural: str, namespace: str | None, name: str = "") -> str:
     return f"{plural}.{GROUP} {namespace}/{name}" if namespace else f"{plural}.{GROUP}"
 
@@ -68,6 +79,8 @@ class KubeApi:
         self.batch = client.BatchV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.leases = client.CoordinationV1Api(api_client)
+        self.authn = client.AuthenticationV1Api(api_client)
+        self.authz = client.AuthorizationV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -233,6 +246,13 @@ class KubeApi:
         for manifest in manifests:
             await _apply(patchers[manifest["kind"]], manifest)
 
+    async def get_lease(self, namespace: str, name: str) -> JSON | None:
+        try:
+            lease = await _call(f"Lease {namespace}/{name}", self.leases.read_namespaced_lease, name, namespace)
+        except NotFound:
+            return None
+        return cast(JSON, self._plain(lease))
+
     async def list_jobs(self, namespace: str, selector: str) -> list[JSON]:
         result = await _call(f"Jobs in {namespace}", self.batch.list_namespaced_job, namespace, label_selector=selector)
         return [cast(JSON, self._plain(j)) for j in result.items]
@@ -301,3 +321,42 @@ class KubeApi:
         with contextlib.suppress(KubeError):  # an Event is best effort
             create: Any = self.core.create_namespaced_event
             await _call(f"Event {namespace}", create, namespace, body)
+
+    # --- who is calling, and what they may do ---
+
+    async def review_token(self, token: str) -> Caller | None:
+        """The user a bearer token authenticates (TokenReview), or None when the apiserver refuses the token."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        create: Any = self.authn.create_token_review
+        review = await _call("TokenReview", create, body)
+        status = review.status
+        if status is None or not status.authenticated or status.user is None or not status.user.username:
+            return None
+        user = status.user
+        return Caller(
+            username=user.username,
+            uid=user.uid or "",
+            groups=tuple(user.groups or ()),
+            extra={k: list(v) for k, v in (user.extra or {}).items()},
+        )
+
+    async def may(self, caller: Caller, verb: str, plural: str, namespace: str, name: str | None = None) -> bool:
+        """Whether RBAC lets `caller` `verb` the `plural` of our group in `namespace` (that object, with `name`;
+        any of them, without): a SubjectAccessReview."""
+        attributes: JSON = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": plural}
+        if name is not None:
+            attributes["name"] = name
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": caller.username,
+                "uid": caller.uid or None,
+                "groups": list(caller.groups),
+                "extra": caller.extra or None,
+                "resourceAttributes": attributes,
+            },
+        }
+        create: Any = self.authz.create_subject_access_review
+        review = await _call(f"SubjectAccessReview of {verb} {plural} in {namespace}", create, body)
+        return bool(review.status is not None and review.status.allowed)

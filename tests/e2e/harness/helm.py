@@ -26,6 +26,11 @@ EVERY_OPTION: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+    "managementApi": {
+        "enabled": True,
+        "ingress": {"enabled": True, "className": "nginx", "host": "cdi-api.example.com"},
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "airflow"}}}],
+    },
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
