@@ -701,6 +701,30 @@ async def test_an_alert_the_smtp_server_refused_is_sent_once_it_accepts(
     assert "Subject" in inbox.messages[0] and "synced 3 row(s)" in str(inbox.messages[0]["Subject"])
 
 
+async def test_every_run_that_finished_while_the_operator_was_away_is_told(
+    world: World, smtp: tuple[Inbox, dict[str, str]]
+) -> None:
+    inbox, env = smtp
+    world.credential()
+    world.integration(contactEmails=["ops@example.com"], notifications={"rowErrorRatePercent": 5, "onSuccess": True})
+    reconciler = world.integrations(Observer(env=env))
+    await reconciler.reconcile(NS, "users")
+    first = {**_finished("Partial", 90, 10), "runId": "run-a"}
+    second = {
+        **_finished("Success", 4),
+        "runId": "run-b",
+        "job": "users-2",
+        "startedAt": "2026-01-02T03:00:00Z",
+        "finishedAt": "2026-01-02T03:00:30Z",
+    }
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["runs"] = [second, first]  # newest first
+
+    await reconciler.reconcile(NS, "users")
+    await reconciler.reconcile(NS, "users")
+    assert inbox.kinds() == [f"{reasons.Alert.ROW_ERROR_RATE}, {reasons.Alert.SUCCEEDED}", reasons.Alert.SUCCEEDED]
+    assert {"run-a", "run-b"} <= set(world.status()["notifiedRuns"])
+
+
 # --- WarehouseCredential ----------------------------------------------------------------------------------------
 
 

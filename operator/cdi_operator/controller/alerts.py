@@ -1,10 +1,11 @@
 """Sync alerts (spec.notifications): which rules a finished run fires, the one e-mail about them, and the record in
 status.notifiedRuns that keeps a run from being told twice.
 
-The first reconcile that sees a run finished (status.lastSync) decides it: the rules it fires (`fired`) go out in
-one message to spec.contactEmails, and status.notifiedRuns gets the run's attempt (`attempt_key`: each attempt is
-decided once, also when nothing fired, so that a rule switched on later does not tell about old runs) and each rule
-told for the run (`run_key|rule`). A run is its Job, whose retries are one run to its users: a retry of a Job that
+The first reconcile that sees a run finished (its record in status.runs) decides it, each newly finished run in the
+order they finished: the rules it fires (`fired`) go out in one message to spec.contactEmails, and
+status.notifiedRuns gets the run's attempt (`attempt_key`, the runner's runId: each attempt is decided once, also when
+nothing fired, so that a rule switched on later does not tell about old runs) and each rule told for the run
+(`run_key|rule`). A run is its Job, whose retries are one run to its users: a retry of a Job that
 was told "row errors above 5%" is not told again, though a retry that then succeeds is told "succeeded" once.
 Nothing is recorded while the SMTP server refuses, so the message is sent once it accepts.
 
@@ -26,13 +27,14 @@ MAX_RECORDS = 50  # status.notifiedRuns, newest first: each run adds one to four
 
 
 def attempt_key(summary: RunSummary) -> str:
-    """One attempt at a run (a pod of the Job, or a local run): the run's key and its start."""
-    return f"{run_key(summary)}@{summary.started_at.isoformat()}"
+    """One attempt at a run (a pod of the Job, or a local run): the runner's runId; records written before runs had
+    ids are known by the run's key and their start."""
+    return summary.run_id or f"{run_key(summary)}@{summary.started_at.isoformat()}"
 
 
 def run_key(summary: RunSummary) -> str:
-    """A run: its Job (retries included), else its start."""
-    return summary.job or summary.started_at.isoformat()
+    """A run: its Job (retries included), else the runner's runId, else its start."""
+    return summary.job or summary.run_id or summary.started_at.isoformat()
 
 
 def row_error_percent(summary: RunSummary) -> float | None:

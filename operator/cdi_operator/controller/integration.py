@@ -540,17 +540,25 @@ class _Run:
             if key is not None:
                 self.writer.set(last_notified_failure=key)
                 last_key = key
-        if summary is not None:
-            await self.tell_alerts(observer, summary, status)
+        # every run that finished since the last reconcile, oldest first, and the latest again: its e-mail may have
+        # been refused by the SMTP server last time
+        undecided = [*fresh, *([summary] if summary is not None and summary not in fresh else [])]
+        await self.tell_alerts(observer, undecided, status)
 
-    async def tell_alerts(self, observer: observability.Observer, summary: RunSummary, status: JSON) -> None:
-        """The sync alerts of spec.notifications about the last run, once per run (alerts.py)."""
+    async def tell_alerts(self, observer: observability.Observer, runs: list[RunSummary], status: JSON) -> None:
+        """The sync alerts of spec.notifications about `runs`, once per run (alerts.py)."""
         integration = observability.parse(self.obj)
-        fired = None if integration is None else alerts.due(integration, summary, status)
-        if integration is None or fired is None:
+        if integration is None:
             return
-        if not fired or await observer.alert(integration, summary, fired):
-            self.writer.set(notified_runs=alerts.recorded(status, summary, fired))
+        notified = {**status}
+        for summary in runs:
+            fired = alerts.due(integration, summary, notified)
+            if fired is None:
+                continue
+            if fired and not await observer.alert(integration, summary, fired):
+                break  # the SMTP server refused: the next reconcile tries this run again
+            notified["notifiedRuns"] = alerts.recorded(notified, summary, fired)
+            self.writer.set(notified_runs=notified["notifiedRuns"])
 
 
 def _reason(status: JSON, type_: str) -> str | None:
