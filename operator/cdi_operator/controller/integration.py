@@ -476,16 +476,20 @@ class _Run:
         self.writer.set(last_handled_sync_now=decision.value)
 
     async def record_deadline(self, cronjob: JSON | None, run_history: int) -> None:
-        """A run its Job's deadline stopped, recorded in status.lastSync (deadline.py)."""
-        last = self.status.get("lastSync")
-        if not deadline.should_check(last, cronjob):
+        """A run its Job's deadline stopped, recorded in status.lastSync and status.runs (deadline.py), without
+        replacing what a runner writes meanwhile (StatusWriter.guarded)."""
+        if not deadline.should_check(self.status.get("lastSync"), cronjob):
             return
-        record = deadline.stopped_run(await self.kube.list_jobs(self.namespace, selector(self.name)), last)
-        if record is None:
-            return
-        self.writer.set(last_sync=record)
-        # in place of the record the stopped runner left Running (the same runId), or first
-        self.writer.set(runs=merged_runs(self.writer.get("runs"), record, run_history))
+        jobs = await self.kube.list_jobs(self.namespace, selector(self.name))
+
+        def build(status: JSON) -> JSON | None:
+            record = deadline.stopped_run(jobs, status.get("lastSync"))
+            if record is None:
+                return None
+            # in place of the record the stopped runner left Running (the same runId), or first
+            return {"lastSync": record, "runs": merged_runs(status.get("runs"), record, run_history)}
+
+        await self.writer.guarded(build)
 
     async def handle_rewind(self) -> None:
         """A new cdi.ingest.dev/rewind: accepted into status.pendingRewind or refused, with an Event (rewind.py).
