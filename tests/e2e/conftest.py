@@ -72,6 +72,13 @@ def _with_node(base: Path, node_dir: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
+def node(kube: Cluster) -> Node | None:
+    """The real node (CDI_E2E_NODE=containerd), or None."""
+    found = _active.get("node")
+    return found if isinstance(found, Node) else None
+
+
+@pytest.fixture(scope="session")
 def kubeconfig(kube: Cluster) -> str:
     return str(kube.kubeconfig)
 
