@@ -49,7 +49,6 @@ from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner import contract
-from cdi_operator.runner.run_record import merged_runs
 
 log = logging.getLogger(__name__)
 
@@ -481,15 +480,7 @@ class _Run:
         if not deadline.should_check(self.status.get("lastSync"), cronjob):
             return
         jobs = await self.kube.list_jobs(self.namespace, selector(self.name))
-
-        def build(status: JSON) -> JSON | None:
-            record = deadline.stopped_run(jobs, status.get("lastSync"))
-            if record is None:
-                return None
-            # in place of the record the stopped runner left Running (the same runId), or first
-            return {"lastSync": record, "runs": merged_runs(status.get("runs"), record, run_history)}
-
-        await self.writer.guarded(build)
+        await self.writer.guarded(partial(deadline.status_patch, jobs, run_history=run_history))
 
     async def handle_rewind(self) -> None:
         """A new cdi.ingest.dev/rewind: accepted into status.pendingRewind or refused, with an Event (rewind.py).
