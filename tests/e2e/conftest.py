@@ -25,6 +25,7 @@ from harness.helpers import wait_until
 from harness.node import Node, node_mode
 from kubernetes import client, config
 from kubernetes.client import ApiException
+from test_crds_apiserver import install_crds
 
 EXISTING_CLUSTER_ENV = "CDI_E2E_KUBECONFIG"
 
@@ -128,6 +129,12 @@ def local_kubelet(
         _active.pop("kubelet", None)
         kubelet.stop()
         api.close()
+
+
+@pytest.fixture(scope="module")
+def crds(kube_api: client.ApiClient) -> list[str]:
+    """The project's CRDs from crds/, applied (idempotent) and served; their names."""
+    return install_crds(kube_api)
 
 
 @pytest.fixture

@@ -25,28 +25,31 @@ from typing import Any
 
 import pytest
 from harness import LocalKubelet
+from harness.cdi import (
+    CDI,
+    GROUP,
+    VERSION,
+    braze_spec,
+    create_braze_secret,
+    create_integration,
+    create_pg_credential,
+    custom,
+)
 from harness.helpers import pod_logs, wait_until
 from harness.node import Node, service_host, sigkill_container
-from harness.postgres import redshift_credential, sql
+from harness.postgres import sql
 from kubernetes import client
 from kubernetes.client import ApiException
-from test_crds_apiserver import install_crds
 from test_operator_observability import MetricsOperator, free_port, labels
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
 BRAZE_KEY = "e2e-runs-braze-key"
 WAIT = 120
 ROWS = 3000
 LEASE_SECONDS = 30  # longer than the Job controller's 10 s back-off: a retry finds its predecessor's claim alive
-
-
-@pytest.fixture(scope="module")
-def crds(kube_api: client.ApiClient) -> list[str]:
-    return install_crds(kube_api)
 
 
 @pytest.fixture
@@ -73,10 +76,6 @@ def schema(pg_settings: dict[str, str]) -> Iterator[str]:
     sql(pg_settings, f'CREATE SCHEMA "{name}"')
     yield name
     sql(pg_settings, f'DROP SCHEMA "{name}" CASCADE')
-
-
-def custom(api: client.ApiClient) -> Any:
-    return client.CustomObjectsApi(api)
 
 
 def batch(api: client.ApiClient) -> Any:
@@ -114,35 +113,17 @@ def create_objects(
     data_type: str = "customEvents",
     sync: dict[str, Any] | None = None,
 ) -> None:
-    core = client.CoreV1Api(api)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
-    core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
-    )
-    custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, WHC, redshift_credential(pg, "wh-password"))
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": "events"},
-            "spec": {
-                "credentialRef": {"name": "wh"},
-                "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": table},
-                "dataType": data_type,
-                "schedule": "0 3 * * *",
-                "sync": {"settleSeconds": 0, "checkpointSeconds": 0, "leaseSeconds": LEASE_SECONDS, **(sync or {})},
-                "braze": {
-                    "restEndpoint": braze_url,
-                    "apiKeySecretRef": {"name": "braze", "key": "api-key"},
-                    "maxInFlight": 1,
-                },
-            },
-        },
-    )
+    create_braze_secret(api, namespace, BRAZE_KEY)
+    create_pg_credential(api, namespace, pg)
+    spec = {
+        "credentialRef": {"name": "wh"},
+        "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": table},
+        "dataType": data_type,
+        "schedule": "0 3 * * *",
+        "sync": {"settleSeconds": 0, "checkpointSeconds": 0, "leaseSeconds": LEASE_SECONDS, **(sync or {})},
+        "braze": {**braze_spec(braze_url), "maxInFlight": 1},
+    }
+    create_integration(api, namespace, "events", spec)
 
 
 def wait_active(api: client.ApiClient, operator: MetricsOperator, namespace: str) -> None:
