@@ -25,6 +25,7 @@ from harness.helpers import wait_until
 from harness.node import Node, node_mode
 from kubernetes import client, config
 from kubernetes.client import ApiException
+from test_crds_apiserver import install_crds
 
 EXISTING_CLUSTER_ENV = "CDI_E2E_KUBECONFIG"
 
@@ -69,6 +70,13 @@ def _with_node(base: Path, node_dir: Path) -> Iterator[Cluster]:
     finally:
         _active.pop("node", None)
         node.down()
+
+
+@pytest.fixture(scope="session")
+def node(kube: Cluster) -> Node | None:
+    """The real node (CDI_E2E_NODE=containerd), or None."""
+    found = _active.get("node")
+    return found if isinstance(found, Node) else None
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +129,12 @@ def local_kubelet(
         _active.pop("kubelet", None)
         kubelet.stop()
         api.close()
+
+
+@pytest.fixture(scope="module")
+def crds(kube_api: client.ApiClient) -> list[str]:
+    """The project's CRDs from crds/, applied (idempotent) and served; their names."""
+    return install_crds(kube_api)
 
 
 @pytest.fixture

@@ -20,25 +20,23 @@ from typing import Any
 
 import pytest
 from harness import LocalKubelet
-from harness.helpers import wait_until
-from harness.postgres import redshift_credential, sql
-from kubernetes import client
-from test_operator_observability import (
-    BRAZE_KEY,
+from harness.cdi import (
     CDI,
     GROUP,
     VERSION,
-    WHC,
-    Mailbox,
-    MetricsOperator,
+    braze_spec,
     condition,
-    core,
+    create_braze_secret,
+    create_integration,
+    create_pg_credential,
     custom,
-    jobs_finished,
     wait_status,
 )
-from test_operator_observability import braze as braze  # the emulator, the operator, the CRDs and the SMTP server
-from test_operator_observability import crds as crds
+from harness.helpers import wait_until
+from harness.postgres import sql
+from kubernetes import client
+from test_operator_observability import BRAZE_KEY, Mailbox, MetricsOperator, jobs_finished
+from test_operator_observability import braze as braze  # the emulator, the operator and the SMTP server
 from test_operator_observability import operator as operator
 from test_operator_observability import smtp as smtp
 
@@ -75,32 +73,19 @@ def pg_schema(pg_settings: dict[str, str]) -> Iterator[str]:
 
 
 def create_objects(api: client.ApiClient, namespace: str, pg: dict[str, str], schema: str, braze_url: str) -> None:
-    core(api).create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
-    core(api).create_namespaced_secret(
-        namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
-    )
-    custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, WHC, redshift_credential(pg, "wh-password"))
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": NAME},
-            "spec": {
-                "credentialRef": {"name": "wh"},
-                "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": "products"},
-                "dataType": "catalogItems",
-                "catalog": {"name": CATALOG},
-                "schedule": "0 3 * * *",
-                "contactEmails": [CONTACT],
-                "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
-                "braze": {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
-            },
-        },
-    )
+    create_braze_secret(api, namespace, BRAZE_KEY)
+    create_pg_credential(api, namespace, pg)
+    spec = {
+        "credentialRef": {"name": "wh"},
+        "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": "products"},
+        "dataType": "catalogItems",
+        "catalog": {"name": CATALOG},
+        "schedule": "0 3 * * *",
+        "contactEmails": [CONTACT],
+        "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
+        "braze": braze_spec(braze_url),
+    }
+    create_integration(api, namespace, NAME, spec)
 
 
 def annotate(api: client.ApiClient, namespace: str, key: str, value: str) -> None:
@@ -183,7 +168,7 @@ def test_catalog_sync_end_to_end(
     assert condition(obj, "Synced")["status"] == "False"
     assert obj["status"]["lastSync"]["result"] == "Error"
     wait_until(lambda: len(mailbox.received()) >= 1 or None, 60, "the e-mail", details=operator.log_tail)
-    events = core(kube_api).list_namespaced_event(ns).items
+    events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     assert [e for e in events if e.type == "Warning" and e.reason == "BrazeCatalogNotFound"]
 
     annotate(kube_api, ns, "test-connection", "2")

@@ -21,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import test_operator_observability as observability
-from harness import LocalKubelet
+from harness import LocalKubelet, cdi
+from harness.cdi import CDI, GROUP, VERSION, braze_spec, create_braze_secret, create_integration, create_pg_credential
 from harness.helpers import pod_logs, wait_until
 from harness.operator import OperatorProcess
-from harness.postgres import connect, redshift_credential, sql
+from harness.postgres import connect, sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
 from test_operator_observability import BRAZE_KEY, Mailbox, jobs_finished
@@ -36,7 +36,6 @@ from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
 CONTACT = "data-team@example.com"
 TIMEOUT_SECONDS = 20  # room for a runner to start on a busy machine before it hangs
 WAIT = 120
@@ -96,17 +95,13 @@ def add_rows(pg: dict[str, str], schema: str, table: str, prefix: str, times: li
     sql(pg, f'INSERT INTO "{schema}"."{table}" VALUES (%s, %s, %s)', rows)
 
 
-def custom(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
 def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, name)
+    obj: dict[str, Any] = cdi.custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, name)
     return obj
 
 
 def patch(api: client.ApiClient, namespace: str, name: str, body: dict[str, Any]) -> None:
-    custom(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, CDI, name, body)
+    cdi.custom(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, CDI, name, body)
 
 
 def annotate(api: client.ApiClient, namespace: str, name: str, key: str, value: str) -> None:
@@ -123,20 +118,14 @@ def wait_status(
     timeout: float = WAIT,
 ) -> dict[str, Any]:
     """Waits until check(status) is true; the status."""
-    obj = observability.wait_status(
-        api,
-        operator,
-        namespace,
-        name,
-        lambda o: bool(check(o.get("status") or {})),
-        what,
-        timeout,  # type: ignore[arg-type]
+    obj = cdi.wait_status(
+        api, operator, namespace, name, lambda o: bool(check(o.get("status") or {})), what, timeout=timeout
     )
     return obj["status"]  # type: ignore[no-any-return]
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return observability.condition({"status": status}, type_)
+    return cdi.condition({"status": status}, type_)
 
 
 def events(api: client.ApiClient, namespace: str, reason: str) -> list[Any]:
@@ -144,35 +133,18 @@ def events(api: client.ApiClient, namespace: str, reason: str) -> list[Any]:
 
 
 def setup(api: client.ApiClient, namespace: str, pg: dict[str, str], braze_url: str, spec: dict[str, Any]) -> None:
-    core = client.CoreV1Api(api)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
+    create_braze_secret(api, namespace, BRAZE_KEY)
     for credential in ("wh", "wh-rotated"):
-        secret = f"{credential}-password"
-        core.create_namespaced_secret(
-            namespace, {"metadata": {"name": secret}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
-        )
-        custom(api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, WHC, redshift_credential(pg, secret, name=credential)
-        )
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": "users"},
-            "spec": {
-                "credentialRef": {"name": "wh"},
-                "dataType": "customAttributes",
-                "schedule": "0 3 * * *",
-                "contactEmails": [CONTACT],
-                "braze": {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
-                **spec,
-            },
-        },
-    )
+        create_pg_credential(api, namespace, pg, name=credential)
+    integration = {
+        "credentialRef": {"name": "wh"},
+        "dataType": "customAttributes",
+        "schedule": "0 3 * * *",
+        "contactEmails": [CONTACT],
+        "braze": braze_spec(braze_url),
+        **spec,
+    }
+    create_integration(api, namespace, "users", integration)
 
 
 class Runs:

@@ -1,15 +1,18 @@
 """`cdi sync --in-cluster` in a Job's pod on the real control plane, with no operator: the runner reads its
 CdiIntegration, WarehouseCredential and Secrets through its ServiceAccount (least privilege), syncs PostgreSQL (the
 Redshift stand-in of hack/postgres.sh) to the Braze emulator in this process, and keeps its watermark and last run
-in the CR's status. Also the status store's optimistic concurrency against the real apiserver.
+in the CR's status. Also the status store's optimistic concurrency against the real apiserver, and the operator's
+record of a run its deadline stopped racing a runner's record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,12 @@ from harness.postgres import redshift_credential, sql
 from kubernetes import client
 from test_crds_apiserver import install_crds
 
-from cdi_operator.api.models import RunResult, RunSummary, Watermark
+from cdi_operator.api.models import CDI_PLURAL, CdiIntegrationStatus, RunResult, RunSummary, Watermark
 from cdi_operator.braze.emulator import BrazeEmulator
+from cdi_operator.controller import deadline
+from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube import Kube
+from cdi_operator.kube.aio import KubeApi
 from cdi_operator.runner.status_store import CrStatusStore
 
 pytestmark = pytest.mark.e2e
@@ -409,3 +415,51 @@ def test_one_claim_at_a_time_and_a_watermark_moved_by_another_writer_is_never_ov
     with pytest.raises(WatermarkMoved, match="changed by another writer"):
         store.save_watermark(Watermark(updatedAt=mark + timedelta(seconds=1)))
     assert _status(kube_api, namespace)["watermark"] == theirs
+
+
+def test_the_deadline_record_and_a_runner_record_written_at_once_are_both_kept(
+    kube_api: client.ApiClient, namespace: str, crds: list[str], pg: dict[str, str]
+) -> None:
+    """The operator's write of a run its Job's deadline stopped races a runner's own record: the operator has read
+    the object, a runner records a skipped run, then the operator writes. Its patch carries the resourceVersion it
+    read, so the API server refuses it (409) instead of replacing status.runs; it re-reads and keeps both."""
+    _create_objects(kube_api, namespace, pg, "public", "http://127.0.0.1:9")
+    started = datetime(2026, 1, 1, 3, 0, 5, tzinfo=UTC)
+    stopped = CrStatusStore(Kube(kube_api), namespace, "users", job="users-29000000", run_id="r-1")
+    stopped.mark_running(RunSummary(trigger="schedule", started_at=started, result=RunResult.RUNNING))
+    read_by_operator = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, CDI, "users"
+    )
+    skipped = CrStatusStore(Kube(kube_api), namespace, "users", job="users-now-1", run_id="r-2")
+    skipped.record_history_only(
+        RunSummary(
+            trigger="syncNow",
+            started_at=started + timedelta(minutes=30),
+            finished_at=started + timedelta(minutes=30, seconds=1),
+            result=RunResult.SKIPPED,
+            held_by="run r-1 (Job users-29000000)",
+        )
+    )
+    job = {
+        "metadata": {"name": "users-29000000"},
+        "spec": {"activeDeadlineSeconds": 3600},
+        "status": {
+            "startTime": "2026-01-01T03:00:00Z",
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "lastTransitionTime": "2026-01-01T04:00:00Z",
+                }
+            ],
+        },
+    }
+    writer = StatusWriter(KubeApi(kube_api), CDI_PLURAL, read_by_operator, CdiIntegrationStatus)
+
+    sent = asyncio.run(writer.guarded(partial(deadline.status_patch, [job], run_history=10)))
+
+    assert sent is not None
+    status = _status(kube_api, namespace)
+    assert [(r["runId"], r["result"]) for r in status["runs"]] == [("r-2", "Skipped"), ("r-1", "Error")]
+    assert status["lastSync"]["runId"] == "r-1" and status["lastSync"]["message"].startswith("DeadlineExceeded: ")

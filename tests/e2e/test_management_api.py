@@ -28,7 +28,6 @@ from test_operator import (
     OPERATOR_ENV,
     VERSION,
     braze,
-    crds,
     create_integration,
     create_syncable,
     custom,
@@ -44,7 +43,7 @@ from cdi_operator.api.models import run_lease_name
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
-__all__ = ["braze", "crds", "pg_schema"]  # fixtures shared with test_operator.py
+__all__ = ["braze", "pg_schema"]  # fixtures shared with test_operator.py
 
 Response = tuple[int, dict[str, str], dict[str, Any]]
 

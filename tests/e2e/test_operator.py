@@ -12,20 +12,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from harness import LocalKubelet
+from harness import LocalKubelet, cdi
+from harness.cdi import CDI, GROUP, VERSION, WHC, condition, create_pg_credential, custom, get, wait_status
 from harness.helpers import wait_until
 from harness.node import RUNNER_IMAGE, service_host
 from harness.operator import OperatorProcess
-from harness.postgres import redshift_credential, sql
+from harness.postgres import sql
 from kubernetes import client
 from kubernetes.client import ApiException
-from test_crds_apiserver import install_crds
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
 BRAZE_KEY = "e2e-operator-braze-key"
 RUNNER_SA = "cdi-runner"
 WAIT = 90
@@ -59,11 +58,6 @@ def pg_schema(pg_settings: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def crds(kube_api: client.ApiClient) -> list[str]:
-    return install_crds(kube_api)
-
-
-@pytest.fixture(scope="module")
 def braze() -> Iterator[BrazeEmulator]:
     with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
@@ -88,48 +82,6 @@ def operator(
 # --- helpers -------------------------------------------------------------------------------------------------------
 
 
-def custom(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
-def get(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)  # type: ignore[no-any-return]
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return c  # type: ignore[no-any-return]
-    return {}
-
-
-def create_credential(
-    api: client.ApiClient,
-    namespace: str,
-    pg: dict[str, str],
-    name: str = "wh",
-    user: str | None = None,
-    password: str | None = None,
-) -> None:
-    secret = f"{name}-password"
-    client.CoreV1Api(api).create_namespaced_secret(
-        namespace,
-        {"metadata": {"name": secret}, "stringData": {"password": password or pg["CDI_PG_PASSWORD"]}},
-    )
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        WHC,
-        redshift_credential(pg, secret, name=name, user=user),
-    )
-
-
 def create_integration(
     api: client.ApiClient,
     namespace: str,
@@ -150,40 +102,8 @@ def create_integration(
         "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
     }
     if braze_url:
-        spec["braze"] = {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}}
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": name, "annotations": annotations or {}},
-            "spec": spec,
-        },
-    )
-
-
-def wait_status(
-    api: client.ApiClient,
-    operator: OperatorProcess,
-    namespace: str,
-    name: str,
-    check: Callable[[dict[str, Any]], bool],
-    what: str,
-    plural: str = CDI,
-    timeout: float = WAIT,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, plural, namespace, name)
-        return obj if obj is not None and check(obj) else None
-
-    def details() -> str:
-        obj = get(api, plural, namespace, name)
-        return f"status: {(obj or {}).get('status')}\n{operator.log_tail()}"
-
-    return wait_until(probe, timeout, f"{plural} {namespace}/{name}: {what}", interval=0.5, details=details)
+        spec["braze"] = cdi.braze_spec(braze_url)
+    cdi.create_integration(api, namespace, name, spec, annotations)
 
 
 def phase_is(phase: str, reason: str | None = None) -> Callable[[dict[str, Any]], bool]:
@@ -216,7 +136,7 @@ def annotate(api: client.ApiClient, namespace: str, name: str, key: str, value: 
 def test_activation_cronjob_sync_now_restart_and_credential_finalizer(
     kube_api: client.ApiClient, operator: OperatorProcess, namespace: str, pg_settings: dict[str, str], pg_schema: str
 ) -> None:
-    create_credential(kube_api, namespace, pg_settings)
+    create_pg_credential(kube_api, namespace, pg_settings)
     create_integration(kube_api, namespace, "users", "wh", pg_settings["CDI_PG_DATABASE"], pg_schema)
 
     obj = wait_status(kube_api, operator, namespace, "users", phase_is("Active"), "phase Active")
@@ -342,8 +262,8 @@ def test_draft_reasons(
     sql(pg_settings, f"CREATE ROLE {role} LOGIN PASSWORD 'nogrant-pw'")
     try:
         sql(pg_settings, f'GRANT USAGE ON SCHEMA "{pg_schema}" TO {role}')
-        create_credential(kube_api, namespace, pg_settings)
-        create_credential(kube_api, namespace, pg_settings, name="limited", user=role, password="nogrant-pw")
+        create_pg_credential(kube_api, namespace, pg_settings)
+        create_pg_credential(kube_api, namespace, pg_settings, name="limited", user=role, password="nogrant-pw")
 
         # Another table than "first"'s: two integrations on one table are refused whatever credential they use.
         sql(pg_settings, f'CREATE TABLE "{pg_schema}".private (LIKE "{pg_schema}".users)')
@@ -440,7 +360,7 @@ def create_syncable(
     client.CoreV1Api(api).create_namespaced_secret(
         namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}}
     )
-    create_credential(api, namespace, pg)
+    create_pg_credential(api, namespace, pg)
     create_integration(
         api, namespace, "users", "wh", pg["CDI_PG_DATABASE"], schema, braze_url=braze_url, annotations=annotations
     )

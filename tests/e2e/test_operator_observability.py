@@ -16,7 +16,7 @@ import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -27,24 +27,33 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from harness import LocalKubelet
+from harness.cdi import (
+    CDI,
+    GROUP,
+    VERSION,
+    braze_spec,
+    condition,
+    create_braze_secret,
+    create_integration,
+    create_pg_credential,
+    custom,
+    get,
+    wait_status,
+)
 from harness.helpers import wait_until
 from harness.node import service_host
 from harness.operator import OperatorProcess
-from harness.postgres import redshift_credential, sql
+from harness.postgres import sql
 from kubernetes import client
-from kubernetes.client import ApiException
 from prometheus_client.parser import text_string_to_metric_families
-from test_crds_apiserver import install_crds
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
 BRAZE_KEY = "e2e-observability-braze-key"
 WRONG_BRAZE_KEY = "e2e-observability-wrong-key"
 CONTACT = "data-team@example.com"
-WAIT = 90
 
 
 def free_port() -> int:
@@ -120,11 +129,6 @@ def pg_schema(pg_settings: dict[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def crds(kube_api: client.ApiClient) -> list[str]:
-    return install_crds(kube_api)
-
-
-@pytest.fixture(scope="module")
 def braze() -> Iterator[BrazeEmulator]:
     with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as emulator:
         yield emulator
@@ -188,50 +192,6 @@ def operator(
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def custom(api: client.ApiClient) -> Any:
-    return client.CustomObjectsApi(api)
-
-
-def core(api: client.ApiClient) -> Any:
-    return client.CoreV1Api(api)
-
-
-def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj: dict[str, Any] = custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, name)
-        return obj
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return c  # type: ignore[no-any-return]
-    return {}
-
-
-def wait_status(
-    api: client.ApiClient,
-    operator: MetricsOperator,
-    namespace: str,
-    name: str,
-    check: Callable[[dict[str, Any]], bool],
-    what: str,
-    timeout: float = WAIT,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, namespace, name)
-        return obj if obj is not None and check(obj) else None
-
-    def details() -> str:
-        return f"status: {(get(api, namespace, name) or {}).get('status')}\n{operator.log_tail()}"
-
-    return wait_until(probe, timeout, f"{namespace}/{name}: {what}", interval=0.5, details=details)
-
-
 def create_objects(
     api: client.ApiClient,
     namespace: str,
@@ -240,38 +200,19 @@ def create_objects(
     braze_url: str,
     notifications: dict[str, Any] | None = None,
 ) -> None:
-    core(api).create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
-    core(api).create_namespaced_secret(
-        namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
-    )
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        WHC,
-        redshift_credential(pg, "wh-password"),
-    )
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": "users", "annotations": {"cdi.ingest.dev/sync-now": "go"}},
-            "spec": {
-                "credentialRef": {"name": "wh"},
-                "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": "users"},
-                "dataType": "customAttributes",
-                "schedule": "0 3 * * *",
-                "contactEmails": [CONTACT],
-                "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
-                "braze": {"restEndpoint": braze_url, "apiKeySecretRef": {"name": "braze", "key": "api-key"}},
-                **({"notifications": notifications} if notifications is not None else {}),
-            },
-        },
-    )
+    create_braze_secret(api, namespace, BRAZE_KEY)
+    create_pg_credential(api, namespace, pg)
+    spec = {
+        "credentialRef": {"name": "wh"},
+        "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": "users"},
+        "dataType": "customAttributes",
+        "schedule": "0 3 * * *",
+        "contactEmails": [CONTACT],
+        "sync": {"settleSeconds": 0, "checkpointSeconds": 0},
+        "braze": braze_spec(braze_url),
+        **({"notifications": notifications} if notifications is not None else {}),
+    }
+    create_integration(api, namespace, "users", spec, {"cdi.ingest.dev/sync-now": "go"})
 
 
 def jobs_finished(api: client.ApiClient, namespace: str) -> bool | None:
@@ -406,7 +347,7 @@ def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
     assert mailbox.recipients[0] == [CONTACT]
     for secret in (BRAZE_KEY, WRONG_BRAZE_KEY, pg_settings["CDI_PG_PASSWORD"]):
         assert secret not in whole, "a secret reached the e-mail"
-    notified = get(kube_api, ns, it)["status"]["lastNotifiedFailure"]  # type: ignore[index]
+    notified = get(kube_api, CDI, ns, it)["status"]["lastNotifiedFailure"]  # type: ignore[index]
 
     # 3. a restarted operator does not tell it again, nor count old runs as new.
     operator.stop()
@@ -420,7 +361,7 @@ def test_metrics_after_a_sync_and_one_email_per_failure_across_a_restart(
     )
     time.sleep(6)  # three resyncs
     assert len(mailbox.received()) == 1, [m["Subject"] for m in mailbox.received()]
-    assert get(kube_api, ns, it)["status"]["lastNotifiedFailure"] == notified  # type: ignore[index]
+    assert get(kube_api, CDI, ns, it)["status"]["lastNotifiedFailure"] == notified  # type: ignore[index]
     samples = operator.scrape()
     assert runs_key not in samples and error_runs not in samples  # finished before this operator started
     assert ("cdi_sync_watermark_timestamp_seconds", labels(namespace=ns, integration=it)) in samples
@@ -482,7 +423,7 @@ def test_sync_alerts_each_rule_once_per_run(
     ns, it = namespace, "users"
     rules = {"rowErrorRatePercent": 10, "onSuccess": True, "onSuccessWithoutChanges": True}
     create_objects(kube_api, ns, pg_settings, pg_schema, braze.url, notifications=rules)
-    assert (get(kube_api, ns, it) or {})["spec"]["notifications"] == {**rules, "onSyncError": True}  # the defaults
+    assert (get(kube_api, CDI, ns, it) or {})["spec"]["notifications"] == {**rules, "onSyncError": True}  # the defaults
 
     def told() -> list[str]:
         return [str(m["X-CDI-Alert"]) for m in mailbox.received() if f"{ns}/{it}:" in str(m["Subject"])]
@@ -535,7 +476,7 @@ def test_sync_alerts_each_rule_once_per_run(
 
     time.sleep(5)  # resyncs tell nothing again
     assert len(told()) == 3, told()
-    assert len((get(kube_api, ns, it) or {})["status"]["notifiedRuns"]) >= 3
+    assert len((get(kube_api, CDI, ns, it) or {})["status"]["notifiedRuns"]) >= 3
 
 
 def samples_after(operator: MetricsOperator, key: tuple[str, frozenset[tuple[str, str]]]) -> float:

@@ -1,12 +1,13 @@
 """Every run accounted for (issue 10), end to end: the operator as a subprocess with per-integration runner
-identities, the runner in pods of the local kubelet, PostgreSQL as the warehouse and the Braze emulator, slowed down
-so that runs overlap.
+identities, the runner in pods of the local kubelet (or of the real node, CDI_E2E_NODE=containerd), PostgreSQL as
+the warehouse and the Braze emulator, slowed down so that runs overlap.
 
 - sync-now and a Job made from the CronJob's jobTemplate at the same time: every event arrives exactly once, the
   skipped run's record names the run that held the integration, and the skipped sync-now gets an Event;
 - two sync-now values in quick succession and a Job of the template: still exactly once;
-- a runner SIGKILLed while it holds its claim: its Job's retry waits out the claim (spec.sync.leaseSeconds) and
-  delivers the rest, nothing lost, duplicates within the in-flight window;
+- a runner SIGKILLed while it holds its claim (by pid with the local kubelet, through containerd on the real node):
+  its Job's retry waits out the claim (spec.sync.leaseSeconds) and delivers the rest, nothing lost, duplicates
+  within the in-flight window;
 - ten runs finishing while the operator is stopped: all ten in status.runs, each counted once in
   cdi_sync_runs_total after the restart, and not again after another restart;
 - 5,000 invalid rows in one run: 5,000 row-error log lines, counts by reason in status, no unmasked e-mail.
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,33 +25,37 @@ from typing import Any
 
 import pytest
 from harness import LocalKubelet
+from harness.cdi import (
+    CDI,
+    GROUP,
+    VERSION,
+    braze_spec,
+    create_braze_secret,
+    create_integration,
+    create_pg_credential,
+    custom,
+)
 from harness.helpers import pod_logs, wait_until
-from harness.postgres import redshift_credential, sql
+from harness.node import Node, service_host, sigkill_container
+from harness.postgres import sql
 from kubernetes import client
 from kubernetes.client import ApiException
-from test_crds_apiserver import install_crds
 from test_operator_observability import MetricsOperator, free_port, labels
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, CDI, WHC = "cdi.ingest.dev", "v1alpha1", "cdiintegrations", "warehousecredentials"
 BRAZE_KEY = "e2e-runs-braze-key"
 WAIT = 120
 ROWS = 3000
 LEASE_SECONDS = 30  # longer than the Job controller's 10 s back-off: a retry finds its predecessor's claim alive
 
 
-@pytest.fixture(scope="module")
-def crds(kube_api: client.ApiClient) -> list[str]:
-    return install_crds(kube_api)
-
-
 @pytest.fixture
 def braze() -> Iterator[BrazeEmulator]:
     # 40 requests of 75 events one at a time, 0.2 s each: a run lasts about 8 s, so that runs overlap.
-    with BrazeEmulator(api_key=BRAZE_KEY, latency=0.2) as emulator:
+    with BrazeEmulator(api_key=BRAZE_KEY, latency=0.2, host=service_host()) as emulator:
         yield emulator
 
 
@@ -73,10 +76,6 @@ def schema(pg_settings: dict[str, str]) -> Iterator[str]:
     sql(pg_settings, f'CREATE SCHEMA "{name}"')
     yield name
     sql(pg_settings, f'DROP SCHEMA "{name}" CASCADE')
-
-
-def custom(api: client.ApiClient) -> Any:
-    return client.CustomObjectsApi(api)
 
 
 def batch(api: client.ApiClient) -> Any:
@@ -114,35 +113,17 @@ def create_objects(
     data_type: str = "customEvents",
     sync: dict[str, Any] | None = None,
 ) -> None:
-    core = client.CoreV1Api(api)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "braze"}, "stringData": {"api-key": BRAZE_KEY}})
-    core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "wh-password"}, "stringData": {"password": pg["CDI_PG_PASSWORD"]}}
-    )
-    custom(api).create_namespaced_custom_object(GROUP, VERSION, namespace, WHC, redshift_credential(pg, "wh-password"))
-    custom(api).create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        CDI,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CdiIntegration",
-            "metadata": {"name": "events"},
-            "spec": {
-                "credentialRef": {"name": "wh"},
-                "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": table},
-                "dataType": data_type,
-                "schedule": "0 3 * * *",
-                "sync": {"settleSeconds": 0, "checkpointSeconds": 0, "leaseSeconds": LEASE_SECONDS, **(sync or {})},
-                "braze": {
-                    "restEndpoint": braze_url,
-                    "apiKeySecretRef": {"name": "braze", "key": "api-key"},
-                    "maxInFlight": 1,
-                },
-            },
-        },
-    )
+    create_braze_secret(api, namespace, BRAZE_KEY)
+    create_pg_credential(api, namespace, pg)
+    spec = {
+        "credentialRef": {"name": "wh"},
+        "source": {"database": pg["CDI_PG_DATABASE"], "schema": schema, "table": table},
+        "dataType": data_type,
+        "schedule": "0 3 * * *",
+        "sync": {"settleSeconds": 0, "checkpointSeconds": 0, "leaseSeconds": LEASE_SECONDS, **(sync or {})},
+        "braze": {**braze_spec(braze_url), "maxInFlight": 1},
+    }
+    create_integration(api, namespace, "events", spec)
 
 
 def wait_active(api: client.ApiClient, operator: MetricsOperator, namespace: str) -> None:
@@ -358,27 +339,25 @@ def test_a_runner_killed_holding_its_claim_blocks_only_until_the_claim_expires(
     kube_api: client.ApiClient,
     operator: MetricsOperator,
     local_kubelet: LocalKubelet | None,
+    node: Node | None,
     braze: BrazeEmulator,
     namespace: str,
     events: None,
 ) -> None:
-    if local_kubelet is None:
-        pytest.skip("kills the runner's process, which only the local kubelet runs on this machine")
-
     job_from_template(kube_api, namespace, "events-killed")  # backoffLimit 2: the Job retries a failed pod
     core = client.CoreV1Api(kube_api)
 
-    def running_pid() -> int | None:
+    def running_container() -> str | None:
         if len(braze.tracked("events")) < 750:  # ten requests in: it holds the claim and has checkpointed
             return None
         for pod in core.list_namespaced_pod(namespace).items:
             for container in pod.status.container_statuses or []:
-                if container.state.running and (container.container_id or "").startswith("local://"):
-                    return int(container.container_id.removeprefix("local://"))
+                if container.state.running and container.container_id:
+                    return str(container.container_id)
         return None
 
-    pid = wait_until(running_pid, WAIT, "the runner to be sending", interval=0.1)
-    os.kill(pid, signal.SIGKILL)
+    # The process dies without running any exit code of its own (no SIGTERM handler, no release of the claim).
+    sigkill_container(wait_until(running_container, WAIT, "the runner to be sending", interval=0.1), node)
     before_kill = len(braze.tracked("events"))
     assert before_kill < ROWS
 
@@ -484,7 +463,7 @@ def test_every_row_error_is_one_log_line_with_a_masked_identifier(
         "FROM generate_series(0, 4999) AS i",
         [(base,)],
     )
-    with BrazeEmulator(api_key=BRAZE_KEY) as braze:
+    with BrazeEmulator(api_key=BRAZE_KEY, host=service_host()) as braze:
         create_objects(kube_api, namespace, pg_settings, schema, braze.url, table="users", data_type="customAttributes")
         wait_active(kube_api, operator, namespace)
         job_from_template(kube_api, namespace, "events-invalid")

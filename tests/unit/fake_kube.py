@@ -141,11 +141,15 @@ class FakeKube(KubeApi):
     def _existing(self, plural: str, namespace: str, name: str) -> JSON:
         obj = self.objects.get((plural, namespace, name))
         if obj is None:
-            raise NotFound(f"{plural}.cdi.ingest.dev {namespace}/{name}: not found")
+            raise NotFound(404, f"{plural}.cdi.ingest.dev {namespace}/{name}: not found")
         return obj
 
-    async def patch_status(self, plural: str, namespace: str, name: str, patch: JSON) -> JSON:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, patch: JSON, resource_version: str | None = None
+    ) -> JSON:
         obj = self._existing(plural, namespace, name)
+        if resource_version is not None and resource_version != obj["metadata"]["resourceVersion"]:
+            raise Conflict(409, f"{plural}.cdi.ingest.dev {namespace}/{name}: the object has been modified")
         self.writes.append(Write("patch_status", f"{plural}/{namespace}/{name}", copy.deepcopy(patch)))
         obj["status"] = merge_patch(obj.get("status"), patch)
         obj["metadata"]["resourceVersion"] = self._version()
@@ -156,7 +160,7 @@ class FakeKube(KubeApi):
         patch = copy.deepcopy(patch)
         wanted = (patch.get("metadata") or {}).pop("resourceVersion", None)
         if wanted is not None and wanted != obj["metadata"]["resourceVersion"]:
-            raise Conflict(f"{plural}.cdi.ingest.dev {namespace}/{name}: the object has been modified")
+            raise Conflict(409, f"{plural}.cdi.ingest.dev {namespace}/{name}: the object has been modified")
         self.writes.append(Write("patch", f"{plural}/{namespace}/{name}", patch))
         merged = merge_patch(obj, patch)
         merged["metadata"]["resourceVersion"] = self._version()
@@ -195,7 +199,7 @@ class FakeKube(KubeApi):
     async def create_secret(self, body: JSON) -> None:
         meta = body["metadata"]
         if (meta["namespace"], meta["name"]) in self.secrets:
-            raise Conflict(f"Secret {meta['namespace']}/{meta['name']}: already exists")
+            raise Conflict(409, f"Secret {meta['namespace']}/{meta['name']}: already exists")
         self.writes.append(Write("create_secret", f"Secret/{meta['namespace']}/{meta['name']}", None))
         owners = [{"uid": r["uid"], "kind": r["kind"]} for r in meta.get("ownerReferences") or []]
         self.add_secret(
@@ -210,11 +214,11 @@ class FakeKube(KubeApi):
     async def patch_secret(self, namespace: str, name: str, string_data: dict[str, str | None], metadata: JSON) -> None:
         secret = self.secrets.get((namespace, name))
         if secret is None:
-            raise NotFound(f"Secret {namespace}/{name}: not found")
+            raise NotFound(404, f"Secret {namespace}/{name}: not found")
         metadata = dict(metadata)
         wanted = metadata.pop("resourceVersion", None)
         if wanted is not None and wanted != secret["resourceVersion"]:
-            raise Conflict(f"Secret {namespace}/{name}: the object has been modified")
+            raise Conflict(409, f"Secret {namespace}/{name}: the object has been modified")
         self.writes.append(Write("patch_secret", f"Secret/{namespace}/{name}", None))
         secret["data"] = merge_patch(secret["data"], string_data)
         secret["annotations"] = merge_patch(secret["annotations"], metadata.get("annotations") or {})

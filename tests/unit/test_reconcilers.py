@@ -476,11 +476,8 @@ async def test_rewind(world: World, case: RewindCase) -> None:
 # --- a run stopped at its Job's deadline -------------------------------------------------------------------------
 
 
-async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceeded(world: World) -> None:
-    _active(world)
-    reconciler = world.integrations(Observer(env={}))
-    await reconciler.reconcile(NS, "users")
-    running = {"trigger": "schedule", "job": "users-29000000", "startedAt": "2026-01-01T03:00:05Z", "result": "Running"}
+def _stopped_at_its_deadline(world: World, running: JSON) -> None:
+    """Job users-29000000, stopped by its activeDeadlineSeconds at 04:00 while its run `running` was in lastSync."""
     world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["lastSync"] = running
     stopped = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
     world.kube.jobs[(NS, "users-29000000")] = {
@@ -491,6 +488,14 @@ async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceed
             "conditions": [{**stopped, "lastTransitionTime": "2026-01-01T04:00:00Z"}],
         },
     }
+
+
+async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceeded(world: World) -> None:
+    _active(world)
+    reconciler = world.integrations(Observer(env={}))
+    await reconciler.reconcile(NS, "users")
+    running = {"trigger": "schedule", "job": "users-29000000", "startedAt": "2026-01-01T03:00:05Z", "result": "Running"}
+    _stopped_at_its_deadline(world, running)
     events = len(world.kube.events)
 
     await reconciler.reconcile(NS, "users")
@@ -510,6 +515,54 @@ async def test_a_run_stopped_at_its_deadline_is_recorded_once_as_deadline_exceed
 
     await reconciler.reconcile(NS, "users")  # recorded once
     assert world.status()["lastSync"] == last and len(world.kube.events) == events + 1
+
+
+async def test_a_runner_record_written_while_the_deadline_is_recorded_is_kept(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: the operator has read the status, a runner writes its record into status.runs (a Job skipped while
+    the stopped run held the integration), then the operator writes the deadline's record. A merge patch replaces
+    runs whole, so the operator's write is guarded by the resourceVersion it read: a conflict, a re-read, both kept."""
+    _active(world)
+    reconciler = world.integrations(Observer(env={}))
+    await reconciler.reconcile(NS, "users")
+    running = {
+        "runId": "r-1",
+        "trigger": "schedule",
+        "job": "users-29000000",
+        "startedAt": "2026-01-01T03:00:05Z",
+        "result": "Running",
+    }
+    _stopped_at_its_deadline(world, running)
+    world.kube.objects[(CDI_PLURAL, NS, "users")]["status"]["runs"] = [running]
+    skipped = {
+        "runId": "r-2",
+        "trigger": "syncNow",
+        "job": "users-now-1",
+        "startedAt": "2026-01-01T03:30:00Z",
+        "finishedAt": "2026-01-01T03:30:01Z",
+        "result": "Skipped",
+        "heldBy": "run r-1 (Job users-29000000)",
+    }
+    list_jobs = world.kube.list_jobs
+    raced = []
+
+    async def a_runner_writes_meanwhile(namespace: str, selector: str) -> list[JSON]:
+        jobs = await list_jobs(namespace, selector)
+        if not raced:  # as the runner's store does: merged into the runs it read, with that resourceVersion
+            obj = world.kube.obj(CDI_PLURAL, NS, "users")
+            runs = [skipped, *obj["status"]["runs"]]
+            version = obj["metadata"]["resourceVersion"]
+            raced.append(await world.kube.patch_status(CDI_PLURAL, NS, "users", {"runs": runs}, version))
+        return jobs
+
+    monkeypatch.setattr(world.kube, "list_jobs", a_runner_writes_meanwhile)
+    await reconciler.reconcile(NS, "users")
+
+    assert raced
+    status = world.status()
+    assert [(r["runId"], r["result"]) for r in status["runs"]] == [("r-2", "Skipped"), ("r-1", "Error")]
+    assert status["lastSync"] == status["runs"][1] and status["lastSync"]["message"].startswith("DeadlineExceeded: ")
 
 
 # --- finished runs: history, Synced, Events ------------------------------------------------------------------

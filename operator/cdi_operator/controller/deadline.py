@@ -21,6 +21,7 @@ from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import RunResult, RunSummary
 from cdi_operator.controller.sync_now import TRIGGER_LABEL
+from cdi_operator.runner.run_record import merged_runs
 
 _TERMINAL = ("FailureTarget", "Failed")
 
@@ -97,3 +98,13 @@ def stopped_run(jobs: list[JSON], last_sync: JSON | None) -> JSON | None:
         )
         return summary.model_dump(mode="json", by_alias=True)
     return None
+
+
+def status_patch(jobs: list[JSON], status: JSON, run_history: int) -> JSON | None:
+    """What the operator writes for a run the deadline stopped, built from `status` (as read at one
+    resourceVersion: StatusWriter.guarded): the record in lastSync, and in status.runs in place of the record the
+    stopped runner left (the same runId), or first. None when status already tells it."""
+    record = stopped_run(jobs, status.get("lastSync"))
+    if record is None:
+        return None
+    return {"lastSync": record, "runs": merged_runs(status.get("runs"), record, run_history)}

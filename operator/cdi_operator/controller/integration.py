@@ -49,7 +49,6 @@ from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.objects import controller_reference
 from cdi_operator.runner import contract
-from cdi_operator.runner.run_record import merged_runs
 
 log = logging.getLogger(__name__)
 
@@ -476,16 +475,12 @@ class _Run:
         self.writer.set(last_handled_sync_now=decision.value)
 
     async def record_deadline(self, cronjob: JSON | None, run_history: int) -> None:
-        """A run its Job's deadline stopped, recorded in status.lastSync (deadline.py)."""
-        last = self.status.get("lastSync")
-        if not deadline.should_check(last, cronjob):
+        """A run its Job's deadline stopped, recorded in status.lastSync and status.runs (deadline.py), without
+        replacing what a runner writes meanwhile (StatusWriter.guarded)."""
+        if not deadline.should_check(self.status.get("lastSync"), cronjob):
             return
-        record = deadline.stopped_run(await self.kube.list_jobs(self.namespace, selector(self.name)), last)
-        if record is None:
-            return
-        self.writer.set(last_sync=record)
-        # in place of the record the stopped runner left Running (the same runId), or first
-        self.writer.set(runs=merged_runs(self.writer.get("runs"), record, run_history))
+        jobs = await self.kube.list_jobs(self.namespace, selector(self.name))
+        await self.writer.guarded(partial(deadline.status_patch, jobs, run_history=run_history))
 
     async def handle_rewind(self) -> None:
         """A new cdi.ingest.dev/rewind: accepted into status.pendingRewind or refused, with an Event (rewind.py).

@@ -7,14 +7,16 @@ model (`CdiIntegrationStatus`, `WarehouseCredentialStatus`: what the CRD's schem
 fields that differ in one JSON merge patch. A reconcile flushes once at its end; only a connection test, which may
 take minutes, flushes its "testing" status first so that users see it running, and a rewind (controller/rewind.py)
 before a sync-now of the same reconcile starts a run. The fields the runner owns (`watermark`, `lastSync`, `runs`)
-are not set here, so a merge patch does not touch them, except the record of a run its Job's deadline stopped
-before it could write one (controller/deadline.py).
+are not set here, so a merge patch does not touch them. The one exception, the record of a run its Job's deadline
+stopped (controller/deadline.py), is written by `guarded`, as the runner writes its own (runner/status_store.py):
+built from the status of one resourceVersion and sent with it as a precondition, so that a runner's record
+written meanwhile is never replaced (a merge patch replaces `runs` whole); a conflict re-reads and builds again.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -23,7 +25,9 @@ from pydantic import BaseModel
 from cdi_operator.api.json import JSON
 from cdi_operator.controller import conditions
 from cdi_operator.kube.aio import KubeApi
-from cdi_operator.kube.errors import NotFound
+from cdi_operator.kube.errors import Conflict, NotFound
+
+CONFLICT_RETRIES = 5
 
 
 def _json(value: Any) -> Any:
@@ -44,6 +48,7 @@ class StatusWriter:
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
         self.generation: int | None = meta.get("generation")
+        self.resource_version: str | None = meta.get("resourceVersion")
         self.model = model
         self.written: JSON = dict(obj.get("status") or {})  # as read, then as last patched
         self._fields: JSON = {}
@@ -98,3 +103,30 @@ class StatusWriter:
             await self.kube.patch_status(self.plural, self.namespace, self.name, patch)
         self.written = {k: v for k, v in {**self.written, **patch}.items() if v is not None}
         return patch
+
+    async def guarded(self, build: Callable[[JSON], JSON | None], retries: int = CONFLICT_RETRIES) -> JSON | None:
+        """Patch `build(status)`, with the resourceVersion that status was read at as a precondition; on a conflict
+        re-read the object and build again (see the module docstring). `build` returning None: nothing to write.
+        Returns the patch sent, or None."""
+        status, version = self.written, self.resource_version
+        for attempt in range(retries + 1):
+            patch = build(status)
+            if not patch:
+                return None
+            self.model.model_validate({k: v for k, v in patch.items() if v is not None})
+            try:
+                obj = await self.kube.patch_status(self.plural, self.namespace, self.name, patch, version)
+            except Conflict:
+                if attempt == retries:
+                    raise
+                fresh = await self.kube.get(self.plural, self.namespace, self.name)
+                if fresh is None:
+                    return None
+                status, version = dict(fresh.get("status") or {}), fresh["metadata"].get("resourceVersion")
+                continue
+            except NotFound:
+                return None
+            self.written = dict(obj.get("status") or {})
+            self.resource_version = obj["metadata"].get("resourceVersion")
+            return patch
+        return None

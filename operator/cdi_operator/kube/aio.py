@@ -113,8 +113,14 @@ class KubeApi:
             result = await _call(what, self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural)
         return cast(list[JSON], cast(JSON, result).get("items", []))
 
-    async def patch_status(self, plural: str, namespace: str, name: str, patch: JSON) -> JSON:
-        """A JSON merge patch of the status subresource (lists in it are replaced whole)."""
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, patch: JSON, resource_version: str | None = None
+    ) -> JSON:
+        """A JSON merge patch of the status subresource (lists in it are replaced whole); with `resource_version`
+        the API server refuses it (`Conflict`) when the object changed since."""
+        body: JSON = {"status": patch}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         return cast(
             JSON,
             await _call(
@@ -125,7 +131,7 @@ class KubeApi:
                 namespace,
                 plural,
                 name,
-                {"status": patch},
+                body,
                 _content_type=MERGE_PATCH,
             ),
         )

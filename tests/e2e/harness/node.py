@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -76,6 +77,17 @@ class Node:
         if self.dir.exists():
             subprocess.run(["bash", str(NODE_SCRIPT), "down", str(self.dir)], capture_output=True, check=False)
 
+    def kill_container(self, container_id: str) -> None:
+        """SIGKILL a container's process through the node's containerd, as a node crash or the OOM killer would:
+        it dies without running any exit code of its own, and the kubelet sees it exit with 137."""
+        ctr = ["ctr", "--address", str(self.dir / "containerd.sock"), "-n", "k8s.io"]
+        subprocess.run(
+            [*ctr, "tasks", "kill", "-s", "SIGKILL", container_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
     def logs(self, lines: int = 30) -> str:
         parts = []
         for name in ("containerd", "kubelet", "kube-proxy", "kube-scheduler"):
@@ -84,6 +96,18 @@ class Node:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"==> {path} <==\n" + "\n".join(tail))
         return "\n".join(parts)
+
+
+def sigkill_container(container_id: str, node: Node | None) -> None:
+    """SIGKILL the process of a container of status.containerStatuses[].containerID: by pid for the local kubelet
+    (`local://PID`), through containerd on the real node (`containerd://ID`)."""
+    runtime, _, ident = container_id.partition("://")
+    if runtime == "local":
+        os.kill(int(ident), signal.SIGKILL)
+    elif runtime == "containerd" and node is not None:
+        node.kill_container(ident)
+    else:
+        raise ValueError(f"cannot kill container {container_id!r}: neither the local kubelet's nor this node's")
 
 
 class Forwarder:
