@@ -119,7 +119,14 @@ def integration(name: str, pg: dict[str, str], schema: str, table: str) -> dict[
 
 
 def run(
-    count: int, settle: float, timeout: float, resync: float, work: Path, run_seconds: float, baseline: Path | None
+    count: int,
+    settle: float,
+    timeout: float,
+    resync: float,
+    work: Path,
+    run_seconds: float,
+    baseline: Path | None,
+    tree: Path | None,
 ) -> dict[str, Any]:
     pg = postgres.pg_settings()
     schema = f"scale_{uuid.uuid4().hex[:10]}"
@@ -128,7 +135,7 @@ def run(
     print(f"created {count} views in {time.monotonic() - t:.1f} s", file=sys.stderr)
     try:
         with harness.LocalControlPlane(base_dir=work / "controlplane", keep_dir=True) as cp:
-            return _run(cp, pg, schema, count, settle, timeout, resync, work, run_seconds, baseline)
+            return _run(cp, pg, schema, count, settle, timeout, resync, work, run_seconds, baseline, tree)
     finally:
         drop_schema(pg, schema)
 
@@ -144,6 +151,7 @@ def _run(
     work: Path,
     run_seconds: float,
     baseline: Path | None,
+    tree: Path | None,
 ) -> dict[str, Any]:
     new_client: Any = config.new_client_from_config
     api = new_client(config_file=str(cp.kubeconfig))
@@ -172,7 +180,7 @@ def _run(
         "CDI_METRICS_PORT": str(free_port()),
     }
     log_path = work / "operator.log"
-    operator = start_operator(env, log_path)
+    operator = start_operator({**env, "PYTHONPATH": str(tree)} if tree else env, log_path)
     try:
         time.sleep(3)  # let it start watching (an empty namespace)
         base_rss = int(proc_status(operator.pid)["VmRSS"].split()[0])
@@ -342,6 +350,14 @@ def syncing(
     }
 
 
+def checkout(ref: str, into: Path) -> Path:
+    """The `operator/` folder of git commit `ref`, for PYTHONPATH."""
+    into.mkdir()
+    tree = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tree.stdout, check=True)
+    return into / "operator"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--integrations", type=int, default=1000)
@@ -360,18 +376,14 @@ def main() -> int:
         metavar="REF",
         help="also the fixed-checkpoint runs against the operator of this git commit (e.g. the one before issue 13)",
     )
+    parser.add_argument("--operator", metavar="REF", help="run everything against the operator of this git commit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cdi-bench-scale-") as tmp:
-        baseline = None
-        if args.baseline:
-            baseline = Path(tmp) / "baseline"
-            baseline.mkdir()
-            tree = subprocess.run(
-                ["git", "-C", str(REPO), "archive", args.baseline, "operator"], check=True, capture_output=True
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(baseline)], input=tree, check=True)
-            baseline = baseline / "operator"
-        result = run(args.integrations, args.settle, args.timeout, args.resync, Path(tmp), args.run_seconds, baseline)
+        baseline = checkout(args.baseline, Path(tmp) / "baseline") if args.baseline else None
+        tree = checkout(args.operator, Path(tmp) / "operator") if args.operator else None
+        result = run(
+            args.integrations, args.settle, args.timeout, args.resync, Path(tmp), args.run_seconds, baseline, tree
+        )
     print(json.dumps(result))
     print(
         f"| {result['integrations']} | {result['apply_seconds']} | {result['half_active_seconds']} | "
