@@ -38,6 +38,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -118,41 +119,34 @@ def integration(name: str, pg: dict[str, str], schema: str, table: str) -> dict[
     }
 
 
-def run(
-    count: int,
-    settle: float,
-    timeout: float,
-    resync: float,
-    work: Path,
-    run_seconds: float,
-    baseline: Path | None,
-    tree: Path | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Options:
+    count: int
+    settle: float
+    timeout: float
+    resync: float
+    work: Path
+    run_seconds: float
+    baseline: Path | None  # the operator/ folder of the baseline's commit
+    tree: Path | None  # the operator/ folder to run instead of this checkout's
+
+
+def run(options: Options) -> dict[str, Any]:
     pg = postgres.pg_settings()
     schema = f"scale_{uuid.uuid4().hex[:10]}"
     t = time.monotonic()
-    create_views(pg, schema, count)
-    print(f"created {count} views in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    create_views(pg, schema, options.count)
+    print(f"created {options.count} views in {time.monotonic() - t:.1f} s", file=sys.stderr)
     try:
-        with harness.LocalControlPlane(base_dir=work / "controlplane", keep_dir=True) as cp:
-            return _run(cp, pg, schema, count, settle, timeout, resync, work, run_seconds, baseline, tree)
+        with harness.LocalControlPlane(base_dir=options.work / "controlplane", keep_dir=True) as cp:
+            return _run(cp, pg, schema, options)
     finally:
         drop_schema(pg, schema)
 
 
-def _run(
-    cp: Any,
-    pg: dict[str, str],
-    schema: str,
-    count: int,
-    settle: float,
-    timeout: float,
-    resync: float,
-    work: Path,
-    run_seconds: float,
-    baseline: Path | None,
-    tree: Path | None,
-) -> dict[str, Any]:
+def _run(cp: Any, pg: dict[str, str], schema: str, options: Options) -> dict[str, Any]:
+    count, settle, timeout, resync, work = options.count, options.settle, options.timeout, options.resync, options.work
+    run_seconds, baseline, tree = options.run_seconds, options.baseline, options.tree
     new_client: Any = config.new_client_from_config
     api = new_client(config_file=str(cp.kubeconfig))
     install_crds(api)
@@ -382,7 +376,16 @@ def main() -> int:
         baseline = checkout(args.baseline, Path(tmp) / "baseline") if args.baseline else None
         tree = checkout(args.operator, Path(tmp) / "operator") if args.operator else None
         result = run(
-            args.integrations, args.settle, args.timeout, args.resync, Path(tmp), args.run_seconds, baseline, tree
+            Options(
+                count=args.integrations,
+                settle=args.settle,
+                timeout=args.timeout,
+                resync=args.resync,
+                work=Path(tmp),
+                run_seconds=args.run_seconds,
+                baseline=baseline,
+                tree=tree,
+            )
         )
     print(json.dumps(result))
     print(
