@@ -339,8 +339,10 @@ class SyncOptions(Model):
         ge=0,
         le=3600,
         alias="checkpointSeconds",
-        description="Least time between two saves of progress during a sync. After a crash, a run re-sends at most "
-        "the rows acknowledged in this time plus those that were in flight.",
+        description="Least time between two saves of progress during a sync; the interval grows with the run (a "
+        "tenth of its age, up to 30 s or this, whichever is longer), and a run also saves at its end and when "
+        "stopped. After a crash, a run re-sends at most the rows acknowledged in one interval plus those that "
+        "were in flight.",
     )
     timeout_seconds: int = Field(
         default=3600,

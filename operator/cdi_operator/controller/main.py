@@ -1,6 +1,7 @@
 """`cdi operator`: kopf watches CdiIntegrations and WarehouseCredentials and calls the level-triggered reconcilers.
 
-Every watch event (the initial listing included, so a restart picks everything up) reconciles its object; a
+Every watch event (the initial listing included, so a restart picks everything up) reconciles its object, except
+one that only a running sync's progress made (controller/runner_writes.py); a
 credential's creation also reconciles the integrations that name it, so apply order does not matter. A periodic
 resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which retries failures, records finished runs and
 releases credentials no longer in use. One object is reconciled by one task at a time (a lock per object). Only
@@ -22,6 +23,7 @@ from typing import Any
 
 import kopf
 
+from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CDI_PLURAL, GROUP, VERSION, WHC_PLURAL
 from cdi_operator.controller import admission
 from cdi_operator.controller.credential import CredentialReconciler
@@ -31,6 +33,7 @@ from cdi_operator.controller.management_api import ManagementApi
 from cdi_operator.controller.management_api import Server as ManagementServer
 from cdi_operator.controller.metrics import start_metrics_server
 from cdi_operator.controller.observability import Observer
+from cdi_operator.controller.runner_writes import Digests
 from cdi_operator.controller.settings import OperatorSettings, SettingsError
 from cdi_operator.kube import Kube, KubeError, load_config
 from cdi_operator.kube.aio import KubeApi
@@ -63,11 +66,13 @@ class Controller:
         self.integrations = IntegrationReconciler(kube, settings, self.observer)
         self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self.digests = Digests()  # of each integration as last reconciled from an event
 
-    async def _locked(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[None]], *, wait: bool = True) -> None:
+    async def _locked(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[None]], *, wait: bool = True) -> bool:
+        """False when the reconcile failed."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         if not wait and lock.locked():
-            return
+            return True
         async with lock:
             try:
                 await fn()
@@ -75,11 +80,28 @@ class Controller:
                 raise
             except Exception:
                 log.exception("reconcile of %s %s/%s failed; retried on the next event or resync", *key)
+                return False
+            return True
 
-    async def integration(self, namespace: str, name: str, *, wait: bool = True) -> None:
-        await self._locked(
+    async def integration(self, namespace: str, name: str, *, wait: bool = True) -> bool:
+        return await self._locked(
             (CDI_PLURAL, namespace, name), lambda: self.integrations.reconcile(namespace, name), wait=wait
         )
+
+    async def integration_event(self, event_type: str, namespace: str, name: str, body: JSON) -> None:
+        """A watch event of a CdiIntegration: reconciled, unless only a running sync's progress changed
+        (runner_writes.py)."""
+        if event_type == "DELETED":
+            self.digests.forget(namespace, name)
+        elif self.digests.unchanged(namespace, name, body):
+            self.observer.watermark(namespace, name, body.get("status") or {})
+            return
+        if not await self.integration(namespace, name):
+            self.digests.forget(namespace, name)
+        if event_type == "DELETED":
+            credential = ((body.get("spec") or {}).get("credentialRef") or {}).get("name")
+            if credential:
+                await self.credential(namespace, credential)
 
     async def credential(self, namespace: str, name: str, *, wait: bool = True) -> None:
         await self._locked(
@@ -148,12 +170,8 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 
     @kopf.on.event(GROUP, VERSION, CDI_PLURAL, registry=registry)
     async def integration_event(**kwargs: Any) -> None:
-        namespace, name, body = kwargs["namespace"], kwargs["name"], kwargs["body"]
-        await controller.integration(namespace, name)
-        if kwargs["type"] == "DELETED":
-            credential = ((body.get("spec") or {}).get("credentialRef") or {}).get("name")
-            if credential:
-                await controller.credential(namespace, credential)
+        raw = kwargs["event"]["object"]  # the plain dict the apiserver sent (kopf's `body` is a mapping view of it)
+        await controller.integration_event(kwargs["type"], kwargs["namespace"], kwargs["name"], raw)
 
     @kopf.on.event(GROUP, VERSION, WHC_PLURAL, registry=registry)
     async def credential_event(**kwargs: Any) -> None:

@@ -198,10 +198,14 @@ class Observer:
         fresh = history.uncounted(status)
         for summary in fresh:
             self.metrics.observe_run(namespace, name, data_type, summary, key=history.run_key(summary), any_age=True)
+        self.watermark(namespace, name, status)
+        return fresh
+
+    def watermark(self, namespace: str, name: str, status: JSON) -> None:
+        """The watermark gauge from status.watermark (also from a checkpoint the operator does not reconcile)."""
         watermark = _parse_time((status.get("watermark") or {}).get("updatedAt"))
         if watermark is not None:
             self.metrics.set_watermark(namespace, name, watermark)
-        return fresh
 
     # --- e-mail ----------------------------------------------------------------------------------------------
 

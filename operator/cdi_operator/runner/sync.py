@@ -30,6 +30,7 @@ from cdi_operator.api.models import (
     Watermark,
 )
 from cdi_operator.braze.client import CATALOG_ITEM_LIMIT, BrazeClient, BrazeError
+from cdi_operator.runner.cadence import checkpoint_interval
 from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
@@ -245,6 +246,10 @@ class SyncRun:
             result, message = RunResult.ERROR, _failure_message(exc)
             log.error("%s: sync failed: %s", self.job.key, message)
             self._failure = exc
+        except asyncio.CancelledError:  # SIGTERM (runner/termination.py): save what was delivered up to now
+            await self._cancel_sends()
+            await self._checkpoint()
+            raise
         finally:
             self._reader.shutdown(wait=False, cancel_futures=True)
         await self._checkpoint()
@@ -487,8 +492,9 @@ class SyncRun:
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def _checkpoint_every(self, seconds: float) -> None:
+    async def _checkpoint_every(self, least: float) -> None:
         # Stopped by a flag, never cancelled: a save cut short would race with the next write of the state.
+        started = time.monotonic()
         while True:
             await self._advanced.wait()
             if self._stop_checkpoints.is_set():
@@ -496,7 +502,8 @@ class SyncRun:
             self._advanced.clear()
             await self._checkpoint()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_checkpoints.wait(), seconds)
+                interval = checkpoint_interval(least, time.monotonic() - started)
+                await asyncio.wait_for(self._stop_checkpoints.wait(), interval)
 
     async def _checkpoint(self) -> None:
         if self.braze is None:

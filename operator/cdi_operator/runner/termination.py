@@ -3,8 +3,8 @@
 Python's default action for SIGTERM ends the process at once, leaving `status.lastSync` at `Running`. Instead the
 signal cancels the run's task, so that the command records the run as `Error` with a message starting
 `Terminated:` (the operator turns it into `DeadlineExceeded` when the Job's deadline was the cause, see
-controller/deadline.py) and releases what it holds before the grace period ends. The watermark stays at the run's
-last checkpoint.
+controller/deadline.py) and releases what it holds before the grace period ends. The run checkpoints what Braze
+acknowledged before it stops (runner/sync.py), so the watermark does not fall back a whole checkpoint interval.
 """
 
 from __future__ import annotations

@@ -1,0 +1,181 @@
+"""The operator skips the watch events that only a running sync's progress made (controller/runner_writes.py), and
+reconciles those a run's start or end made: the runner's real status writes (runner/status_store.py) on the
+in-memory API (fake_kube.py), each object version handed to the Controller as kopf hands it a watch event.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from fake_kube import FakeKube, merge_patch
+
+from cdi_operator.api import reasons
+from cdi_operator.api.json import JSON
+from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, RunResult, RunSummary, Watermark
+from cdi_operator.controller import conditions
+from cdi_operator.controller.main import Controller
+from cdi_operator.controller.runner_writes import decisive
+from cdi_operator.controller.settings import OperatorSettings
+from cdi_operator.kube import Conflict
+from cdi_operator.runner.status_store import CrStatusStore
+
+NS = "data"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class RunnerKube:
+    """The two calls CrStatusStore makes (kube.client.Kube's), on the fake's objects."""
+
+    def __init__(self, fake: FakeKube) -> None:
+        self.fake = fake
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> JSON:
+        return self.fake.obj(plural, namespace, name)
+
+    def patch_status(self, plural: str, namespace: str, name: str, patch: JSON, resource_version: str | None) -> JSON:
+        obj = self.fake.objects[(plural, namespace, name)]
+        if resource_version is not None and obj["metadata"]["resourceVersion"] != resource_version:
+            raise Conflict(409, "the object has been modified")
+        obj["status"] = merge_patch(obj.get("status"), patch)
+        obj["metadata"]["resourceVersion"] = self.fake._version()
+        return copy.deepcopy(obj)
+
+
+class Watched:
+    """The Controller with a count of its reconciles; `event()` hands it the object as it is now."""
+
+    def __init__(self, fake: FakeKube) -> None:
+        self.fake = fake
+        self.controller = Controller(OperatorSettings(runner_image="cdi:test", connection_test_timeout=30), fake)
+        self.reconciles = 0
+        reconcile = self.controller.integrations.reconcile
+
+        async def counted(namespace: str, name: str) -> None:
+            self.reconciles += 1
+            await reconcile(namespace, name)
+
+        self.controller.integrations.reconcile = counted  # type: ignore[method-assign]
+
+    async def event(self, event_type: str = "MODIFIED") -> int:
+        """The reconciles this event caused, with those of the events its own status writes made (as many as the
+        watch would bring, until one changes nothing)."""
+        before = self.reconciles
+        for _ in range(5):
+            seen = self.reconciles
+            await self.controller.integration_event(event_type, NS, "users", self.fake.obj(CDI_PLURAL, NS, "users"))
+            if self.reconciles == seen:
+                break
+        return self.reconciles - before
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeKube:
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE users (EXTERNAL_ID VARCHAR, UPDATED_AT TIMESTAMP, PAYLOAD VARCHAR)")
+    kube = FakeKube()
+    kube.add(
+        WHC_PLURAL,
+        {"metadata": {"name": "wh", "namespace": NS}, "spec": {"type": "duckdb", "duckdb": {"path": str(path)}}},
+    )
+    spec = {
+        "credentialRef": {"name": "wh"},
+        "source": {"table": "users"},
+        "dataType": "customAttributes",
+        "schedule": "0 3 * * *",
+    }
+    kube.add(CDI_PLURAL, {"metadata": {"name": "users", "namespace": NS}, "spec": spec})
+    return kube
+
+
+def watermark(seconds: int) -> Watermark:
+    return Watermark.model_validate({"updatedAt": (T0 + timedelta(seconds=seconds)).isoformat()})
+
+
+def gauge(watched: Watched) -> float:
+    return float(watched.controller.observer.metrics.watermark.labels(NS, "users")._value.get())  # type: ignore[attr-defined]
+
+
+async def test_checkpoints_are_not_reconciled_a_finished_run_is(fake: FakeKube) -> None:
+    watched = Watched(fake)
+    assert await watched.event("ADDED") >= 1
+    assert fake.status(CDI_PLURAL, NS, "users")["phase"] == "Active"
+    store = CrStatusStore(RunnerKube(fake), NS, "users", job="users-1", run_id="r-1", pod="users-1-x")  # type: ignore[arg-type]
+
+    store.mark_running(RunSummary(trigger="schedule", started_at=T0, result=RunResult.RUNNING))
+    assert await watched.event() >= 1, "a run that starts is reconciled"
+    store.load_watermark()
+
+    calls = len(fake.writes)
+    for second in range(1, 6):  # checkpoints: only status.watermark changes
+        store.save_watermark(watermark(second))
+        assert await watched.event() == 0
+    assert len(fake.writes) == calls, "no API call for a checkpoint"
+    assert gauge(watched) == (T0 + timedelta(seconds=5)).timestamp(), "the watermark gauge follows all the same"
+
+    # a progress-only change of the Running record (its counts) is skipped too; its result is not
+    status = fake.objects[(CDI_PLURAL, NS, "users")]["status"]
+    status["lastSync"] = {**status["lastSync"], "rowsSynced": 1000}
+    status["runs"] = [{**status["runs"][0], "rowsSynced": 1000}]
+    assert await watched.event() == 0
+
+    finished = RunSummary(
+        trigger="schedule",
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=6),
+        result=RunResult.SUCCESS,
+        rows_read=5,
+        rows_synced=5,
+        watermark=T0 + timedelta(seconds=5),
+    )
+    store.record_run(finished)
+    assert await watched.event() >= 1, "a run that finished is reconciled"
+    status = fake.status(CDI_PLURAL, NS, "users")
+    assert status["countedRuns"] == ["r-1"]
+    synced = conditions.find(status.get("conditions"), reasons.SYNCED)
+    assert synced is not None and synced["status"] == "True", status.get("conditions")
+
+    fake.annotate(CDI_PLURAL, NS, "users", **{"cdi.ingest.dev/sync-now": "1"})
+    assert await watched.event() >= 1, "anything but the runner's progress is reconciled"
+    last = fake.obj(CDI_PLURAL, NS, "users")
+    before = watched.reconciles
+    await watched.controller.integration_event("DELETED", NS, "users", last)
+    assert watched.reconciles == before + 1, "a deletion is always reconciled"
+
+
+async def test_a_failed_reconcile_is_retried_on_the_next_event(fake: FakeKube) -> None:
+    watched = Watched(fake)
+    broken = watched.controller.integrations.reconcile
+
+    async def failing(namespace: str, name: str) -> None:
+        await broken(namespace, name)
+        raise RuntimeError("the API server went away")
+
+    watched.controller.integrations.reconcile = failing  # type: ignore[method-assign]
+    body = fake.obj(CDI_PLURAL, NS, "users")
+    await watched.controller.integration_event("ADDED", NS, "users", body)
+    watched.controller.integrations.reconcile = broken  # type: ignore[method-assign]
+    before = watched.reconciles
+    await watched.controller.integration_event("MODIFIED", NS, "users", body)
+    assert watched.reconciles == before + 1, "the same object is reconciled again after a failure"
+
+
+def test_the_digest_keeps_identity_and_result_of_a_running_record() -> None:
+    running: dict[str, Any] = {"runId": "r-1", "result": "Running", "startedAt": "2026-01-01T00:00:00Z"}
+    body = {"metadata": {"name": "users", "resourceVersion": "1"}, "status": {"runs": [running], "lastSync": running}}
+    progressed = copy.deepcopy(body)
+    progressed["metadata"]["resourceVersion"] = "2"
+    progressed["status"]["watermark"] = {"updatedAt": "2026-01-01T00:00:05Z"}
+    progressed["status"]["runs"][0]["rowsSynced"] = 7
+    assert decisive(progressed) == decisive(body)
+    done = copy.deepcopy(progressed)
+    done["status"]["runs"][0]["result"] = "Success"
+    assert decisive(done) != decisive(body)
+    counted = copy.deepcopy(done)
+    counted["status"]["runs"][0]["rowsSynced"] = 8
+    assert decisive(counted) != decisive(done), "a finished record's counts are not progress"
