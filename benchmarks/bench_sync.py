@@ -90,7 +90,7 @@ def pg_settings() -> dict[str, str]:
         sys.exit('set the PostgreSQL settings first: eval "$(bash hack/postgres.sh)"')
 
 
-def create_table(pg: dict[str, str], table: str, rows: int) -> None:
+def create_table(pg: dict[str, str], table: str, rows: int, reuse: bool = False) -> None:
     con = redshift_connector.connect(
         host=pg["host"],
         port=int(pg["port"]),
@@ -102,6 +102,13 @@ def create_table(pg: dict[str, str], table: str, rows: int) -> None:
     con.autocommit = True
     cur = con.cursor()
     cur.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    if reuse:
+        cur.execute("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'bench' AND tablename = %s", [table])
+        if cur.fetchone()[0]:
+            cur.execute(f"SELECT count(*) FROM bench.{table}")
+            if cur.fetchone()[0] == rows:
+                con.close()
+                return
     cur.execute(f"DROP TABLE IF EXISTS bench.{table}")
     cur.execute(f"CREATE TABLE bench.{table} (updated_at TIMESTAMP, external_id VARCHAR(64), payload VARCHAR(65535))")
     # About 300 bytes of JSON per row, the shape of a typical profile update; timestamps a few per second.
@@ -186,6 +193,7 @@ def main() -> None:
         default=0,
         help="the BrazeWorkspace's reservePercent (default 0: the runner may use the whole workspace, 75,000 rows/s)",
     )
+    parser.add_argument("--reuse-tables", action="store_true", help="keep a table of the right size from a former run")
     parser.add_argument(
         "--baseline-rows", type=int, help="send only this many rows with the baseline (it takes 12 minutes a million)"
     )
@@ -194,7 +202,7 @@ def main() -> None:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="cdi-bench-") as tmp:
         for rows in args.rows or [100_000, 1_000_000]:
-            create_table(pg, f"users_{rows}", rows)
+            create_table(pg, f"users_{rows}", rows, args.reuse_tables)
             for mode in ["runner"] + ([] if args.no_baseline else ["baseline"]):
                 result = run(
                     pg, rows, mode, args.latency, args.in_flight, args.reserve_percent, Path(tmp), args.baseline_rows

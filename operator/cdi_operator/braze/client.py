@@ -246,6 +246,9 @@ class BrazeClient:
             family: SharedBudget(limit, budget.reserve, budget.share_without_headers) for family, limit in families
         }
         self._window_seconds = {self._budgets[family]: limit.seconds for family, limit in families}
+        # One request at a time waits for its family's budget, the others in line behind it: each waiter polls the
+        # budget, and a window of many waiting together would wake a thousand times a second for one start.
+        self._budget_lines = {budget: asyncio.Lock() for budget in self._budgets.values()}
         self._paused_until = 0.0  # time.monotonic() before which no request starts (429 / remaining 0)
         self._random = random.Random()
 
@@ -443,7 +446,8 @@ class BrazeClient:
                 await asyncio.sleep(wait)
             if budget is None:
                 return await self._exchange(method, url, body)
-            await budget.acquire(self.settings.max_rate_limit_wait)
+            async with self._budget_lines[budget]:
+                await budget.acquire(self.settings.max_rate_limit_wait)
             try:
                 await self._bucket.acquire()
                 sent = time.monotonic()
