@@ -108,7 +108,7 @@ class ChildReader:
         context = multiprocessing.get_context("fork")
         self._receiver, sender = context.Pipe(duplex=False)
         self._child = context.Process(
-            target=_child, args=(reopen, read, converter, sender), name="cdi-reader", daemon=True
+            target=_child, args=(reopen, read, converter, sender, self._receiver), name="cdi-reader", daemon=True
         )
         self._child.start()
         sender.close()
@@ -145,7 +145,13 @@ class ChildReader:
         self._receiver.close()
 
 
-def _child(reopen: Callable[[], Warehouse], read: Read, converter: Converter, out: Connection) -> None:
+def _child(
+    reopen: Callable[[], Warehouse], read: Read, converter: Converter, out: Connection, runners_end: Connection
+) -> None:
+    # The runner's end of the pipe, closed here: when the runner dies (SIGKILL), the next write fails and the child
+    # ends, instead of waiting forever on a pipe it holds open itself.
+    runners_end.close()
+
     def send(kind: str, value: Any) -> None:
         out.send_bytes(pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
 
