@@ -196,9 +196,9 @@ def warehouse_opener(credential: WarehouseCredential, manifests: Manifests) -> C
 
 
 def second_reader(credential: WarehouseCredential, manifests: Manifests) -> Callable[[], warehouses.Warehouse] | None:
-    """What opens the connection a run reads on in a process of its own (`run_sync`'s `reopen`); None for the
-    warehouses read in the runner's thread: an embedded DuckDB file takes one connection, and the other clients'
-    decoding is not what limits them (benchmarks/README.md)."""
+    """What opens the connection a run reads on in a process of its own (`run_sync`'s `reopen`): Redshift, whose
+    driver decodes in pure Python. None for the others, read in the runner's thread: an embedded DuckDB file takes
+    one connection, and for Snowflake, Databricks and BigQuery a second process is not measured yet."""
     if credential.spec.type is not WarehouseType.REDSHIFT:
         return None
     return warehouse_opener(credential, manifests)
