@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import pickle
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,6 +32,7 @@ from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, W
 
 __all__ = ["ChildReader", "Converted", "Converter", "Read", "convert_in_thread", "row_fingerprint"]
 
+_EXIT_WAIT = 5.0  # seconds a child that has finished may take to exit before it is terminated
 Converted = tuple[Delivery | RowError, str]  # (what the row became, its fingerprint for the frontier)
 
 
@@ -132,6 +134,7 @@ class ChildReader:
             ) from None
         if kind == "rows":
             return _decode(value)
+        self._child.join(_EXIT_WAIT)  # it has said all it will: let it leave by itself
         self.close()
         if kind == "error":
             raise WarehouseError(FailureReason(value[0]), value[1])
@@ -151,6 +154,11 @@ def _child(
     # The runner's end of the pipe, closed here: when the runner dies (SIGKILL), the next write fails and the child
     # ends, instead of waiting forever on a pipe it holds open itself.
     runners_end.close()
+    # The runner's signal handling is not the child's: the inherited wakeup fd would hand a signal sent to the child
+    # (terminate()) to the runner's event loop, as if the runner had been stopped.
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
 
     def send(kind: str, value: Any) -> None:
         out.send_bytes(pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
