@@ -44,6 +44,11 @@ spec:
     passwordSecretRef: {{name: bench, key: password}}
 ---
 apiVersion: cdi.ingest.dev/v1alpha1
+kind: BrazeWorkspace
+metadata: {{name: bench}}
+spec: {{reservePercent: {reserve}}}
+---
+apiVersion: cdi.ingest.dev/v1alpha1
 kind: CdiIntegration
 metadata: {{name: bench}}
 spec:
@@ -54,6 +59,7 @@ spec:
   braze:
     restEndpoint: {endpoint}
     apiKeySecretRef: {{name: bench, key: api-key}}
+    workspaceRef: {{name: bench}}
     maxInFlight: {in_flight}
   sync: {{settleSeconds: 0}}
 """
@@ -66,6 +72,11 @@ class Result:
     seconds: float
     rows_synced: int
     peak_rss_mib: float
+    cpu_seconds: float  # user + system, of the runner's processes together
+
+    @property
+    def cpu_per_million(self) -> float:
+        return self.cpu_seconds * 1_000_000 / self.rows_synced
 
     @property
     def rows_per_second(self) -> float:
@@ -79,7 +90,7 @@ def pg_settings() -> dict[str, str]:
         sys.exit('set the PostgreSQL settings first: eval "$(bash hack/postgres.sh)"')
 
 
-def create_table(pg: dict[str, str], table: str, rows: int) -> None:
+def create_table(pg: dict[str, str], table: str, rows: int, reuse: bool = False) -> None:
     con = redshift_connector.connect(
         host=pg["host"],
         port=int(pg["port"]),
@@ -91,6 +102,13 @@ def create_table(pg: dict[str, str], table: str, rows: int) -> None:
     con.autocommit = True
     cur = con.cursor()
     cur.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    if reuse:
+        cur.execute("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'bench' AND tablename = %s", [table])
+        if cur.fetchone()[0]:
+            cur.execute(f"SELECT count(*) FROM bench.{table}")
+            if cur.fetchone()[0] == rows:
+                con.close()
+                return
     cur.execute(f"DROP TABLE IF EXISTS bench.{table}")
     cur.execute(f"CREATE TABLE bench.{table} (updated_at TIMESTAMP, external_id VARCHAR(64), payload VARCHAR(65535))")
     # About 300 bytes of JSON per row, the shape of a typical profile update; timestamps a few per second.
@@ -121,16 +139,29 @@ def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def run(pg: dict[str, str], rows: int, mode: str, latency: float, in_flight: int, workdir: Path) -> Result:
+def run(
+    pg: dict[str, str],
+    rows: int,
+    mode: str,
+    latency: float,
+    in_flight: int,
+    reserve: int,
+    workdir: Path,
+    baseline_rows: int | None = None,
+) -> Result:
     table = f"users_{rows}"
     emulator, url = start_emulator(latency)
     try:
+        sample = rows
         if mode == "baseline":
             command = [sys.executable, str(Path(__file__).with_name("naive_baseline.py")), f"bench.{table}", url]
             command.append("bench-key")
+            if baseline_rows is not None and baseline_rows < rows:
+                sample = baseline_rows
+                command.append(str(sample))
         else:
             manifest = workdir / f"{table}.yaml"
-            manifest.write_text(MANIFEST.format(table=table, endpoint=url, in_flight=in_flight, **pg))
+            manifest.write_text(MANIFEST.format(table=table, endpoint=url, in_flight=in_flight, reserve=reserve, **pg))
             state = workdir / f"{table}.state.json"
             state.unlink(missing_ok=True)
             cdi = Path(sys.executable).with_name("cdi")
@@ -141,9 +172,10 @@ def run(pg: dict[str, str], rows: int, mode: str, latency: float, in_flight: int
         seconds = time.perf_counter() - started
         assert proc.stdout is not None
         record = json.loads(proc.stdout.read().strip().splitlines()[-1])
-        if status != 0 or record["rowsSynced"] != rows:
+        if status != 0 or record["rowsSynced"] != sample:
             raise SystemExit(f"{mode} failed: exit status {status}, {record}")
-        return Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024)
+        cpu = usage.ru_utime + usage.ru_stime
+        return Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024, cpu)
     finally:
         emulator.terminate()
         emulator.wait()
@@ -154,24 +186,42 @@ def main() -> None:
     parser.add_argument("--rows", type=int, action="append", help="table sizes (default 100000 and 1000000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-request-at-a-time baseline")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds each emulator response takes")
-    parser.add_argument("--in-flight", type=int, default=32, help="spec.braze.maxInFlight of the runner")
+    parser.add_argument("--in-flight", type=int, default=64, help="spec.braze.maxInFlight of the runner")
+    parser.add_argument(
+        "--reserve-percent",
+        type=int,
+        default=0,
+        help="the BrazeWorkspace's reservePercent (default 0: the runner may use the whole workspace, 75,000 rows/s)",
+    )
+    parser.add_argument("--reuse-tables", action="store_true", help="keep a table of the right size from a former run")
+    parser.add_argument(
+        "--baseline-rows", type=int, help="send only this many rows with the baseline (it takes 12 minutes a million)"
+    )
     args = parser.parse_args()
     pg = pg_settings()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="cdi-bench-") as tmp:
         for rows in args.rows or [100_000, 1_000_000]:
-            create_table(pg, f"users_{rows}", rows)
+            create_table(pg, f"users_{rows}", rows, args.reuse_tables)
             for mode in ["runner"] + ([] if args.no_baseline else ["baseline"]):
-                result = run(pg, rows, mode, args.latency, args.in_flight, Path(tmp))
+                result = run(
+                    pg, rows, mode, args.latency, args.in_flight, args.reserve_percent, Path(tmp), args.baseline_rows
+                )
                 results.append(result)
                 print(
                     f"{rows:>9,} rows  {mode:<8}  {result.seconds:7.1f} s  {result.rows_per_second:9,.0f} rows/s  "
-                    f"peak RSS {result.peak_rss_mib:6.1f} MiB",
+                    f"peak RSS {result.peak_rss_mib:6.1f} MiB  CPU {result.cpu_per_million:5.1f} s per 1M rows",
                     flush=True,
                 )
-    print("\n| rows | mode | seconds | rows/s | peak RSS (MiB) |\n| ---: | --- | ---: | ---: | ---: |")
+    print(
+        "\n| rows | mode | rows sent | seconds | rows/s | peak RSS (MiB) | CPU s per 1M rows |"
+        "\n| ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+    )
     for r in results:
-        print(f"| {r.rows:,} | {r.mode} | {r.seconds:.1f} | {r.rows_per_second:,.0f} | {r.peak_rss_mib:.0f} |")
+        print(
+            f"| {r.rows:,} | {r.mode} | {r.rows_synced:,} | {r.seconds:.1f} | {r.rows_per_second:,.0f} | "
+            f"{r.peak_rss_mib:.0f} | {r.cpu_per_million:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -120,6 +120,27 @@ async def test_requests_run_concurrently_up_to_max_in_flight(emu: BrazeEmulator)
     assert len(ids(emu)) == 24
 
 
+async def test_requests_in_flight_follow_the_measured_latency(emu: BrazeEmulator) -> None:
+    # Little's law: 20 requests a second at 0.2 s or more a response need 4 or more in flight (6 with the slack
+    # and one more); until the first response, max_in_flight.
+    emu.inject("slow", times=30, delay=0.2)
+    async with BrazeClient(settings(emu.url, requests_per_second=20, max_in_flight=32)) as client:
+        assert client.in_flight_limit == 32
+        await asyncio.gather(*(client.track("attributes", batch(1, f"l{n}")) for n in range(30)))
+        assert 6 <= client.in_flight_limit < 32
+        emu.reset()
+        emu.inject("slow", times=10, delay=0.2)
+        await asyncio.gather(*(client.track("attributes", batch(1, f"m{n}")) for n in range(10)))
+        assert emu.peak_in_flight <= client.in_flight_limit
+    assert len(ids(emu)) == 10
+
+
+async def test_objects_given_as_json_are_sent_as_they_are(emu: BrazeEmulator) -> None:
+    async with BrazeClient(settings(emu.url)) as client:
+        await client.track("attributes", [b'{"external_id":"j-1","plan":"pro"}', {"external_id": "j-2"}])
+    assert sorted(ids(emu)) == ["j-1", "j-2"]
+
+
 async def test_rate_budget_is_respected() -> None:
     # 10 per aligned second allowed; the client at 5/s with a burst of 2 can put at most 7 into any second.
     with BrazeEmulator(api_key=KEY, track_rate_limit=10, track_rate_window=1) as emu:

@@ -309,11 +309,12 @@ class BrazeSpec(Model):
         "other client (see BrazeWorkspace).",
     )
     max_in_flight: int = Field(
-        default=32,
+        default=64,
         ge=1,
         le=64,
         alias="maxInFlight",
-        description="Requests in flight at once; a Braze round trip takes tens of ms.",
+        description="Most requests in flight at once; the runner keeps requestsPerSecond times the measured "
+        "response time in flight (Little's law), up to this.",
     )
 
 

@@ -1,11 +1,17 @@
 """The asyncio client for Braze's `/users/track`, `/users/delete` and catalog item REST endpoints.
 
 One `BrazeClient` owns one aiohttp session. Many tasks call `track()` / `delete()` concurrently; the client bounds
-the requests in flight (`max_in_flight`), paces each endpoint family on the workspace's budget shared with every other
-run (`budget.py`: Braze's `X-RateLimit-*` headers, minus a reserve) and within this run's own cap
-(`requests_per_second`, a token bucket), retries what is worth retrying and raises `BrazeError` for what needs a human.
+the requests in flight to what carries its rate at the measured latency (Little's law, at most `max_in_flight`),
+paces each endpoint family on the workspace's budget shared with every other run (`budget.py`: Braze's
+`X-RateLimit-*` headers, minus a reserve) and within this run's own cap (`requests_per_second`, a token bucket),
+retries what is worth retrying and raises `BrazeError` for what needs a human.
 
 Decisions where BRAZE-API.md is silent:
+
+- Requests in flight: rate times latency, the rate being the most this client may send (`requests_per_second`, or the
+  endpoint family's `limit - reserve` per window when lower) and the latency a moving average of the last
+  responses, with a quarter more for its variation, plus one; never more than `max_in_flight`, which is also the
+  number until the first response. Fewer would leave budget unused; more only queues at Braze.
 
 - Retried with exponential backoff and full jitter, up to `max_attempts` attempts: 5xx, 408, timeouts and
   connection failures (reset, dropped without a response, truncated body). A retry after a dropped connection may
@@ -36,7 +42,10 @@ Decisions where BRAZE-API.md is silent:
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
+import functools
+import math
 import random
 import re
 import time
@@ -81,6 +90,8 @@ _QUOTED_MESSAGE_LIMIT = 300
 _TRACK_ARRAYS = frozenset(("attributes", "events", "purchases"))
 _DELETE_ID_TYPES = frozenset(("external_ids", "user_aliases", "braze_ids"))
 _RETRYABLE_EXCEPTIONS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+_LATENCY_WEIGHT = 0.125  # of the newest response time in the moving average (TCP's smoothed round trip)
+_LATENCY_SLACK = 1.25  # the latency varies: room for the slower responses in the average
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class BrazeSettings:
     rest_endpoint: str
     api_key: str = field(repr=False)
     max_objects_per_request: int = 75
-    max_in_flight: int = 32
+    max_in_flight: int = 64
     requests_per_second: float = 1000.0
     request_timeout: float = 30.0
     max_attempts: int = 8
@@ -170,6 +181,45 @@ class _TokenBucket:
             await asyncio.sleep(delay)
 
 
+class _Window:
+    """A semaphore whose size can change while tasks hold it or wait for it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        while self._held >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._wake()  # woken and cancelled at once: pass the turn on
+                raise
+        self._held += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._held -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        room = self.limit - self._held
+        while room > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+
 class BrazeClient:
     def __init__(
         self,
@@ -186,14 +236,19 @@ class BrazeClient:
             "Accept": "application/json",
         }
         self._session: aiohttp.ClientSession | None = None
-        self._semaphore = asyncio.Semaphore(settings.max_in_flight)
+        self._window = _Window(settings.max_in_flight)
+        self._latency: float | None = None  # moving average of the response time, seconds
         burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)
         budget = settings.budget
+        families = (("track", budget.track), ("delete", budget.delete), ("catalog", budget.catalog))
         self._budgets = {
-            family: SharedBudget(limit, budget.reserve, budget.share_without_headers)
-            for family, limit in (("track", budget.track), ("delete", budget.delete), ("catalog", budget.catalog))
+            family: SharedBudget(limit, budget.reserve, budget.share_without_headers) for family, limit in families
         }
+        self._window_seconds = {self._budgets[family]: limit.seconds for family, limit in families}
+        # One request at a time waits for its family's budget, the others in line behind it: each waiter polls the
+        # budget, and a window of many waiting together would wake a thousand times a second for one start.
+        self._budget_lines = {budget: asyncio.Lock() for budget in self._budgets.values()}
         self._paused_until = 0.0  # time.monotonic() before which no request starts (429 / remaining 0)
         self._random = random.Random()
 
@@ -225,8 +280,9 @@ class BrazeClient:
             session, self._session = self._session, None
             await session.close()
 
-    async def track(self, array: TrackArray, objects: Sequence[Mapping[str, Any]]) -> SendResult:
-        """Send `objects` as the `array` of one `/users/track` request (at most max_objects_per_request)."""
+    async def track(self, array: TrackArray, objects: Sequence[Mapping[str, Any] | bytes]) -> SendResult:
+        """Send `objects` as the `array` of one `/users/track` request (at most max_objects_per_request); an
+        object given as bytes is its JSON, sent as it is."""
         if array not in _TRACK_ARRAYS:
             raise ValueError(f"array must be one of attributes, events, purchases, got {array!r}")
         if not objects:
@@ -235,7 +291,9 @@ class BrazeClient:
             raise ValueError(
                 f"{len(objects)} objects exceed max_objects_per_request={self.settings.max_objects_per_request}"
             )
-        body = orjson.dumps({array: objects}, default=_plain)
+        fragment = orjson.Fragment
+        items = [fragment(o) if type(o) is bytes else o for o in objects]
+        body = orjson.dumps({array: items}, default=_plain)
         return await self._send("POST", TRACK_PATH, body, array, len(objects))
 
     async def delete(self, id_type: DeleteIdType, identifiers: Sequence[Any]) -> SendResult:
@@ -380,7 +438,7 @@ class BrazeClient:
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One request; `budget` None: not one of the paced endpoint families (GET /catalogs)."""
         assert self._session is not None
-        async with self._semaphore:
+        async with self._window:
             while True:
                 wait = self._paused_until - time.monotonic()
                 if wait <= 0:
@@ -388,14 +446,31 @@ class BrazeClient:
                 await asyncio.sleep(wait)
             if budget is None:
                 return await self._exchange(method, url, body)
-            await budget.acquire(self.settings.max_rate_limit_wait)
+            async with self._budget_lines[budget]:
+                await budget.acquire(self.settings.max_rate_limit_wait)
             try:
                 await self._bucket.acquire()
+                sent = time.monotonic()
                 status, headers, payload = await self._exchange(method, url, body)
+                self._carry(budget, time.monotonic() - sent)
                 budget.observe(headers, _server_now(headers))
                 return status, headers, payload
             finally:
                 budget.release()
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Requests that may be in flight at once now (see the module docstring)."""
+        return self._window.limit
+
+    def _carry(self, budget: SharedBudget, latency: float) -> None:
+        """Resize the window to carry this client's rate at the latency measured (Little's law)."""
+        average = latency if self._latency is None else self._latency + (latency - self._latency) * _LATENCY_WEIGHT
+        self._latency = average
+        family = budget.limit * (1.0 - self.settings.budget.reserve) / self._window_seconds[budget]
+        rate = min(self.settings.requests_per_second, family)
+        needed = math.ceil(rate * average * _LATENCY_SLACK) + 1
+        self._window.resize(max(1, min(self.settings.max_in_flight, needed)))
 
     async def _exchange(self, method: str, url: str, body: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
         assert self._session is not None
@@ -572,15 +647,22 @@ def _reset_wait(headers: Mapping[str, str]) -> float | None:
     return max(0.0, at - _server_now(headers))
 
 
+@functools.lru_cache(maxsize=4)  # a Date changes once a second, and a busy run reads it a thousand times a second
+def _date_seconds(date: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
 def _server_now(headers: Mapping[str, str]) -> float:
     """Our clock, unless the response's Date shows it is off by more than a couple of seconds."""
     now = time.time()
     date = headers.get("Date")
     if date is None:
         return now
-    try:
-        server = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError):
+    server = _date_seconds(date)
+    if server is None:
         return now
     # Date has a resolution of one second: the server's clock is somewhere in [server, server + 1).
     if abs(now - (server + 0.5)) > _CLOCK_SKEW_TOLERANCE:

@@ -7,11 +7,13 @@ Exit status, as DESIGN.md fixes it: 0 the sync completed (row errors included), 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -23,6 +25,7 @@ from cdi_operator.api.models import (
     RateLimit,
     RunSummary,
     WarehouseCredential,
+    WarehouseType,
 )
 from cdi_operator.braze.budget import Limit, WorkspaceBudget
 from cdi_operator.braze.client import BrazeSettings
@@ -182,9 +185,23 @@ def workspace_budget(contract: BrazeWorkspaceSpec) -> WorkspaceBudget:
 
 
 def open_warehouse(credential: WarehouseCredential, manifests: Manifests) -> warehouses.Warehouse:
+    return warehouse_opener(credential, manifests)()
+
+
+def warehouse_opener(credential: WarehouseCredential, manifests: Manifests) -> Callable[[], warehouses.Warehouse]:
+    """What opens a connection to the credential's warehouse, its secrets resolved now (ManifestError if not)."""
     where = f"WarehouseCredential {credential.metadata.namespace}/{credential.metadata.name}"
     secrets = manifests.resolve_secrets(credential.metadata.namespace, credential.spec.secret_refs(), where)
-    return warehouses.connect(credential.spec, secrets)
+    return functools.partial(warehouses.connect, credential.spec, secrets)
+
+
+def second_reader(credential: WarehouseCredential, manifests: Manifests) -> Callable[[], warehouses.Warehouse] | None:
+    """What opens the connection a run reads on in a process of its own (`run_sync`'s `reopen`): Redshift, whose
+    driver decodes in pure Python. None for the others, read in the runner's thread: an embedded DuckDB file takes
+    one connection, and for Snowflake, Databricks and BigQuery a second process is not measured yet."""
+    if credential.spec.type is not WarehouseType.REDSHIFT:
+        return None
+    return warehouse_opener(credential, manifests)
 
 
 def print_result(

@@ -50,6 +50,7 @@ from cdi_operator.commands.common import (
     braze_settings,
     open_warehouse,
     print_result,
+    second_reader,
 )
 from cdi_operator.commands.manifests import ManifestError, Manifests, format_validation_error
 from cdi_operator.kube import Forbidden, InvalidSecret, Kube, KubeError, NotFound, load_config
@@ -311,7 +312,10 @@ async def _sync(
                 summary, run = await run_sync(job, warehouse, None, store, trigger=trigger, on_progress=view)
             else:
                 async with BrazeClient(settings, on_response=count_response) as client:
-                    summary, run = await run_sync(job, warehouse, client, store, trigger=trigger, on_progress=view)
+                    reopen = second_reader(credential, manifests)
+                    summary, run = await run_sync(
+                        job, warehouse, client, store, trigger=trigger, on_progress=view, reopen=reopen
+                    )
         except (KubeError, StatusStoreError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not stop.requested:
                 raise

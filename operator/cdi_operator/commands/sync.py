@@ -18,6 +18,7 @@ from cdi_operator.commands.common import (
     braze_settings,
     open_warehouse,
     print_result,
+    second_reader,
 )
 from cdi_operator.commands.manifests import ManifestError, load_manifests
 from cdi_operator.runner.state import JsonFileStore, StateFileError
@@ -68,7 +69,10 @@ async def sync_command(
             summary, run = await run_sync(job, warehouse, None, store, on_progress=view, estimate_total=estimate)
         else:
             async with BrazeClient(settings) as client:
-                summary, run = await run_sync(job, warehouse, client, store, on_progress=view, estimate_total=estimate)
+                reopen = second_reader(credential, manifests)
+                summary, run = await run_sync(
+                    job, warehouse, client, store, on_progress=view, estimate_total=estimate, reopen=reopen
+                )
     finally:
         await asyncio.to_thread(warehouse.close)
     print_result(out, output, job.key, summary, run.dry_run_report)

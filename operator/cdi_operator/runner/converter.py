@@ -115,6 +115,7 @@ _TARGETS = {
 }
 _DELETE_TARGETS = {"e": "external_ids", "a": "user_aliases", "b": "braze_ids"}
 _TRACK_KEYS = {"e": "external_id", "a": "user_alias", "b": "braze_id", "m": "email", "p": "phone"}
+_KEYS_REMEMBERED = 10_000
 
 
 class RowConverter:
@@ -163,6 +164,7 @@ class RowConverter:
             else None
         )
         self._after_alias = [entry for entry in self._order if entry[0] != "e"]
+        self._keys_ok: set[str] = set()  # top-level PAYLOAD keys already found valid: rows repeat the same few
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -315,11 +317,15 @@ class RowConverter:
             self._attribute_special_keys(payload, kind, value)
         max_key = limits.max_key_chars
         max_value = limits.max_value_chars
+        keys_ok = self._keys_ok
         for key, item in payload.items():
-            if not key or len(key) > max_key or " " in key or "." in key or "$" in key or not key.isprintable():
-                problem = key_problem(key, "PAYLOAD", limits, operators=False)
-                if problem is not None:
-                    raise problem
+            if key not in keys_ok:
+                if not key or len(key) > max_key or " " in key or "." in key or "$" in key or not key.isprintable():
+                    problem = key_problem(key, "PAYLOAD", limits, operators=False)
+                    if problem is not None:
+                        raise problem
+                if len(keys_ok) < _KEYS_REMEMBERED:
+                    keys_ok.add(key)
             item_type = type(item)
             if item_type is str:
                 if len(item) > max_value:

@@ -1,7 +1,8 @@
 """One sync run: read the rows changed since the watermark, validate, batch, send to Braze, checkpoint.
 
-Reading runs in a worker thread one chunk ahead of processing; batches go out concurrently (the Braze client bounds
-requests in flight and their rate); the watermark follows the frontier of acknowledged rows (see frontier.py).
+Reading and conversion run one chunk ahead of processing, in a child process when the caller can open a second
+connection to the warehouse, else in a worker thread (reading.py); batches go out concurrently (the Braze client
+bounds requests in flight and their rate); the watermark follows the frontier of acknowledged rows (frontier.py).
 Two rows of the same user are never in flight at once, so Braze applies them in UPDATED_AT order.
 """
 
@@ -9,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
+
+import orjson
 
 from cdi_operator.api import reasons
 from cdi_operator.api.models import (
@@ -35,6 +37,7 @@ from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
+from cdi_operator.runner.reading import ChildReader, Converted, Read, convert_in_thread
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
 from cdi_operator.runner.state import StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ROW_ERROR_SAMPLE = 20
 DELETE_BATCH_LIMIT = 50
+_TRACKED = frozenset({DataType.CUSTOM_ATTRIBUTES, DataType.CUSTOM_EVENTS, DataType.PURCHASE_EVENTS})
 Trigger = Literal["schedule", "syncNow", "local"]
 T = TypeVar("T")
 
@@ -128,11 +132,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _row_fingerprint(row: Sequence[Any]) -> str:
-    return hashlib.blake2b(repr(tuple(row)).encode(), digest_size=8).hexdigest()
-
-
 def _identifier_of(body: Any) -> str:
+    if isinstance(body, bytes):  # converted in the reading process: the object's JSON
+        body = orjson.loads(body)
     if isinstance(body, dict):
         for key in ("external_id", "braze_id"):
             if key in body:
@@ -164,9 +166,11 @@ class SyncRun:
         on_progress: Callable[[Progress], None] | None,
         now: Callable[[], datetime],
         estimate_total: bool = False,
+        reopen: Callable[[], Warehouse] | None = None,
     ) -> None:
         self.job = job
         self.warehouse = warehouse
+        self.reopen = reopen
         self.braze = braze
         self.store = store
         self.trigger: Trigger = trigger
@@ -297,14 +301,12 @@ class SyncRun:
             if self.job.data_type is DataType.CATALOG_ITEMS
             else RowConverter(self.job.data_type, plan, update_existing_only=self.job.update_existing_only)
         )
-        chunks: Iterator[list[tuple[Any, ...]]] = await self._in_reader(
-            self.warehouse.read_changes,
-            self.job.table,
-            plan.columns,
-            plan.columns[0],
-            window,
-            self.job.options.chunk_rows,
-        )
+        read = Read(self.job.table, plan.columns, plan.columns[0], window, self.job.options.chunk_rows)
+        chunks: Iterator[list[Converted]]
+        if self.reopen is not None and self.braze is not None and self.job.data_type in _TRACKED:
+            chunks = await self._in_reader(ChildReader, self.reopen, read, converter)
+        else:
+            chunks = convert_in_thread(self.warehouse, read, converter)
         checkpoints = asyncio.create_task(self._checkpoint_every(self.job.options.checkpoint_seconds))
         try:
             pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
@@ -313,7 +315,7 @@ class SyncRun:
                 if chunk is None or self.limit_exceeded:
                     break
                 pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
-                await self._process_chunk(converter, chunk)
+                await self._process_chunk(chunk)
                 self._raise_if_failed()
             await self._in_reader(_close, chunks)
             for target in list(self._open):
@@ -323,18 +325,19 @@ class SyncRun:
                 self._raise_if_failed()
             self._tie_group_read = True
         finally:
+            if isinstance(chunks, ChildReader):
+                chunks.close()  # a failed run leaves the child mid-read; it must not outlive the run
             self._stop_checkpoints.set()
             self._advanced.set()
             await checkpoints
 
-    async def _process_chunk(self, converter: RowConverter, chunk: list[tuple[Any, ...]]) -> None:
+    async def _process_chunk(self, chunk: list[Converted]) -> None:
         frontier = self.frontier
         limit = self.job.options.max_rows_per_run
         progress = self.progress
         batch_limit = self._batch_limit()
         catalog = self.job.data_type is DataType.CATALOG_ITEMS
-        for row in chunk:
-            converted = converter.convert(row)
+        for converted, fingerprint in chunk:
             # The limit finishes the tie group it falls in: the next run can then start after it (frontier.py).
             if progress.rows_read - progress.rows_skipped >= limit and converted.updated_at != self._last_read_at:
                 self.limit_exceeded = True
@@ -342,7 +345,7 @@ class SyncRun:
             progress.rows_read += 1
             self._last_read_at = converted.updated_at
             if isinstance(converted, RowError):
-                frontier.add(converted.updated_at, _row_fingerprint(row), done=True)
+                frontier.add(converted.updated_at, fingerprint, done=True)
                 self._row_error(converted)
                 continue
             if frontier.delivered_before(converted.updated_at, converted.fingerprint):
@@ -595,13 +598,25 @@ async def run_sync(
     on_progress: Callable[[Progress], None] | None = None,
     now: Callable[[], datetime] = utc_now,
     estimate_total: bool = False,
+    reopen: Callable[[], Warehouse] | None = None,
 ) -> tuple[RunSummary, SyncRun]:
     """Run one sync. `braze=None` is a dry run: everything is read and validated, nothing sent or saved.
 
-    `estimate_total` counts the rows to read first (two COUNT queries), so that progress can show a bar.
+    `estimate_total` counts the rows to read first (two COUNT queries), so that progress can show a bar. `reopen`
+    opens a second connection to the warehouse: given, the rows of /users/track data types are read and converted
+    in a child process on it (reading.py), so that the driver's decoding and the conversion run on a core of
+    their own.
     """
     run = SyncRun(
-        job, warehouse, braze, store, trigger=trigger, on_progress=on_progress, now=now, estimate_total=estimate_total
+        job,
+        warehouse,
+        braze,
+        store,
+        trigger=trigger,
+        on_progress=on_progress,
+        now=now,
+        estimate_total=estimate_total,
+        reopen=reopen,
     )
     start = time.monotonic()
     summary = await run.execute()
