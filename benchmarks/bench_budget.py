@@ -53,6 +53,12 @@ class Result:
     runner_codes: Counter[str]
     probe_codes: Counter[int]
     limit: Limit
+    runner_windows: list[int]  # requests the runners got counted in each window of the run (the emulator's count)
+
+    @property
+    def busiest_window(self) -> float:
+        """The runners' busiest window, as a share of limit - reserve."""
+        return max(self.runner_windows, default=0) / (self.limit.requests * (1 - RESERVE))
 
     @property
     def delivered_per_second(self) -> float:
@@ -109,13 +115,16 @@ async def runner(settings: BrazeSettings, family: str, until: float, codes: Coun
         await asyncio.gather(*(worker(w) for w in range(settings.max_in_flight)))
 
 
-async def probe(url: str, family: str, per_second: float, until: float, codes: Counter[int]) -> None:
+async def probe(
+    url: str, family: str, per_second: float, until: float, codes: Counter[int], windows: Counter[int], seconds: float
+) -> None:
     method, path, body = PROBE[family]
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
 
         async def one() -> None:
             async with session.request(method, url + path, json=body) as resp:
                 codes[resp.status] += 1
+                windows[int(time.time() // seconds)] += 1  # the emulator counts a request as it answers
 
         sent = []
         next_at = time.monotonic()
@@ -126,10 +135,20 @@ async def probe(url: str, family: str, per_second: float, until: float, codes: C
         await asyncio.gather(*sent)
 
 
-def probe_process(url: str, family: str, per_second: float, until: float, out: multiprocessing.Queue[Any]) -> None:
+def probe_process(
+    url: str, family: str, per_second: float, until: float, seconds: float, out: multiprocessing.Queue[Any]
+) -> None:
     codes: Counter[int] = Counter()
-    asyncio.run(probe(url, family, per_second, until, codes))
-    out.put(dict(codes))
+    windows: Counter[int] = Counter()
+    asyncio.run(probe(url, family, per_second, until, codes, windows, seconds))
+    out.put((dict(codes), dict(windows)))
+
+
+async def workspace_windows(url: str, family: str, seconds: float) -> dict[int, int]:
+    """Requests the emulator counted for the workspace in each window of `family`, every client together."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/_emulator/state") as resp:
+        state = await resp.json()
+    return {int(start // seconds): count for start, count in state["rate_windows"][KEY][family]}
 
 
 async def one_run(url: str, family: str, runners: int, limit: Limit, windows: int) -> Result:
@@ -143,12 +162,16 @@ async def one_run(url: str, family: str, runners: int, limit: Limit, windows: in
     probe_codes: Counter[int] = Counter()
     probe_rate = limit.requests * PROBE_SHARE / limit.seconds
     out: multiprocessing.Queue[Any] = multiprocessing.Queue()
-    prober = multiprocessing.Process(target=probe_process, args=(url, family, probe_rate, until, out))
+    prober = multiprocessing.Process(target=probe_process, args=(url, family, probe_rate, until, limit.seconds, out))
     prober.start()
     await asyncio.gather(*(runner(settings, family, until, runner_codes) for _ in range(runners)))
-    probe_codes.update(await asyncio.to_thread(out.get))
+    codes, probe_windows = await asyncio.to_thread(out.get)
+    probe_codes.update(codes)
     prober.join()
-    return Result(family, runners, windows * limit.seconds, runner_codes, probe_codes, limit)
+    first = int(start // limit.seconds)
+    counted = await workspace_windows(url, family, limit.seconds)
+    runner_windows = [counted.get(w, 0) - probe_windows.get(w, 0) for w in range(first, first + windows)]
+    return Result(family, runners, windows * limit.seconds, runner_codes, probe_codes, limit, runner_windows)
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
@@ -166,6 +189,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 print(
                     f"{family} runners={runners} delivered={result.delivered_per_second:,.0f}/s "
                     f"({result.delivered_per_second / result.target_per_second:.1%} of limit-reserve) "
+                    f"busiest window={result.busiest_window:.1%} windows={result.runner_windows} "
                     f"runner 429s={result.runner_429_share:.2%} probe={dict(result.probe_codes)} "
                     f"codes={dict(result.runner_codes)}",
                     flush=True,
@@ -178,14 +202,15 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| family (limit) | runners | delivered req/s | of limit - 20 % | runner 429s | probe requests | probe 429s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| family (limit) | runners | delivered req/s | of limit - 20 % | busiest window, of limit - 20 % "
+        "| runner 429s | probe requests | probe 429s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         limit = f"{r.family} ({r.limit.requests:,} / {r.limit.seconds:g} s)"
         lines.append(
             f"| {limit} | {r.runners} | {r.delivered_per_second:,.0f} | "
-            f"{r.delivered_per_second / r.target_per_second:.1%} | {r.runner_429_share:.2%} | "
+            f"{r.delivered_per_second / r.target_per_second:.1%} | {r.busiest_window:.1%} | {r.runner_429_share:.2%} | "
             f"{sum(r.probe_codes.values())} | {r.probe_codes[429]} |"
         )
     return "\n".join(lines)
