@@ -56,6 +56,7 @@ class Result:
     probe_codes: Counter[int]
     limit: Limit
     runner_windows: list[int]  # requests the runners got counted in each window of the run (the emulator's count)
+    all_windows: list[int]  # every client's, the probe's included
 
     @property
     def busiest_window(self) -> float:
@@ -173,8 +174,13 @@ async def one_run(url: str, family: str, runners: int, limit: Limit, windows: in
     prober.join()
     first = int(start // limit.seconds)
     counted = await workspace_windows(url, family, limit.seconds)
-    runner_windows = [counted.get(w, 0) - probe_windows.get(w, 0) for w in range(first, first + windows)]
-    return Result(family, runners, windows * limit.seconds, runner_codes, probe_codes, limit, runner_windows)
+    all_windows = [counted.get(w, 0) for w in range(first, first + windows)]
+    runner_windows = [
+        n - probe_windows.get(w, 0) for w, n in zip(range(first, first + windows), all_windows, strict=True)
+    ]
+    return Result(
+        family, runners, windows * limit.seconds, runner_codes, probe_codes, limit, runner_windows, all_windows
+    )
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
@@ -193,6 +199,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                     f"{family} runners={runners} delivered={result.delivered_per_second:,.0f}/s "
                     f"({result.delivered_per_second / result.target_per_second:.1%} of limit-reserve) "
                     f"busiest window={result.busiest_window:.1%} windows={result.runner_windows} "
+                    f"all clients={result.all_windows} "
                     f"runner 429s={result.runner_429_share:.2%} probe={dict(result.probe_codes)} "
                     f"codes={dict(result.runner_codes)}",
                     flush=True,
