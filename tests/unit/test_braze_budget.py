@@ -131,7 +131,7 @@ def headers(remaining: int, reset: int, limit: int = 100) -> dict[str, str]:
     return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(reset)}
 
 
-def test_one_request_until_the_sharers_are_known_then_twice_their_share_of_the_headroom_is_kept_in_flight(
+def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_flight_is_kept_from_the_headroom(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
@@ -156,12 +156,12 @@ def test_one_request_until_the_sharers_are_known_then_twice_their_share_of_the_h
     budget.observe(headers(remaining=55, reset=5), server_now=0.0)  # 6 fewer for one answer of ours: six runs
     budget.release()
     assert budget.sharers == 6
-    assert start(paced=False) and start(paced=False), "2 x 6 x 2 in flight <= 55 - 20"
+    assert start(paced=False) and start(paced=False), "(1 + 2 x 5) x 2 in flight <= 55 - 20"
     assert not start(paced=False), "slow start: not more in flight than answers seen"
     budget.release()
     budget.observe(headers(remaining=33, reset=5), server_now=0.0)  # 28 fewer over two answers: fourteen runs
     assert budget.sharers == 14
-    assert not start(paced=False), "2 x 14 x (1 + 1) > 33 - 20: the others' requests in flight would spend the reserve"
+    assert not start(paced=False), "(1 + 2 x 13) x (1 + 1) > 33 - 20: the others' in flight would spend the reserve"
     assert budget._wait(now[0]) == pytest.approx(5 + 0.05), "... so it waits for the reset"
     now[0] += 5.06  # a new window: the whole budget, over the window's length, the sharers of the last one
     budget.release()

@@ -9,10 +9,11 @@ process of our own in between. One `SharedBudget` per endpoint family and client
   window's first answer, per answer of its own since (the customer's own clients count in it too). The others'
   requests are in nobody's `remaining` while they are in flight, and `remaining` is itself up to a round trip old
   when it is read (counted at the server, then the answer's way back and the event loop's lag) while the others
-  went on spending; runs alike hold alike numbers in flight, so the requests not yet seen are about
-  `2 x sharers x own requests in flight`. A request may start while that, counting the new one, fits in
-  `remaining - reserve`, at a rate of `headroom / seconds left in the window` (headroom: what is left of
-  `remaining - reserve` beyond it). Each run spends what is left evenly over the rest of the window, so N runs
+  went on spending; runs alike hold alike numbers in flight, so the requests not yet seen are its own in flight
+  (known exactly) plus about `2 x (sharers - 1) x own requests in flight` of the others'. A request may start
+  while that, counting the new one, fits in `remaining - reserve`, at a rate of `headroom / seconds left in the
+  window` (headroom: what is left of `remaining - reserve` beyond it). A run alone (sharers 1) counts its own
+  requests in flight, no more. Each run spends what is left evenly over the rest of the window, so N runs
   together spend faster, see `remaining` fall and slow down, and near the window's end each run's requests in
   flight shrink to its share of what is left: the sum stays within `limit - reserve` without any run being told
   how many others there are. The reserve is left for the customer's own clients (their app backend, their CRM).
@@ -44,7 +45,7 @@ NEW_WINDOW_GUARD = 0.05  # seconds past the reset before a new window's first re
 _POLL = 0.05  # longest sleep between two looks at the budget (a response may have changed it)
 _SAME_RESET = 0.5  # resets closer than this name the same window (Braze gives them in whole seconds)
 _PRIOR_ANSWERS = 4  # the previous window's sharers weigh as much as this many answers of the current one
-_UNSEEN = 2.0  # requests not yet seen in `remaining`: this many x sharers x own requests in flight (see above)
+_UNSEEN = 2.0  # the others' requests not yet seen in `remaining`: this many x (sharers - 1) x own in flight
 
 
 class BudgetExhausted(Exception):
@@ -181,7 +182,7 @@ class SharedBudget:
                     return self._reset + NEW_WINDOW_GUARD - now
                 ended = math.floor((now - self._reset) / self._seconds) + 1
                 self._new_window(self._limit, self._reset + ended * self._seconds, assumed=True)
-            unseen = _UNSEEN * self.sharers  # requests not in `remaining` yet, per request of ours in flight
+            unseen = 1 + _UNSEEN * (self.sharers - 1)  # requests not in `remaining` yet, per request of ours in flight
             headroom = self._remaining - math.floor(self._limit * self._reserve) - unseen * self._in_flight
             if headroom < unseen:  # no room for this request and what the others send meanwhile
                 return self._reset + NEW_WINDOW_GUARD - now
