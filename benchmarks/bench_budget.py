@@ -132,7 +132,7 @@ async def probe(
 
         sent = []
         next_at = time.monotonic()
-        while time.time() < until:  # on its schedule, not waiting for the answers
+        while per_second > 0 and time.time() < until:  # on its schedule, not waiting for the answers
             sent.append(asyncio.create_task(one()))
             next_at += 1 / per_second
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -155,7 +155,9 @@ async def workspace_windows(url: str, family: str, seconds: float) -> dict[int, 
     return {int(start // seconds): count for start, count in state["rate_windows"][KEY][family]}
 
 
-async def one_run(url: str, family: str, runners: int, limit: Limit, windows: int, in_flight: int) -> Result:
+async def one_run(
+    url: str, family: str, runners: int, limit: Limit, windows: int, in_flight: int, probe_share: float
+) -> Result:
     budget = WorkspaceBudget(**{family: limit}, reserve=RESERVE)  # type: ignore[arg-type]
     settings = BrazeSettings(rest_endpoint=url, api_key=KEY, budget=budget, max_in_flight=in_flight)
     now = time.time()
@@ -164,7 +166,7 @@ async def one_run(url: str, family: str, runners: int, limit: Limit, windows: in
     until = start + windows * limit.seconds
     runner_codes: Counter[str] = Counter()
     probe_codes: Counter[int] = Counter()
-    probe_rate = limit.requests * PROBE_SHARE / limit.seconds
+    probe_rate = limit.requests * probe_share / limit.seconds
     out: multiprocessing.Queue[Any] = multiprocessing.Queue()
     prober = multiprocessing.Process(target=probe_process, args=(url, family, probe_rate, until, limit.seconds, out))
     prober.start()
@@ -193,7 +195,9 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 await session.post(url + "/_emulator/catalogs", json={"name": name, "fields": {}})
         for family in args.family or FAMILIES:
             for runners in args.runners or (1, 4, 16):
-                result = await one_run(url, family, runners, limits[family], args.windows, args.max_in_flight)
+                result = await one_run(
+                    url, family, runners, limits[family], args.windows, args.max_in_flight, args.probe_share
+                )
                 results.append(result)
                 print(
                     f"{family} runners={runners} delivered={result.delivered_per_second:,.0f}/s "
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", action="append", choices=FAMILIES)
     parser.add_argument("--runners", action="append", type=int)
     parser.add_argument("--windows", type=int, default=4, help="whole windows per run (default 4)")
+    parser.add_argument("--probe-share", type=float, default=PROBE_SHARE, help="the probe's share of the limit")
     parser.add_argument("--max-in-flight", type=int, default=32, help="requests in flight per runner (default 32)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per emulator response")
     parser.add_argument("--real-windows", action="store_true", help="delete and catalog with their 60 s windows")
