@@ -192,6 +192,15 @@ def _run_job(
     return outcome == "Complete", terminated.exit_code if terminated else None, state()
 
 
+def _five_users(pg: dict[str, str], schema: str) -> datetime:
+    """The users table with u-0 .. u-4, a second apart from an hour ago; the first row's UPDATED_AT."""
+    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
+    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    return base
+
+
 def _status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, "users")
     return obj.get("status") or {}
@@ -212,10 +221,7 @@ def test_runner_job_syncs_and_keeps_its_state_in_the_status(
     schema: str,
     braze: BrazeEmulator,
 ) -> None:
-    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
-    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
-    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
-    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    base = _five_users(pg, schema)
     _create_objects(kube_api, namespace, pg, schema, braze.url)
     _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
     # The operator's fields, which the runner must leave alone.
@@ -474,10 +480,7 @@ def test_the_runner_reads_the_brazeworkspace_its_integration_names_or_says_which
     schema: str,
     braze: BrazeEmulator,
 ) -> None:
-    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
-    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
-    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"n": i})) for i in range(5)]
-    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    _five_users(pg, schema)
     _create_objects(kube_api, namespace, pg, schema, braze.url)
     custom = client.CustomObjectsApi(kube_api)
     custom.patch_namespaced_custom_object(
