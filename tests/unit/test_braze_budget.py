@@ -143,7 +143,7 @@ def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_fl
             budget._next = 0.0
         if budget._wait(now[0]) > 0:
             return False
-        budget._in_flight += 1
+        budget._count_in_flight(+1)
         return True
 
     assert start()
@@ -161,15 +161,35 @@ def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_fl
     budget.release()
     budget.observe(headers(remaining=33, reset=5), server_now=0.0)  # 28 fewer over two answers: fourteen runs
     assert budget.sharers == 14
-    assert not start(paced=False), "(1 + 2 x 13) x (1 + 1) > 33 - 20: the others' in flight would spend the reserve"
+    assert not start(paced=False), "1 + 2 x 13 x 1 in flight > 33 - 20: the others' would spend the reserve"
     assert budget._wait(now[0]) == pytest.approx(5 + 0.05), "... so it waits for the reset"
     now[0] += 5.06  # a new window: the whole budget, over the window's length, the sharers of the last one
     budget.release()
     assert budget.sharers == 14
-    assert start(paced=False) and budget._next == pytest.approx(now[0] + 1 / ((100 - 20) / (10 - 0.06)))
+    assert budget._load == pytest.approx(1 - math.exp(-5.06)), "one request in flight for the last 5 s"
+    assert start(paced=False), "nothing in flight, room for what the others hold: 2 x 13 x 1 < 100 - 20"
+    assert budget.sharers == 14
+    assert budget._next == pytest.approx(now[0] + (10 - 0.06) / (100 - 20 - 2 * 13 * budget._load))
     budget.observe(headers(remaining=90, reset=15), server_now=5.06)  # the new window's first answer
     budget.observe(headers(remaining=88, reset=15), server_now=5.06)  # two fewer for one answer: two runs left
     assert budget.sharers == pytest.approx((14 * 4 + 2) / (4 + 1)), "the last window's weighs four answers"
+
+
+def test_a_run_that_sends_little_is_not_starved_by_the_share_of_the_big_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("cdi_operator.braze.budget.time.monotonic", lambda: now[0])
+    budget = SharedBudget(Limit(1000, 10.0), reserve=0.2, share_without_headers=0.25)
+    for remaining in (900, 400):  # 500 fell per answer of its own: its requests are a 500th of the workspace's
+        budget._count_in_flight(+1)
+        now[0] += 0.05
+        budget.observe(headers(remaining=remaining, reset=5, limit=1000), server_now=0.0)
+        budget.release()
+    assert budget.sharers == 500
+    now[0] += 0.5  # nothing in flight since: its share of the requests the others hold is next to none
+    assert budget._wait(now[0]) == 0, "400 - 200 reserve leaves room for one request and what the others hold"
+    budget._count_in_flight(+1)
+    budget._next = 0.0
+    assert budget._wait(now[0]) > 0, "with one in flight it stands for 2 x 499 others' requests: no room"
 
 
 def test_without_headers_a_run_paces_at_its_share(monkeypatch: pytest.MonkeyPatch) -> None:

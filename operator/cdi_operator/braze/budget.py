@@ -13,7 +13,10 @@ process of our own in between. One `SharedBudget` per endpoint family and client
   (known exactly) plus about `2 x (sharers - 1) x own requests in flight` of the others'. A request may start
   while that, counting the new one, fits in `remaining - reserve`, at a rate of `headroom / seconds left in the
   window` (headroom: what is left of `remaining - reserve` beyond it). A run alone (sharers 1) counts its own
-  requests in flight, no more. Each run spends what is left evenly over the rest of the window, so N runs
+  requests in flight, no more. A run that has had fewer requests in flight of late than it would have now (its
+  average over the last second) counts the others' by that average: a run that sends little (its warehouse reads
+  slowly) is a small part of the workspace's spending, its sharers are many, and counting the new request times
+  them would starve it. Each run spends what is left evenly over the rest of the window, so N runs
   together spend faster, see `remaining` fall and slow down, and near the window's end each run's requests in
   flight shrink to its share of what is left: the sum stays within `limit - reserve` without any run being told
   how many others there are. The reserve is left for the customer's own clients (their app backend, their CRM).
@@ -46,6 +49,7 @@ _POLL = 0.05  # longest sleep between two looks at the budget (a response may ha
 _SAME_RESET = 0.5  # resets closer than this name the same window (Braze gives them in whole seconds)
 _PRIOR_ANSWERS = 4  # the previous window's sharers weigh as much as this many answers of the current one
 _UNSEEN = 2.0  # the others' requests not yet seen in `remaining`: this many x (sharers - 1) x own in flight
+_LOAD_SECONDS = 1.0  # time constant of the average of own requests in flight
 
 
 class BudgetExhausted(Exception):
@@ -103,6 +107,8 @@ class SharedBudget:
         self._first = 0  # the highest `remaining` seen in the current window
         self._window_answers = 0  # responses seen in the current window
         self._prior: float | None = None  # sharers measured over the previous window
+        self._load = 0.0  # own requests in flight, averaged over the last seconds
+        self._load_at = 0.0  # monotonic time _load was last brought up to date
 
     @property
     def limit(self) -> int:
@@ -114,14 +120,25 @@ class SharedBudget:
         while True:
             wait = self._wait(time.monotonic())
             if wait <= 0:
-                self._in_flight += 1
+                self._count_in_flight(+1)
                 return
             if wait > max_wait:
                 raise BudgetExhausted(wait)
             await asyncio.sleep(min(wait, _POLL))
 
     def release(self) -> None:
-        self._in_flight -= 1
+        self._count_in_flight(-1)
+
+    def _count_in_flight(self, change: int) -> None:
+        now = time.monotonic()
+        self._load, self._load_at = self._load_until(now), now
+        self._in_flight += change
+
+    def _load_until(self, now: float) -> float:
+        """Own requests in flight averaged over the last seconds, as of `now` (none have started or ended since)."""
+        if not self._load_at:
+            return float(self._in_flight)
+        return self._load + (self._in_flight - self._load) * (1.0 - math.exp((self._load_at - now) / _LOAD_SECONDS))
 
     def observe(self, headers: Mapping[str, str], server_now: float) -> None:
         """Take the window's state from a response's headers; `server_now` is the server's clock (epoch seconds)."""
@@ -153,7 +170,7 @@ class SharedBudget:
     @property
     def sharers(self) -> float:
         """How many runs like this one spend the window's budget (at least 1); see the module docstring."""
-        fallen, answers = float(self._first - (self._remaining or 0)), float(self._window_answers - 1)
+        fallen, answers = float(self._first - (self._remaining or 0)), float(max(0, self._window_answers - 1))
         if self._prior is not None:
             fallen, answers = fallen + self._prior * _PRIOR_ANSWERS, answers + _PRIOR_ANSWERS
         return max(1.0, fallen / answers) if answers > 0 else 1.0
@@ -182,9 +199,13 @@ class SharedBudget:
                     return self._reset + NEW_WINDOW_GUARD - now
                 ended = math.floor((now - self._reset) / self._seconds) + 1
                 self._new_window(self._limit, self._reset + ended * self._seconds, assumed=True)
-            unseen = 1 + _UNSEEN * (self.sharers - 1)  # requests not in `remaining` yet, per request of ours in flight
-            headroom = self._remaining - math.floor(self._limit * self._reserve) - unseen * self._in_flight
-            if headroom < unseen:  # no room for this request and what the others send meanwhile
+            # Not in `remaining` yet: our own requests in flight and what the others hold and spend meanwhile, about
+            # as many as ours, this one counted, times the sharers; but a run that of late has had fewer in flight
+            # (it sends little) counts those, lest the big runs' share of the window starve it.
+            ours = min(self._in_flight + 1, max(self._in_flight, self._load_until(now)))
+            unseen = self._in_flight + _UNSEEN * (self.sharers - 1) * ours
+            headroom = self._remaining - math.floor(self._limit * self._reserve) - unseen
+            if headroom < 1:  # no room for this request
                 return self._reset + NEW_WINDOW_GUARD - now
             rate = headroom / max(self._reset - now, 1e-3)
         start = max(self._next, now)
