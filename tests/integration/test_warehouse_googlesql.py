@@ -9,8 +9,18 @@ What this tier does not cover (the DuckDB stand-in of test_warehouse_bigquery.py
 - error classification: the emulator answers a failed query with 500 `jobInternalError` and an unknown table with
   its own text, so only the verdicts that come from `tables.get` (missing table or dataset) and from the schema
   (missing column, wrong type) are checked here; the client gets a short retry deadline so a 500 cannot hang a test;
-- DATETIME: the emulator turns a DATETIME query parameter into a TIMESTAMP (and then, rightly, refuses to compare
-  it with a DATETIME column), so a DATETIME UPDATED_AT is only checked on the stand-in, by the parameter type sent;
+- DATETIME UPDATED_AT: the adapter binds a DATETIME column's bounds as typed DATETIME parameters, which is what
+  BigQuery needs (GoogleSQL has no implicit TIMESTAMP/DATETIME comparison), but the emulator gives every DATETIME
+  parameter the type TIMESTAMP: `SELECT @s` with `{"parameterType": {"type": "DATETIME"}, "parameterValue":
+  {"value": "2026-03-01 12:00:02"}}` returns the TIMESTAMP `1772366402.000000`, and `WHERE U >= @s` on a DATETIME
+  column fails with "No matching signature for operator >= for argument types: DATETIME, TIMESTAMP" (v0.8.1's
+  internal/contentdata/repository.go parses the value into a Go time.Time, which googlesqlite binds as TIMESTAMP).
+  A DATETIME literal or `CAST(@s AS DATETIME)` of a STRING parameter works there, but the adapter keeps the typed
+  parameter BigQuery documents; the DATETIME UPDATED_AT is checked on the stand-in, by the parameter type sent;
+- a NULL RECORD that holds a REPEATED field, or a REPEATED field left out of a row (BigQuery stores []): the
+  emulator fails the query ("invalid value type <nil> for ARRAY column"), so the RECORD rows give every field;
+- a RECORD PAYLOAD has every field in every row: a field a row leaves out arrives as null, so the catalog contract
+  with its unknown field and invalid key goes through a JSON PAYLOAD, and the RECORD one through its valid rows;
 - authentication and IAM: the emulator takes any request; permissions, job polling (jobs finish at once), quotas,
   locations, partitioned tables and the Storage Read API.
 """

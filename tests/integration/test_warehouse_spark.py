@@ -10,7 +10,11 @@ What this tier does not cover (the DuckDB stand-in of test_warehouse_databricks.
   (INSUFFICIENT_PERMISSIONS: open-source Spark has no grants);
 - Unity Catalog's three-level namespace: the catalog is Spark's `spark_catalog`;
 - the Databricks gateway itself: TLS, OAuth, cloud fetch, LZ4, direct results, server-side async polling (the proxy
-  runs each statement synchronously) and the Databricks-only SQL (VARIANT, row filters, column masks).
+  runs each statement synchronously) and the Databricks-only SQL (row filters, column masks); VARIANT is Spark 4's
+  own, and the proxy sends it as its JSON text like a SQL warehouse;
+- a STRUCT PAYLOAD has every field in every row (a field a row leaves out is NULL, sent as null) and a MAP one
+  value type, so the whole catalog contract (an unknown field, an invalid key, numbers and text in one field) goes
+  through a VARIANT PAYLOAD, and the STRUCT one (with an ARRAY and a MAP of MAPs) through its valid rows.
 """
 
 from __future__ import annotations
