@@ -293,15 +293,7 @@ def spark_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def spark_admin(spark_proxy: Any) -> Iterator[Any]:
     """A cursor of the tests' own session (setup statements), through the proxy like the adapter's."""
-    from databricks import sql as dbsql
-
-    conn = dbsql.connect(
-        server_hostname="127.0.0.1",
-        http_path=SPARK_HTTP_PATH,
-        access_token=SPARK_TOKEN,
-        _connection_uri=spark_proxy.url + SPARK_HTTP_PATH,
-        enable_telemetry=False,
-    )
+    conn = spark_proxy.connect(SPARK_HTTP_PATH)
     with conn.cursor() as cursor:
         yield cursor
     conn.close()

@@ -432,6 +432,18 @@ class DatabricksProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def connect(self, http_path: str) -> Any:
+        """A connector session through the proxy with its token, for setting tables up (tests, benchmarks)."""
+        from databricks import sql as dbsql
+
+        return dbsql.connect(
+            server_hostname="127.0.0.1",
+            http_path=http_path,
+            access_token=self.token,
+            _connection_uri=self.url + http_path,
+            enable_telemetry=False,
+        )
+
     def __enter__(self) -> DatabricksProxy:
         self._thread.start()
         return self
