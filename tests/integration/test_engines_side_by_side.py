@@ -59,7 +59,7 @@ def snowflake_standin() -> Iterator[SnowflakeStandIn]:
 
 def delivered(source: Source, tmp_path: Path) -> dict[str, Any]:
     """What reached a fresh Braze emulator from both contract tables of `source`, keyed by a name for each object:
-    every attributes object, every catalog item, every row error's reason and each run's counts."""
+    every attributes object, every catalog item, the row errors' reasons and each run's counts."""
     with BrazeEmulator(api_key=BRAZE_KEY) as braze:
         runs = {"attributes": sync_contract(source, braze, tmp_path), "catalog": sync_catalog(source, braze, tmp_path)}
         objects: dict[str, Any] = {}
@@ -75,7 +75,9 @@ def delivered(source: Source, tmp_path: Path) -> dict[str, Any]:
         record = result.record
         objects[f"{kind} run"] = {k: record.get(k) for k in ("rowsRead", "undatedRows")} | {"exit": result.exit_code}
         for error in record.get("rowErrors", []):
-            objects[f"{kind} row error {error['identifier'] or '(no identifier)'}"] = error["reason"]
+            reasons = objects.setdefault(f"{kind} row errors of {error['identifier'] or '(no identifier)'}", [])
+            reasons.append(error["reason"])
+            reasons.sort()
     return objects
 
 
