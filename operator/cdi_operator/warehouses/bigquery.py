@@ -15,10 +15,9 @@ Tests and local runs point the client at a stand-in with `CDI_BIGQUERY_API_ENDPO
 Reading: one query job per read, `SELECT <columns> FROM <table> WHERE UPDATED_AT >= @since AND UPDATED_AT <= @until
 ORDER BY UPDATED_AT`, the bounds as typed query parameters (TIMESTAMP, or DATETIME / DATE
 for such a column), never text in the SQL. Results are streamed page by page through jobs.getQueryResults
-(`result(page_size=chunk_rows).pages`), the next page requested while the current one is converted, so memory
-holds two pages; BigQuery itself may return fewer rows than asked (it caps a page at about 10 MB). The BigQuery
-Storage Read API (faster, gRPC) is not used: it needs the optional `google-cloud-bigquery-storage` package and
-cannot be exercised offline.
+(`result(page_size=chunk_rows).pages`), so memory holds one page; BigQuery itself may return fewer rows than asked
+(it caps a page at about 10 MB). The BigQuery Storage Read API (faster, gRPC) is not used: it needs the optional
+`google-cloud-bigquery-storage` package and cannot be exercised offline.
 
 Types: UPDATED_AT of type TIMESTAMP arrives as aware UTC; DATETIME and DATE (no zone) are taken as UTC. PAYLOAD of
 type JSON arrives as the parsed value (a dict for an object; older clients give the JSON text, which is passed on
@@ -218,7 +217,7 @@ class BigQueryWarehouse(SqlWarehouse):
             rows = self._finished(self._query(select.sql, select.params), table).result(
                 page_size=fetch_rows, retry=self._retry, timeout=HTTP_TIMEOUT_SECONDS
             )
-            for page in _fetched_ahead(rows.pages):
+            for page in rows.pages:
                 chunk = [_utc_at(row[:], select) for row in page]
                 for start in range(0, len(chunk), fetch_rows):  # pages never exceed maxResults; this is a guard
                     yield chunk[start : start + fetch_rows]
@@ -229,16 +228,6 @@ class BigQueryWarehouse(SqlWarehouse):
         reason, advice = _classify(exc, table, self._settings, str(self._key.get("client_email", "?")), self._endpoint)
         secrets = (self._key.get(name) for name in ("private_key", "private_key_id"))
         return failure(reason, advice, "", _detail(exc), [s for s in secrets if isinstance(s, str) and len(s) >= 8])
-
-
-def _fetched_ahead(pages: Iterator[Any]) -> Iterator[Any]:
-    """`pages`, each next one requested in a thread while the caller converts the current one: the page's round trip
-    (BigQuery's serving time and the network) overlaps the client's per-cell conversion instead of adding to it."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cdi-bigquery-page") as pool:
-        ahead = pool.submit(next, pages, None)
-        while (page := ahead.result()) is not None:
-            ahead = pool.submit(next, pages, None)
-            yield page
 
 
 _CLIENT_ERRORS = (
