@@ -41,19 +41,12 @@ SPARK_PAYLOAD = (
 
 
 def spark(rows: int, home: Path) -> Iterator[tuple[Warehouse, list[str]]]:
-    from databricks import sql as dbsql
     from databricks_proxy import DatabricksProxy
     from spark_server import SparkThriftServer
 
     token, path = "dapi-bench", "/sql/1.0/warehouses/bench"
     with SparkThriftServer(home) as server, DatabricksProxy("127.0.0.1", server.port, token) as proxy:
-        conn = dbsql.connect(
-            server_hostname="127.0.0.1",
-            http_path=path,
-            access_token=token,
-            _connection_uri=proxy.url + path,
-            enable_telemetry=False,
-        )
+        conn = proxy.connect(path)
         with conn.cursor() as cursor:
             cursor.execute("CREATE SCHEMA bench")
             cursor.execute(

@@ -1,5 +1,6 @@
 """Fixtures for the integration tests: the PostgreSQL server that stands in for Redshift, fresh schemas in it,
-and DuckDB files.
+DuckDB files, and the engines of the `spark` and `googlesql` tiers (one of each per session, shared by the tier's
+module and the side-by-side comparison of test_engines_side_by_side.py).
 
 `pg` reads the CDI_PG_* settings that `eval "$(bash hack/postgres.sh)"` exports; when they are not set it runs
 hack/postgres.sh itself, so that a bare `pytest` works on a developer's machine too. The tests never skip.
@@ -267,3 +268,41 @@ def ssh_bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBastion
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+# --- the engine tiers: one Spark Thrift server and one BigQuery emulator per session -------------------------------
+
+SPARK_TOKEN = "dapi-spark-token"
+SPARK_HTTP_PATH = "/sql/1.0/warehouses/spark"
+BIGQUERY_PROJECT = "cdi-test-project"
+
+
+@pytest.fixture(scope="session")
+def spark_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Spark's Thrift server behind databricks_proxy.py (started on first use: about 25 s, 0.8 GB)."""
+    from databricks_proxy import DatabricksProxy
+    from spark_server import SparkThriftServer
+
+    with (
+        SparkThriftServer(tmp_path_factory.mktemp("spark")) as spark,
+        DatabricksProxy("127.0.0.1", spark.port, SPARK_TOKEN) as proxy,
+    ):
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def spark_admin(spark_proxy: Any) -> Iterator[Any]:
+    """A cursor of the tests' own session (setup statements), through the proxy like the adapter's."""
+    conn = spark_proxy.connect(SPARK_HTTP_PATH)
+    with conn.cursor() as cursor:
+        yield cursor
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """goccy's bigquery-emulator on loopback (starts in under a second; built once per machine)."""
+    from bigquery_emulator import BigQueryEmulator
+
+    with BigQueryEmulator(BIGQUERY_PROJECT, tmp_path_factory.mktemp("bq") / "emulator.log") as server:
+        yield server

@@ -12,8 +12,8 @@ Thrift connection, and mends what differs:
 4. binds named parameters with `EXECUTE IMMEDIATE '<sql>' USING CAST('<v>' AS T) AS name` (Spark ignores
    TSparkParameter), so Spark's own parser sees the `:name` markers;
 5. returns Arrow batches with an Arrow schema: types come from a `DESCRIBE QUERY` of the statement; TIMESTAMP goes
-   through `unix_micros()` (exact, whatever the session zone) and STRUCT/MAP/ARRAY through `to_json()`, since
-   HiveServer2's text for nested values is not JSON;
+   through `unix_micros()` (exact, whatever the session zone) and STRUCT/MAP/ARRAY/VARIANT through `to_json()`,
+   since HiveServer2's text for nested values is not JSON;
 6. keeps `hasMoreRows` true while rows come (HiveServer2 says false, and the connector would stop after a batch);
 7. adds `resultSetMetadata` to fetch replies (the connector reads the result format from there);
 8. strips Java exception prefixes, so `[TABLE_OR_VIEW_NOT_FOUND] … SQLSTATE: 42P01` reaches the adapter as
@@ -59,6 +59,9 @@ _SIMPLE: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="Etc/UTC"),
     "timestamp_ntz": pa.timestamp("us"),
     "void": pa.null(),
+    # VARIANT: its JSON text through `to_json()`, as a SQL warehouse sends it (a string column); large_string only
+    # marks it for projection() and reaches the connector as a plain str
+    "variant": pa.large_string(),
 }
 
 
@@ -168,7 +171,7 @@ def projection(columns: list[tuple[str, pa.DataType]]) -> str:
         q = quote(name)
         if pa.types.is_timestamp(t) and t.tz:
             out.append(f"unix_micros({q}) AS {q}")
-        elif _nested(t):
+        elif _nested(t) or pa.types.is_large_string(t):
             out.append(f"to_json({q}) AS {q}")
         else:
             out.append(q)
@@ -235,6 +238,7 @@ _TYPE_IDS = [
     (pa.types.is_float32, ttypes.TTypeId.FLOAT_TYPE),
     (pa.types.is_float64, ttypes.TTypeId.DOUBLE_TYPE),
     (pa.types.is_string, ttypes.TTypeId.STRING_TYPE),
+    (pa.types.is_large_string, ttypes.TTypeId.STRING_TYPE),  # VARIANT, as a SQL warehouse describes it
     (pa.types.is_binary, ttypes.TTypeId.BINARY_TYPE),
     (pa.types.is_date, ttypes.TTypeId.DATE_TYPE),
     (pa.types.is_timestamp, ttypes.TTypeId.TIMESTAMP_TYPE),
@@ -427,6 +431,18 @@ class DatabricksProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def connect(self, http_path: str) -> Any:
+        """A connector session through the proxy with its token, for setting tables up (tests, benchmarks)."""
+        from databricks import sql as dbsql
+
+        return dbsql.connect(
+            server_hostname="127.0.0.1",
+            http_path=http_path,
+            access_token=self.token,
+            _connection_uri=self.url + http_path,
+            enable_telemetry=False,
+        )
 
     def __enter__(self) -> DatabricksProxy:
         self._thread.start()

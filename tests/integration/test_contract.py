@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from catalog_contract import TABLE, assert_catalog_delivered, text_rows
 from contract_rows import EXPECTED_ATTRIBUTES, EXPECTED_ROW_ERRORS, ROWS, UNDATED_ROWS, normalise
-from sources import BRAZE_KEY, IN_IMAGE_ENV, Source, sync, sync_in_image
+from sources import BRAZE_KEY, IN_IMAGE_ENV, CdiResult, Source, sync, sync_in_image
 
 from cdi_operator.braze.emulator import BrazeEmulator
 
@@ -48,11 +48,15 @@ def create_in_postgres(source: Source) -> None:
     )
 
 
-def assert_contract_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+def sync_contract(source: Source, braze: BrazeEmulator, tmp_path: Path) -> CdiResult:
+    """`cdi sync` of the contract table as a customAttributes integration (in the image with IN_IMAGE_ENV=1)."""
     manifest = source.manifest(tmp_path / "m.yaml", "contract", "customAttributes", braze.url)
-
     in_image = os.environ.get(IN_IMAGE_ENV) == "1"
-    result = (sync_in_image if in_image else sync)(manifest, tmp_path / "state.json")
+    return (sync_in_image if in_image else sync)(manifest, tmp_path / "state.json")
+
+
+def assert_contract_delivered(source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    result = sync_contract(source, braze, tmp_path)
 
     assert result.exit_code == 0, result.stdout
     assert normalise(braze.tracked("attributes")) == normalise(EXPECTED_ATTRIBUTES)
@@ -76,16 +80,24 @@ def test_redshift(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> No
 # --- the catalog version (catalog_contract.py) ---------------------------------------------------------------------
 
 
-def test_catalog_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
-    with duckdb.connect(duckdb_source.settings["path"]) as con:
+def create_catalog_in_duckdb(source: Source) -> None:
+    with duckdb.connect(source.settings["path"]) as con:
         con.execute(f"CREATE TABLE {TABLE} (UPDATED_AT TIMESTAMPTZ, ID VARCHAR, PAYLOAD JSON, DELETED BOOLEAN)")
         con.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?)", text_rows())
+
+
+def create_catalog_in_postgres(source: Source) -> None:
+    source.create_table(
+        TABLE, "UPDATED_AT TIMESTAMPTZ, ID VARCHAR(300), PAYLOAD VARCHAR(65535), DELETED BOOLEAN", text_rows()
+    )
+
+
+def test_catalog_duckdb(duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_catalog_in_duckdb(duckdb_source)
     assert_catalog_delivered(duckdb_source, braze, tmp_path)
 
 
 @pytest.mark.postgres
 def test_catalog_redshift(pg_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
-    pg_source.create_table(
-        TABLE, "UPDATED_AT TIMESTAMPTZ, ID VARCHAR(300), PAYLOAD VARCHAR(65535), DELETED BOOLEAN", text_rows()
-    )
+    create_catalog_in_postgres(pg_source)
     assert_catalog_delivered(pg_source, braze, tmp_path)

@@ -62,8 +62,11 @@ def test_projection_makes_timestamps_and_nested_values_exact() -> None:
         ("t", arrow_type("timestamp")),
         ("n", arrow_type("timestamp_ntz")),
         ("odd `c`", arrow_type("map<string,int>")),
+        ("v", arrow_type("variant")),
     ]
-    assert projection(columns) == "unix_micros(`t`) AS `t`, `n`, to_json(`odd ``c```) AS `odd ``c```"
+    assert projection(columns) == (
+        "unix_micros(`t`) AS `t`, `n`, to_json(`odd ``c```) AS `odd ``c```, to_json(`v`) AS `v`"
+    )
 
 
 def test_error_text_as_databricks_words_it() -> None:

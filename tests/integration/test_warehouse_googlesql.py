@@ -9,8 +9,18 @@ What this tier does not cover (the DuckDB stand-in of test_warehouse_bigquery.py
 - error classification: the emulator answers a failed query with 500 `jobInternalError` and an unknown table with
   its own text, so only the verdicts that come from `tables.get` (missing table or dataset) and from the schema
   (missing column, wrong type) are checked here; the client gets a short retry deadline so a 500 cannot hang a test;
-- DATETIME: the emulator turns a DATETIME query parameter into a TIMESTAMP (and then, rightly, refuses to compare
-  it with a DATETIME column), so a DATETIME UPDATED_AT is only checked on the stand-in, by the parameter type sent;
+- DATETIME UPDATED_AT: the adapter binds a DATETIME column's bounds as typed DATETIME parameters, which is what
+  BigQuery needs (GoogleSQL has no implicit TIMESTAMP/DATETIME comparison), but the emulator gives every DATETIME
+  parameter the type TIMESTAMP: `SELECT @s` with `{"parameterType": {"type": "DATETIME"}, "parameterValue":
+  {"value": "2026-03-01 12:00:02"}}` returns the TIMESTAMP `1772366402.000000`, and `WHERE U >= @s` on a DATETIME
+  column fails with "No matching signature for operator >= for argument types: DATETIME, TIMESTAMP" (v0.8.1's
+  internal/contentdata/repository.go parses the value into a Go time.Time, which googlesqlite binds as TIMESTAMP).
+  A DATETIME literal or `CAST(@s AS DATETIME)` of a STRING parameter works there, but the adapter keeps the typed
+  parameter BigQuery documents; the DATETIME UPDATED_AT is checked on the stand-in, by the parameter type sent;
+- a NULL RECORD that holds a REPEATED field, or a REPEATED field left out of a row (BigQuery stores []): the
+  emulator fails the query ("invalid value type <nil> for ARRAY column"), so the RECORD rows give every field;
+- a RECORD PAYLOAD has every field in every row: a field a row leaves out arrives as null, so the catalog contract
+  with its unknown field and invalid key goes through a JSON PAYLOAD, and the RECORD one through its valid rows;
 - authentication and IAM: the emulator takes any request; permissions, job polling (jobs finish at once), quotas,
   locations, partitioned tables and the Storage Read API.
 """
@@ -24,6 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import catalog_contract
 import pytest
 from bigquery_emulator import BigQueryEmulator
 from contract_rows import ROWS
@@ -56,24 +67,23 @@ CONTRACT_SCHEMA = [
 ]
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(PROJECT, tmp_path_factory.mktemp("bq") / "emulator.log") as server:
-        yield server
-
-
 @pytest.fixture
-def client(emulator: BigQueryEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[bigquery.Client]:
+def client(bigquery_emulator: BigQueryEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[bigquery.Client]:
     """The tests' own client (setup), and the adapter pointed at the emulator with a short retry deadline."""
-    monkeypatch.setenv(bq.ENDPOINT_ENV, emulator.url)
+    monkeypatch.setenv(bq.ENDPOINT_ENV, bigquery_emulator.url)
     monkeypatch.setattr(bq, "RETRY_SECONDS", 3.0)
-    setup = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options=ClientOptions(api_endpoint=emulator.url),
-    )
+    setup = setup_client(bigquery_emulator.url)
     yield setup
     setup.close()  # type: ignore[no-untyped-call]
+
+
+def setup_client(url: str) -> bigquery.Client:
+    """A client of the tests' own, for creating datasets and tables."""
+    return bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options=ClientOptions(api_endpoint=url),
+    )
 
 
 @pytest.fixture
@@ -104,12 +114,88 @@ def open_warehouse(key: str) -> bq.BigQueryWarehouse:
     return bq.connect(spec(), {SECRET: key})
 
 
+def googlesql_source(dataset: str, sa_key: str) -> Source:
+    return Source("bigquery", {"project": PROJECT, "schema": dataset, "key_json": json.dumps(sa_key)})
+
+
+def create_contract_in_googlesql(client: bigquery.Client, dataset: str) -> None:
+    table(client, dataset, "contract", CONTRACT_SCHEMA, [contract_json(r) for r in ROWS])
+
+
+def create_catalog_in_googlesql(client: bigquery.Client, dataset: str) -> None:
+    """The catalog contract table with PAYLOAD as JSON (a field a row lacks stays absent)."""
+    schema = [
+        bigquery.SchemaField("UPDATED_AT", "TIMESTAMP"),
+        bigquery.SchemaField("ID", "STRING"),
+        bigquery.SchemaField("PAYLOAD", "JSON"),
+        bigquery.SchemaField("DELETED", "BOOL"),
+    ]
+    rows = [
+        {"UPDATED_AT": t and t.isoformat(), "ID": i, "PAYLOAD": p, "DELETED": d}
+        for t, i, p, d in catalog_contract.text_rows()
+    ]
+    table(client, dataset, catalog_contract.TABLE, schema, rows)
+
+
 def test_contract_through_googlesql(
     client: bigquery.Client, dataset: str, sa_key: str, braze: BrazeEmulator, tmp_path: Path
 ) -> None:
-    table(client, dataset, "contract", CONTRACT_SCHEMA, [contract_json(r) for r in ROWS])
-    source = Source("bigquery", {"project": PROJECT, "schema": dataset, "key_json": json.dumps(sa_key)})
-    assert_contract_delivered(source, braze, tmp_path)
+    create_contract_in_googlesql(client, dataset)
+    assert_contract_delivered(googlesql_source(dataset, sa_key), braze, tmp_path)
+
+
+def test_catalog_contract_with_a_json_payload(
+    client: bigquery.Client, dataset: str, sa_key: str, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    create_catalog_in_googlesql(client, dataset)
+    catalog_contract.assert_catalog_delivered(googlesql_source(dataset, sa_key), braze, tmp_path)
+
+
+def test_catalog_items_from_a_record_payload(
+    client: bigquery.Client, dataset: str, sa_key: str, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    """PAYLOAD as a RECORD (with REPEATED and nested RECORD fields): the catalog contract's valid rows. A RECORD has
+    every field in every row, so a field a row leaves out arrives as null (a REPEATED one as []): the whole contract,
+    with its unknown field and its invalid key, needs JSON (above)."""
+    record = [
+        bigquery.SchemaField("name", "STRING"),
+        bigquery.SchemaField("price", "FLOAT64"),
+        bigquery.SchemaField("tags", "STRING", mode="REPEATED"),
+        bigquery.SchemaField(
+            "spec",
+            "RECORD",
+            fields=[
+                bigquery.SchemaField(
+                    "size", "RECORD", fields=[bigquery.SchemaField("w", "INT64"), bigquery.SchemaField("h", "INT64")]
+                )
+            ],
+        ),
+        bigquery.SchemaField("in_stock", "BOOL"),
+    ]
+    schema = [
+        bigquery.SchemaField("UPDATED_AT", "TIMESTAMP"),
+        bigquery.SchemaField("ID", "STRING"),
+        bigquery.SchemaField("PAYLOAD", "RECORD", fields=record),
+        bigquery.SchemaField("DELETED", "BOOL"),
+    ]
+    # Every row's REPEATED field is given, [] at least, and the deleting row's PAYLOAD (never read) is not NULL: the
+    # emulator stores an absent one as NULL and then fails the query ("invalid value type <nil> for ARRAY column");
+    # BigQuery stores [].
+    rows = [
+        {"UPDATED_AT": t.isoformat(), "ID": i, "PAYLOAD": {"tags": [], **(p or {})}, "DELETED": d}
+        for t, i, p, d in catalog_contract.ROWS
+        if i in ("sku-1", "sku-2", "sku-3", "sku-4")
+    ]
+    table(client, dataset, catalog_contract.TABLE, schema, rows)
+
+    result = catalog_contract.sync_catalog(googlesql_source(dataset, sa_key), braze, tmp_path)
+
+    assert result.exit_code == 0, result.stdout
+    every_field = {"name": None, "price": None, "tags": [], "spec": None, "in_stock": None}
+    assert braze.catalog_items(catalog_contract.CATALOG) == {
+        item: {**every_field, **fields} for item, fields in catalog_contract.EXPECTED_ITEMS.items()
+    }
+    assert result.record["rowErrors"] == []
 
 
 def test_record_repeated_numeric_and_microsecond_bounds(client: bigquery.Client, dataset: str, sa_key: str) -> None:

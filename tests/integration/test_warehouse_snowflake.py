@@ -517,6 +517,11 @@ def braze() -> Iterator[BrazeEmulator]:
 
 @pytest.fixture
 def snowflake_source(standin: SnowflakeStandIn, db: str) -> Source:
+    return source_in(standin, db)
+
+
+def source_in(standin: SnowflakeStandIn, db: str) -> Source:
+    """The Source of database `db` of the stand-in, as the contract tests sync it."""
     settings = {
         "account": ACCOUNT,
         "user": USER,
@@ -548,14 +553,18 @@ def test_snowflake(snowflake_source: Source, braze: BrazeEmulator, tmp_path: Pat
     assert_contract_delivered(snowflake_source, braze, tmp_path)
 
 
-def test_snowflake_catalog(snowflake_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+def create_catalog_in_snowflake(source: Source) -> None:
     """The catalog contract table (catalog_contract.py) with PAYLOAD as VARIANT."""
-    snowflake_source.execute(
+    source.execute(
         f"CREATE TABLE {catalog_contract.TABLE} (UPDATED_AT TIMESTAMP_TZ, ID VARCHAR, PAYLOAD VARIANT, DELETED BOOLEAN)"
     )
     for updated_at, item_id, payload, deleted in catalog_contract.text_rows():
-        snowflake_source.execute(
+        source.execute(
             f"INSERT INTO {catalog_contract.TABLE} SELECT ?, ?, PARSE_JSON(?), ?",
             [("TIMESTAMP_TZ", updated_at) if updated_at else None, item_id, payload, deleted],
         )
+
+
+def test_snowflake_catalog(snowflake_source: Source, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_catalog_in_snowflake(snowflake_source)
     catalog_contract.assert_catalog_delivered(snowflake_source, braze, tmp_path)

@@ -10,7 +10,11 @@ What this tier does not cover (the DuckDB stand-in of test_warehouse_databricks.
   (INSUFFICIENT_PERMISSIONS: open-source Spark has no grants);
 - Unity Catalog's three-level namespace: the catalog is Spark's `spark_catalog`;
 - the Databricks gateway itself: TLS, OAuth, cloud fetch, LZ4, direct results, server-side async polling (the proxy
-  runs each statement synchronously) and the Databricks-only SQL (VARIANT, row filters, column masks).
+  runs each statement synchronously) and the Databricks-only SQL (row filters, column masks); VARIANT is Spark 4's
+  own, and the proxy sends it as its JSON text like a SQL warehouse;
+- a STRUCT PAYLOAD has every field in every row (a field a row leaves out is NULL, sent as null) and a MAP one
+  value type, so the whole catalog contract (an unknown field, an invalid key, numbers and text in one field) goes
+  through a VARIANT PAYLOAD, and the STRUCT one (with an ARRAY and a MAP of MAPs) through its valid rows.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import catalog_contract
 import pytest
+from conftest import SPARK_HTTP_PATH as HTTP_PATH
+from conftest import SPARK_TOKEN as TOKEN
 from contract_rows import ROWS
-from databricks import sql as dbsql
 from databricks_proxy import DatabricksProxy
 from sources import Source, integration_spec
-from spark_server import SparkThriftServer
 from test_contract import _payload_text, assert_contract_delivered
 from test_contract import braze as braze  # the Braze emulator fixture
 
@@ -42,43 +47,22 @@ from cdi_operator.warehouses.databricks import DatabricksWarehouse
 pytestmark = pytest.mark.spark
 
 CATALOG = "spark_catalog"
-HTTP_PATH = "/sql/1.0/warehouses/spark"
-TOKEN = "dapi-spark-token"
 SECRET = ("dbx", "token")
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabricksProxy]:
-    with (
-        SparkThriftServer(tmp_path_factory.mktemp("spark")) as spark,
-        DatabricksProxy("127.0.0.1", spark.port, TOKEN) as p,
-    ):
-        yield p
-
-
-@pytest.fixture(scope="module")
-def admin(proxy: DatabricksProxy) -> Iterator[Any]:
-    """A cursor of the tests' own session (setup statements), through the proxy like the adapter's."""
-    conn = dbsql.connect(
-        server_hostname="127.0.0.1",
-        http_path=HTTP_PATH,
-        access_token=TOKEN,
-        _connection_uri=proxy.url + HTTP_PATH,
-        enable_telemetry=False,
-    )
-    with conn.cursor() as cursor:
-        yield cursor
-    conn.close()
+@pytest.fixture
+def schema(spark_proxy: DatabricksProxy, spark_admin: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv(adapter.ENDPOINT_ENV, spark_proxy.url)
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    spark_admin.execute(f"CREATE SCHEMA {CATALOG}.{name}")
+    yield name
+    spark_admin.execute(f"DROP SCHEMA {CATALOG}.{name} CASCADE")
 
 
 @pytest.fixture
-def schema(proxy: DatabricksProxy, admin: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv(adapter.ENDPOINT_ENV, proxy.url)
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE SCHEMA {CATALOG}.{name}")
-    yield name
-    admin.execute(f"DROP SCHEMA {CATALOG}.{name} CASCADE")
+def admin(spark_admin: Any) -> Any:
+    return spark_admin
 
 
 def literal(value: Any) -> str:
@@ -131,9 +115,11 @@ def read_all(
     return rows
 
 
-def test_contract_through_spark_sql(
-    schema: str, admin: Any, proxy: DatabricksProxy, braze: BrazeEmulator, tmp_path: Path
-) -> None:
+def spark_source(schema: str) -> Source:
+    return Source("databricks", {"token": TOKEN, "http_path": HTTP_PATH, "catalog": CATALOG, "schema": schema})
+
+
+def create_contract_in_spark(admin: Any, schema: str) -> None:
     create(
         admin,
         f"{schema}.contract",
@@ -141,8 +127,56 @@ def test_contract_through_spark_sql(
         "EMAIL STRING, PHONE STRING, PAYLOAD STRING",
         [_payload_text(r) for r in ROWS],
     )
-    source = Source("databricks", {"token": TOKEN, "http_path": HTTP_PATH, "catalog": CATALOG, "schema": schema})
-    assert_contract_delivered(source, braze, tmp_path)
+
+
+def create_catalog_in_spark(admin: Any, schema: str) -> None:
+    """The catalog contract table with PAYLOAD as VARIANT (Spark 4's semi-structured type, Databricks' too): a field
+    a row lacks stays absent, and one field may hold a number in one row and text in another."""
+    values = ", ".join(
+        f"({literal(t)}, {literal(i)}, {'NULL' if p is None else f'parse_json({literal(p)})'}, {literal(d)})"
+        for t, i, p, d in catalog_contract.text_rows()
+    )
+    create(admin, f"{schema}.{catalog_contract.TABLE}", CATALOG_COLUMNS.format(payload="VARIANT"), values=values)
+
+
+CATALOG_COLUMNS = "UPDATED_AT TIMESTAMP, ID STRING, PAYLOAD {payload}, DELETED BOOLEAN"
+
+
+def test_contract_through_spark_sql(schema: str, admin: Any, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_contract_in_spark(admin, schema)
+    assert_contract_delivered(spark_source(schema), braze, tmp_path)
+
+
+def test_catalog_contract_with_a_variant_payload(schema: str, admin: Any, braze: BrazeEmulator, tmp_path: Path) -> None:
+    create_catalog_in_spark(admin, schema)
+    catalog_contract.assert_catalog_delivered(spark_source(schema), braze, tmp_path)
+
+
+def test_catalog_items_from_a_struct_payload_with_a_map(
+    schema: str, admin: Any, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    """PAYLOAD as a STRUCT (with an ARRAY and a MAP of MAPs inside): the catalog contract's valid rows. A STRUCT has
+    every field in every row, so a field a row leaves out arrives as null: the whole contract, with its unknown
+    field and its invalid key, needs a VARIANT (above) or JSON text."""
+    struct = "name STRING, price DOUBLE, tags ARRAY<STRING>, spec MAP<STRING, MAP<STRING, INT>>, in_stock BOOLEAN"
+    rows = [r for r in catalog_contract.text_rows() if r[1] in ("sku-1", "sku-2", "sku-3", "sku-4")]
+    values = ", ".join(
+        f"({literal(t)}, {literal(i)}, {'NULL' if p is None else f'from_json({literal(p)}, {literal(struct)})'}, "
+        f"{literal(d)})"
+        for t, i, p, d in rows
+    )
+    create(
+        admin, f"{schema}.{catalog_contract.TABLE}", CATALOG_COLUMNS.format(payload=f"STRUCT<{struct}>"), values=values
+    )
+
+    result = catalog_contract.sync_catalog(spark_source(schema), braze, tmp_path)
+
+    assert result.exit_code == 0, result.stdout
+    every_field = dict.fromkeys(("name", "price", "tags", "spec", "in_stock"))
+    assert braze.catalog_items(catalog_contract.CATALOG) == {
+        item: {**every_field, **fields} for item, fields in catalog_contract.EXPECTED_ITEMS.items()
+    }
+    assert result.record["rowErrors"] == []
 
 
 def test_nested_decimal_date_and_timestamp_types(schema: str, admin: Any) -> None:
