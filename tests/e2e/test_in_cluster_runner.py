@@ -192,6 +192,15 @@ def _run_job(
     return outcome == "Complete", terminated.exit_code if terminated else None, state()
 
 
+def _five_users(pg: dict[str, str], schema: str) -> datetime:
+    """The users table with u-0 .. u-4, a second apart from an hour ago; the first row's UPDATED_AT."""
+    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
+    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
+    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    return base
+
+
 def _status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, CDI, "users")
     return obj.get("status") or {}
@@ -212,10 +221,7 @@ def test_runner_job_syncs_and_keeps_its_state_in_the_status(
     schema: str,
     braze: BrazeEmulator,
 ) -> None:
-    base = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
-    sql(pg, f'CREATE TABLE "{schema}"."users" ({COLUMNS})')
-    rows = [(base + timedelta(seconds=i), f"u-{i}", json.dumps({"plan": "pro", "n": i})) for i in range(5)]
-    sql(pg, f'INSERT INTO "{schema}"."users" VALUES (%s, %s, %s)', rows)
+    base = _five_users(pg, schema)
     _create_objects(kube_api, namespace, pg, schema, braze.url)
     _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
     # The operator's fields, which the runner must leave alone.
@@ -463,3 +469,62 @@ def test_the_deadline_record_and_a_runner_record_written_at_once_are_both_kept(
     status = _status(kube_api, namespace)
     assert [(r["runId"], r["result"]) for r in status["runs"]] == [("r-2", "Skipped"), ("r-1", "Error")]
     assert status["lastSync"]["runId"] == "r-1" and status["lastSync"]["message"].startswith("DeadlineExceeded: ")
+
+
+def test_the_runner_reads_the_brazeworkspace_its_integration_names_or_says_which_field_names_none(
+    kube_api: client.ApiClient,
+    local_kubelet: LocalKubelet | None,
+    namespace: str,
+    crds: list[str],
+    pg: dict[str, str],
+    schema: str,
+    braze: BrazeEmulator,
+) -> None:
+    _five_users(pg, schema)
+    _create_objects(kube_api, namespace, pg, schema, braze.url)
+    custom = client.CustomObjectsApi(kube_api)
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, CDI, "users", {"spec": {"braze": {"workspaceRef": {"name": "prod"}}}}
+    )
+    _runner_account(kube_api, namespace, "runner", ["pg", "braze"])
+    client.RbacAuthorizationV1Api(kube_api).patch_namespaced_role(  # what runner_access.py grants for a workspaceRef
+        "runner",
+        namespace,
+        [
+            {
+                "op": "add",
+                "path": "/rules/-",
+                "value": {
+                    "apiGroups": [GROUP],
+                    "resources": ["brazeworkspaces"],
+                    "verbs": ["get"],
+                    "resourceNames": ["prod"],
+                },
+            }
+        ],
+    )
+
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-no-workspace", "runner")
+
+    assert not ok and code == 2, log
+    assert "spec.braze.workspaceRef.name 'prod' names no BrazeWorkspace" in log, log
+    assert "spec.braze.workspaceRef.name 'prod'" in _status(kube_api, namespace)["lastSync"]["message"]
+    assert braze.counts.get("requests", 0) == 0
+
+    custom.create_namespaced_custom_object(  # a newer contract: 50,000 a minute, 2 objects a request (for the test)
+        GROUP,
+        VERSION,
+        namespace,
+        "brazeworkspaces",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "BrazeWorkspace",
+            "metadata": {"name": "prod"},
+            "spec": {"maxObjectsPerRequest": 2, "limits": {"usersTrack": {"requests": 50000, "seconds": 60}}},
+        },
+    )
+    ok, code, log = _run_job(kube_api, local_kubelet, namespace, "sync-workspace", "runner")
+
+    assert ok and code == 0, log
+    assert sorted(o["external_id"] for o in braze.tracked("attributes")) == [f"u-{i}" for i in range(5)]
+    assert braze.counts.get("requests", 0) == 3, "5 rows in requests of at most the contract's 2 objects"

@@ -3,7 +3,10 @@ within each endpoint family's limit minus the reserve, and another client of the
 the limit, as the customer's own backend would) never gets a 429.
 
 Counts come from the emulator's own windows (each request is recorded with the time it was counted at); no
-assertion depends on how fast the machine is. Windows are shortened to 1 s so that a test sees several of them.
+assertion depends on how fast the machine is. Windows are shortened to 1 s so that a test sees several of them, and
+every response takes 50 ms, as Braze's do: eight runners with 32 requests in flight each hold far more than the
+reserve in flight near a window's end, so a budget that only counts its own requests in flight goes past
+`limit - reserve` (the pacing before the sharers estimate did, 843 of 800).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from cdi_operator.braze.client import BrazeClient, BrazeSettings
 from cdi_operator.braze.emulator import BrazeEmulator
 
 KEY = "sk-budget-test-0123456789abcdef"
-LIMIT = 200  # requests per 1 s window in these tests
+LIMIT = 1000  # requests per 1 s window in these tests
 RESERVE = 0.2
-RUNNERS = 2
-REQUESTS_PER_RUNNER = 240  # three windows' worth of budget for the two together
+RUNNERS = 8
+REQUESTS_PER_RUNNER = 300  # three windows' worth of budget for the eight together
+LATENCY = 0.05
 PROBE_PER_SECOND = LIMIT * 0.05
 
 # family -> (emulator arguments, the runners' request, the probe's request: method, path, body)
@@ -64,17 +68,23 @@ async def probe(url: str, request: tuple[str, str, dict[str, Any]], stop: asynci
     statuses: Counter[int] = Counter()
     headers = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
+
+        async def one() -> None:
             async with session.request(method, url + path, json=body, headers=headers) as resp:
                 statuses[resp.status] += 1
+
+        sent = []
+        while not stop.is_set():  # on its schedule, not waiting for the answers
+            sent.append(asyncio.create_task(one()))
             await asyncio.sleep(1 / PROBE_PER_SECOND)
+        await asyncio.gather(*sent)
     return statuses
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 async def test_runners_share_the_budget_and_leave_the_reserve(family: str) -> None:
     emulator_args, send, probe_request = FAMILIES[family]
-    with BrazeEmulator(api_key=KEY, record=False, **emulator_args) as emu:
+    with BrazeEmulator(api_key=KEY, record=False, latency=LATENCY, **emulator_args) as emu:
         emu.create_catalog("products", {})
         emu.create_catalog("probe", {})
         settings = BrazeSettings(rest_endpoint=emu.url, api_key=KEY, budget=workspace_budget(family))
@@ -121,25 +131,65 @@ def headers(remaining: int, reset: int, limit: int = 100) -> dict[str, str]:
     return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining), "X-RateLimit-Reset": str(reset)}
 
 
-def test_one_request_until_braze_has_answered_then_the_headroom_spread_over_the_window(
+def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_flight_is_kept_from_the_headroom(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr("cdi_operator.braze.budget.time.monotonic", lambda: now[0])
     budget = SharedBudget(Limit(100, 10.0), reserve=0.2, share_without_headers=0.25)
-    assert budget._wait(now[0]) == 0
-    budget._in_flight += 1
-    assert budget._wait(now[0]) > 0, "a second request waits for the first answer"
-    budget.observe(headers(remaining=61, reset=5), server_now=0.0)  # 5 s left, 61 - 20 reserve - 1 in flight
+
+    def start(*, paced: bool = True) -> bool:
+        if not paced:
+            budget._next = 0.0
+        if budget._wait(now[0]) > 0:
+            return False
+        budget._count_in_flight(+1)
+        return True
+
+    assert start()
+    assert not start(), "a second request waits for the first answer"
+    budget.observe(headers(remaining=61, reset=5), server_now=0.0)  # 5 s left
     budget.release()
-    assert budget._wait(now[0]) == 0
-    assert budget._next == pytest.approx(now[0] + 5 / 41)
-    budget.observe(headers(remaining=20, reset=5), server_now=0.0)  # down to the reserve: wait for the reset
-    assert budget._wait(now[0]) == pytest.approx(5 + 0.05)
-    now[0] += 5.06  # a new window: the whole budget, over the window's length
+    assert budget.sharers == 1
+    assert start() and budget._next == pytest.approx(now[0] + 5 / (61 - 20)), "the headroom over the time left"
+    assert not start(paced=False), "one at a time until two answers tell how fast the window falls"
+    budget.observe(headers(remaining=55, reset=5), server_now=0.0)  # 6 fewer for one answer of ours: six runs
+    budget.release()
+    assert budget.sharers == 6
+    assert start(paced=False) and start(paced=False), "(1 + 2 x 5) x 2 in flight <= 55 - 20"
+    assert not start(paced=False), "slow start: not more in flight than answers seen"
+    budget.release()
+    budget.observe(headers(remaining=33, reset=5), server_now=0.0)  # 28 fewer over two answers: fourteen runs
+    assert budget.sharers == 14
+    assert not start(paced=False), "1 + 2 x 13 x 1 in flight > 33 - 20: the others' would spend the reserve"
+    assert budget._wait(now[0]) == pytest.approx(5 + 0.05), "... so it waits for the reset"
+    now[0] += 5.06  # a new window: the whole budget, over the window's length, the sharers of the last one
+    budget.release()
+    assert budget.sharers == 14
+    assert budget._load == pytest.approx(1 - math.exp(-5.06)), "one request in flight for the last 5 s"
+    assert start(paced=False), "nothing in flight, room for what the others hold: 2 x 13 x 1 < 100 - 20"
+    assert budget.sharers == 14
+    assert budget._next == pytest.approx(now[0] + (10 - 0.06) / (100 - 20 - 2 * 13 * budget._load))
+    budget.observe(headers(remaining=90, reset=15), server_now=5.06)  # the new window's first answer
+    budget.observe(headers(remaining=88, reset=15), server_now=5.06)  # two fewer for one answer: two runs left
+    assert budget.sharers == pytest.approx((14 * 4 + 2) / (4 + 1)), "the last window's weighs four answers"
+
+
+def test_a_run_that_sends_little_is_not_starved_by_the_share_of_the_big_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("cdi_operator.braze.budget.time.monotonic", lambda: now[0])
+    budget = SharedBudget(Limit(1000, 10.0), reserve=0.2, share_without_headers=0.25)
+    for remaining in (900, 400):  # 500 fell per answer of its own: its requests are a 500th of the workspace's
+        budget._count_in_flight(+1)
+        now[0] += 0.05
+        budget.observe(headers(remaining=remaining, reset=5, limit=1000), server_now=0.0)
+        budget.release()
+    assert budget.sharers == 500
+    now[0] += 0.5  # nothing in flight since: its share of the requests the others hold is next to none
+    assert budget._wait(now[0]) == 0, "400 - 200 reserve leaves room for one request and what the others hold"
+    budget._count_in_flight(+1)
     budget._next = 0.0
-    assert budget._wait(now[0]) == 0
-    assert budget._next == pytest.approx(now[0] + 1 / ((100 - 20) / (10 - 0.06)))
+    assert budget._wait(now[0]) > 0, "with one in flight it stands for 2 x 499 others' requests: no room"
 
 
 def test_without_headers_a_run_paces_at_its_share(monkeypatch: pytest.MonkeyPatch) -> None:

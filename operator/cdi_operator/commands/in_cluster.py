@@ -124,6 +124,8 @@ def _secrets(kube: Kube, integration: CdiIntegration, credential: WarehouseCrede
     if workspace is not None:
         try:
             raw = kube.get_custom(WORKSPACE_PLURAL, namespace, workspace.name)
+        except NotFound:
+            return manifests  # braze_settings says which field names no BrazeWorkspace, as `cdi sync -f` does
         except KubeError as exc:
             raise _kube_failure(exc) from None
         manifests.workspaces[(namespace, workspace.name)] = _validated(

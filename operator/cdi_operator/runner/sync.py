@@ -387,6 +387,8 @@ class SyncRun:
             return DELETE_BATCH_LIMIT
         if self.job.data_type is DataType.CATALOG_ITEMS:
             return CATALOG_ITEM_LIMIT
+        if self.braze is not None:  # the BrazeWorkspace's contract may allow fewer than the integration asks for
+            return min(self.job.max_objects_per_request, self.braze.settings.max_objects_per_request)
         return self.job.max_objects_per_request
 
     async def _dispatch(self, target: str) -> None:
