@@ -421,7 +421,34 @@ def test_a_broken_integration_fails_the_kustomization_with_the_operators_reason(
     assert get(fleet.api, CDI_GVP, APP_NS, BROKEN) is None  # pruned
 
 
+PLACEHOLDER = f"""apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: no-integrations
+  namespace: {APP_NS}
+"""
+
+
 def test_deleting_the_root_kustomization_prunes_everything_it_applied(fleet: Fleet) -> None:
+    # Torn down as examples/gitops/README.md says: the integrations and their credential first, while the operator
+    # still runs to release the credential's finalizer; deleting the root at once would uninstall the operator (and
+    # its ServiceAccount) in the same second, and a credential whose finalizer it had no time to remove stays.
+    fleet.repo.write("cdi/integrations/analytics-redshift.yaml", PLACEHOLDER)
+    fleet.repo.commit_and_push("remove the integrations and their credential")
+    fleet.reconcile("flux-system", "cdi-integrations")
+    wait_until(
+        lambda: (
+            not any(
+                custom(fleet.api).list_namespaced_custom_object(CDI_GROUP, CDI_VERSION, APP_NS, plural)["items"]
+                for plural in ("cdiintegrations", "warehousecredentials")
+            )
+            or None
+        ),
+        WAIT,
+        "the integrations and the credential pruned",
+        details=fleet.details,
+    )
+
     custom(fleet.api).delete_namespaced_custom_object(*KS[:2], FLUX_NS, KS[2], "flux-system")
     core, apps = client.CoreV1Api(fleet.api), client.AppsV1Api(fleet.api)
 

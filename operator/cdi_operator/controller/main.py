@@ -93,15 +93,18 @@ class Controller:
         (runner_writes.py)."""
         if event_type == "DELETED":
             self.digests.forget(namespace, name)
-        elif self.digests.unchanged(namespace, name, body):
+            credential = ((body.get("spec") or {}).get("credentialRef") or {}).get("name")
+            if credential:
+                # first, without waiting for a reconcile of the integration still going on: a deletion of the
+                # credential waits for this, and a GitOps prune may be uninstalling the operator at the same time
+                await self.credential(namespace, credential)
+            await self.integration(namespace, name)
+            return
+        if self.digests.unchanged(namespace, name, body):
             self.observer.watermark(namespace, name, body.get("status") or {})
             return
         if not await self.integration(namespace, name):
             self.digests.forget(namespace, name)
-        if event_type == "DELETED":
-            credential = ((body.get("spec") or {}).get("credentialRef") or {}).get("name")
-            if credential:
-                await self.credential(namespace, credential)
 
     async def credential(self, namespace: str, name: str, *, wait: bool = True) -> None:
         await self._locked(
