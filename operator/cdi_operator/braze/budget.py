@@ -114,6 +114,11 @@ class SharedBudget:
     def limit(self) -> int:
         return self._limit
 
+    @property
+    def rate(self) -> float:
+        """Requests per second the workspace allows all its runs together, the reserve left out."""
+        return self._limit * (1.0 - self._reserve) / self._seconds
+
     async def acquire(self, max_wait: float) -> None:
         """Wait until a request may start; the caller must `release()` it once its response is read (or failed).
         BudgetExhausted when that is more than `max_wait` seconds away."""

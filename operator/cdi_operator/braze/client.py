@@ -241,11 +241,10 @@ class BrazeClient:
         burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)
         budget = settings.budget
-        families = (("track", budget.track), ("delete", budget.delete), ("catalog", budget.catalog))
         self._budgets = {
-            family: SharedBudget(limit, budget.reserve, budget.share_without_headers) for family, limit in families
+            family: SharedBudget(limit, budget.reserve, budget.share_without_headers)
+            for family, limit in (("track", budget.track), ("delete", budget.delete), ("catalog", budget.catalog))
         }
-        self._window_seconds = {self._budgets[family]: limit.seconds for family, limit in families}
         # One request at a time waits for its family's budget, the others in line behind it: each waiter polls the
         # budget, and a window of many waiting together would wake a thousand times a second for one start.
         self._budget_lines = {budget: asyncio.Lock() for budget in self._budgets.values()}
@@ -467,8 +466,7 @@ class BrazeClient:
         """Resize the window to carry this client's rate at the latency measured (Little's law)."""
         average = latency if self._latency is None else self._latency + (latency - self._latency) * _LATENCY_WEIGHT
         self._latency = average
-        family = budget.limit * (1.0 - self.settings.budget.reserve) / self._window_seconds[budget]
-        rate = min(self.settings.requests_per_second, family)
+        rate = min(self.settings.requests_per_second, budget.rate)
         needed = math.ceil(rate * average * _LATENCY_SLACK) + 1
         self._window.resize(max(1, min(self.settings.max_in_flight, needed)))
 
