@@ -20,13 +20,12 @@ import hashlib
 import multiprocessing
 import pickle
 import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-import orjson
-
+from cdi_operator.braze.client import encode_object
 from cdi_operator.runner.rows import Delivery, RowError
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
 
@@ -72,11 +71,10 @@ def _encode(converter: Converter, chunk: list[tuple[Any, ...]]) -> list[tuple[An
     faster than the object), a RowError with its row's fingerprint."""
     out: list[tuple[Any, ...]] = []
     append = out.append
-    dumps = orjson.dumps
     for row in chunk:
         c = converter.convert(row)
         if type(c) is Delivery:
-            append((c.target, dumps(c.body, default=_plain), c.user_key, c.fingerprint, c.updated_at))
+            append((c.target, encode_object(c.body), c.user_key, c.fingerprint, c.updated_at))
         else:
             append((c, row_fingerprint(row)))
     return out
@@ -182,9 +180,3 @@ def _child(
             send("error", (FailureReason.QUERY_FAILED.value, f"reading failed: {type(exc).__name__}: {exc}"))
     finally:
         out.close()
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
