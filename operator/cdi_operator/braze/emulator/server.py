@@ -496,13 +496,19 @@ class BrazeEmulator:
         errors: list[dict[str, Any]] = []
         processed = {name: 0 for name in TRACK_ARRAYS}
         reject = self._reject_external_ids
+        track = self._track_object
+        counts = self._records.counts
         for name, items in arrays:  # already in Braze's order: attributes, events, purchases
+            accepted = 0
             for index, obj in enumerate(items):
-                error = self._track_object(name, obj, reject)
-                if error is not None:
-                    errors.append({"type": error, "input_array": name, "index": index})
+                error = track(name, obj, reject)
+                if error is None:
+                    accepted += 1
                 else:
-                    processed[name] += 1
+                    errors.append({"type": error, "input_array": name, "index": index})
+            processed[name] = accepted
+            if accepted and not self.record:  # Records.track counts them when it keeps them
+                counts[name] += accepted
         response: dict[str, Any] = {"message": "success"}
         for name in TRACK_ARRAYS:
             if processed[name] or name in body:
@@ -527,7 +533,8 @@ class BrazeEmulator:
             error = purchase_error(obj)
         if error is not None:
             return error
-        self._records.track(array, obj, key, id_kind, keep=self.record)
+        if self.record:  # without it, _apply_track counts the accepted objects once per array
+            self._records.track(array, obj, key, id_kind, keep=True)
         return None
 
     def _apply_items(self, name: str, put: bool, body: Any) -> tuple[int, dict[str, Any], int]:
