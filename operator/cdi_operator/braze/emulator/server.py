@@ -497,17 +497,18 @@ class BrazeEmulator:
         processed = {name: 0 for name in TRACK_ARRAYS}
         reject = self._reject_external_ids
         track = self._track_object
+        keep = self.record
         counts = self._records.counts
         for name, items in arrays:  # already in Braze's order: attributes, events, purchases
             accepted = 0
             for index, obj in enumerate(items):
-                error = track(name, obj, reject)
+                error = track(name, obj, reject, keep)
                 if error is None:
                     accepted += 1
                 else:
                     errors.append({"type": error, "input_array": name, "index": index})
             processed[name] = accepted
-            if accepted and not self.record:  # Records.track counts them when it keeps them
+            if accepted and not keep:  # Records.track counts the objects it keeps
                 counts[name] += accepted
         response: dict[str, Any] = {"message": "success"}
         for name in TRACK_ARRAYS:
@@ -517,7 +518,7 @@ class BrazeEmulator:
             response["errors"] = errors
         return 201, response, sum(processed.values())
 
-    def _track_object(self, array: str, obj: Any, reject: frozenset[str]) -> str | None:
+    def _track_object(self, array: str, obj: Any, reject: frozenset[str], keep: bool) -> str | None:
         if not isinstance(obj, dict):
             return "Each object must be a JSON object"
         key, id_kind = identify(obj)
@@ -533,7 +534,7 @@ class BrazeEmulator:
             error = purchase_error(obj)
         if error is not None:
             return error
-        if self.record:  # without it, _apply_track counts the accepted objects once per array
+        if keep:  # otherwise _apply_track counts the accepted objects, once per array
             self._records.track(array, obj, key, id_kind, keep=True)
         return None
 
