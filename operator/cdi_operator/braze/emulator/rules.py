@@ -18,10 +18,15 @@ MAX_LENGTH = 255
 MAX_ATTRIBUTES = 250
 
 _IDENTIFIER_KEYS = frozenset(("external_id", "user_alias", "braze_id", "email", "phone"))
-FLAG_KEYS = frozenset(("_update_existing_only", "_merge_objects"))
+_UPDATE_EXISTING_ONLY, _MERGE_OBJECTS = "_update_existing_only", "_merge_objects"
+FLAG_KEYS = frozenset((_UPDATE_EXISTING_ONLY, _MERGE_OBJECTS))
 _OPERATOR_KEYS = frozenset(
     ("$add", "$update", "$remove", "$identifier_key", "$identifier_value", "$new_object", "$time")
 )
+# What an attributes object does not count or check as an attribute, by the kind of identifier it has.
+_NOT_ATTRIBUTES = FLAG_KEYS | {"external_id", "user_alias", "braze_id"}
+_SKIPPED_KEYS = {kind: _NOT_ATTRIBUTES | {kind} for kind in _IDENTIFIER_KEYS}
+_SCALAR_TYPES = frozenset((int, float, bool, type(None)))
 _EVENT_FIELDS = frozenset(("name", "time", "app_id", "properties", "_update_existing_only")) | _IDENTIFIER_KEYS
 _PURCHASE_FIELDS = (
     frozenset(("product_id", "currency", "price", "quantity", "time", "app_id", "properties", "_update_existing_only"))
@@ -31,6 +36,18 @@ _PURCHASE_FIELDS = (
 
 def identify(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(profile key, kind) of the object, or ("", error text)."""
+    external_id = obj.get("external_id")
+    if external_id is None or obj.get("user_alias") is not None or obj.get("braze_id") is not None:
+        return _identify_other(obj)
+    # The common case, an external id alone: the same checks as below without building the list of identifiers.
+    if not isinstance(external_id, str) or not external_id:
+        return "", "'external_id' must be a non-empty string"
+    if len(external_id) > MAX_LENGTH:
+        return "", f"'external_id' is longer than {MAX_LENGTH} characters"
+    return external_id, "external_id"
+
+
+def _identify_other(obj: Mapping[str, Any]) -> tuple[str, str]:
     strong = [k for k in ("external_id", "user_alias", "braze_id") if obj.get(k) is not None]
     if len(strong) > 1:
         return "", "Only one of 'external_id', 'user_alias' or 'braze_id' may be given"
@@ -70,12 +87,38 @@ def _key_error(key: Any, nested: bool) -> str | None:
     return None
 
 
+# Top-level keys already found valid (a key's validity depends on nothing else): a batch repeats the same few keys
+# in every object. It holds the identifier and flag keys from the start, valid keys too, so that an object's keys
+# are checked at once. Bounded: past VALID_KEYS_LIMIT keys it starts again from those.
+VALID_KEYS_LIMIT = 4096
+_SEED_KEYS = _NOT_ATTRIBUTES | _IDENTIFIER_KEYS
+_valid_keys: set[str] = set(_SEED_KEYS)
+
+
+def _remember_valid(key: str) -> None:
+    if type(key) is not str:  # a str subclass could compare equal to a key it does not spell
+        return
+    if len(_valid_keys) >= VALID_KEYS_LIMIT:
+        _valid_keys.clear()
+        _valid_keys.update(_SEED_KEYS)
+    _valid_keys.add(key)
+
+
+def _nested_key_error(key: Any) -> str | None:
+    if key in _valid_keys:  # valid at the top level, so nested too
+        return None
+    error = _key_error(key, nested=True)
+    if error is None and key not in _OPERATOR_KEYS:
+        _remember_valid(key)
+    return error
+
+
 def _value_error(value: Any) -> str | None:
     if isinstance(value, str):
         return f"String value is longer than {MAX_LENGTH} characters" if len(value) > MAX_LENGTH else None
     if isinstance(value, dict):
         for key, item in value.items():
-            error = _key_error(key, nested=True) or _value_error(item)
+            error = _nested_key_error(key) or _value_error(item)
             if error:
                 return error
     elif isinstance(value, list):
@@ -104,16 +147,44 @@ def _flag_error(obj: Mapping[str, Any]) -> str | None:
 
 
 def attributes_error(obj: Mapping[str, Any], id_kind: str) -> str | None:
+    # The common case first: every key already known valid and no value that can fail (a superset of the values
+    # checked below), so neither the key, the value nor the count check can fail. Anything else: the full check.
+    if len(obj) <= MAX_ATTRIBUTES and _valid_keys.issuperset(obj):
+        for value in obj.values():
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_LENGTH:
+                    break
+            elif kind not in _SCALAR_TYPES:
+                break
+        else:
+            return _flag_error(obj) if _UPDATE_EXISTING_ONLY in obj or _MERGE_OBJECTS in obj else None
+    return _attributes_error(obj, id_kind)
+
+
+def _attributes_error(obj: Mapping[str, Any], id_kind: str) -> str | None:
+    skipped = _SKIPPED_KEYS.get(id_kind)
+    if skipped is None:
+        skipped = _NOT_ATTRIBUTES | {id_kind}
     custom = 0
     for key, value in obj.items():
-        if key in FLAG_KEYS or key == id_kind:
-            continue
-        if key in _IDENTIFIER_KEYS and key not in ("email", "phone"):
+        if key in skipped:
             continue
         custom += 1
-        error = _key_error(key, nested=False) or _value_error(value)
-        if error:
-            return error
+        if key not in _valid_keys:
+            error = _key_error(key, nested=False)
+            if error:
+                return error
+            _remember_valid(key)
+        # Only what can fail for the value's type: a scalar other than a string never does.
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_LENGTH:
+                return f"String value is longer than {MAX_LENGTH} characters"
+        elif kind not in _SCALAR_TYPES:
+            error = _value_error(value)
+            if error:
+                return error
     if custom > MAX_ATTRIBUTES:
         return f"More than {MAX_ATTRIBUTES} attributes in one object"
     return _flag_error(obj)

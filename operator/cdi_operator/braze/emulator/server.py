@@ -496,13 +496,20 @@ class BrazeEmulator:
         errors: list[dict[str, Any]] = []
         processed = {name: 0 for name in TRACK_ARRAYS}
         reject = self._reject_external_ids
+        track = self._track_object
+        keep = self.record
+        counts = self._records.counts
         for name, items in arrays:  # already in Braze's order: attributes, events, purchases
+            accepted = 0
             for index, obj in enumerate(items):
-                error = self._track_object(name, obj, reject)
-                if error is not None:
-                    errors.append({"type": error, "input_array": name, "index": index})
+                error = track(name, obj, reject, keep)
+                if error is None:
+                    accepted += 1
                 else:
-                    processed[name] += 1
+                    errors.append({"type": error, "input_array": name, "index": index})
+            processed[name] = accepted
+            if accepted and not keep:  # Records.track counts the objects it keeps
+                counts[name] += accepted
         response: dict[str, Any] = {"message": "success"}
         for name in TRACK_ARRAYS:
             if processed[name] or name in body:
@@ -511,7 +518,7 @@ class BrazeEmulator:
             response["errors"] = errors
         return 201, response, sum(processed.values())
 
-    def _track_object(self, array: str, obj: Any, reject: frozenset[str]) -> str | None:
+    def _track_object(self, array: str, obj: Any, reject: frozenset[str], keep: bool) -> str | None:
         if not isinstance(obj, dict):
             return "Each object must be a JSON object"
         key, id_kind = identify(obj)
@@ -527,7 +534,8 @@ class BrazeEmulator:
             error = purchase_error(obj)
         if error is not None:
             return error
-        self._records.track(array, obj, key, id_kind, keep=self.record)
+        if keep:  # otherwise _apply_track counts the accepted objects, once per array
+            self._records.track(array, obj, key, id_kind, keep=True)
         return None
 
     def _apply_items(self, name: str, put: bool, body: Any) -> tuple[int, dict[str, Any], int]:
