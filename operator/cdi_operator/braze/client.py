@@ -282,18 +282,26 @@ class BrazeClient:
     async def track(self, array: TrackArray, objects: Sequence[Mapping[str, Any] | bytes]) -> SendResult:
         """Send `objects` as the `array` of one `/users/track` request (at most max_objects_per_request); an
         object given as bytes is its JSON, sent as it is."""
-        if array not in _TRACK_ARRAYS:
-            raise ValueError(f"array must be one of attributes, events, purchases, got {array!r}")
-        if not objects:
-            raise ValueError("an empty batch: send at least one object")
-        if len(objects) > self.settings.max_objects_per_request:
-            raise ValueError(
-                f"{len(objects)} objects exceed max_objects_per_request={self.settings.max_objects_per_request}"
-            )
+        self._check_track(array, len(objects))
         fragment = orjson.Fragment
         items = [fragment(o) if type(o) is bytes else o for o in objects]
         body = orjson.dumps({array: items}, default=_plain)
         return await self._send("POST", TRACK_PATH, body, array, len(objects))
+
+    async def track_encoded(self, array: TrackArray, objects: bytes, count: int) -> SendResult:
+        """Send `count` objects, given as their JSON (encode_object) joined by commas, as the `array` of one
+        `/users/track` request."""
+        self._check_track(array, count)
+        body = b'{"' + array.encode() + b'":[' + objects + b"]}"
+        return await self._send("POST", TRACK_PATH, body, array, count)
+
+    def _check_track(self, array: str, count: int) -> None:
+        if array not in _TRACK_ARRAYS:
+            raise ValueError(f"array must be one of attributes, events, purchases, got {array!r}")
+        if not count:
+            raise ValueError("an empty batch: send at least one object")
+        if count > self.settings.max_objects_per_request:
+            raise ValueError(f"{count} objects exceed max_objects_per_request={self.settings.max_objects_per_request}")
 
     async def delete(self, id_type: DeleteIdType, identifiers: Sequence[Any]) -> SendResult:
         """Delete the users named by `identifiers` (at most 50, all of `id_type`) with one `/users/delete` request."""

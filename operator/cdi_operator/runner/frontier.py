@@ -1,8 +1,11 @@
 """The delivery frontier: how far the watermark may advance while batches finish out of order.
 
-Rows enter in the order the warehouse returns them (by UPDATED_AT). A row is done when Braze acknowledged it, when it
-was a row error, or when an earlier run had already delivered it. The watermark moves over the longest done prefix
-only, so a crash never skips a row that was read but not acknowledged.
+Rows enter in the order the warehouse returns them (by UPDATED_AT), one by one or as a segment: a run of rows read
+one after another that are done together (the rows of one request with the row errors read among them,
+batching.py), of which the frontier keeps only the last UPDATED_AT, the one before it, and the fingerprints at the
+last. A row is done when Braze acknowledged it, when it was a row error, or when an earlier run had already
+delivered it. The watermark moves over the longest done prefix only, so a crash never skips a row that was read but
+not acknowledged.
 
 At the watermark's own timestamp it lists the rows delivered (their fingerprints), so that rows tied with it are
 neither sent twice nor skipped. A bulk load can give a million rows one UPDATED_AT, far more fingerprints than a CR
@@ -18,6 +21,7 @@ status can hold (etcd's limit is about 1.5 MB), so past MAX_BOUNDARY_FINGERPRINT
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime
 
 from cdi_operator.api.models import Watermark
@@ -26,12 +30,17 @@ MAX_BOUNDARY_FINGERPRINTS = 10_000  # about 190 kB of status
 
 
 class Entry:
-    __slots__ = ("done", "fingerprint", "updated_at")
+    """A row, or a segment of rows: its last UPDATED_AT, the one before that in it, the fingerprints at the last."""
 
-    def __init__(self, updated_at: datetime | None, fingerprint: str, done: bool) -> None:
+    __slots__ = ("done", "fingerprints", "passed", "updated_at")
+
+    def __init__(
+        self, updated_at: datetime | None, fingerprints: Sequence[str], done: bool, passed: datetime | None = None
+    ) -> None:
         self.updated_at = updated_at
-        self.fingerprint = fingerprint
+        self.fingerprints = fingerprints
         self.done = done
+        self.passed = passed
 
 
 class Frontier:
@@ -47,7 +56,16 @@ class Frontier:
         self.changed = False
 
     def add(self, updated_at: datetime | None, fingerprint: str, done: bool = False) -> Entry:
-        entry = Entry(updated_at, fingerprint, done)
+        entry = Entry(updated_at, (fingerprint,), done)
+        self._pending.append(entry)
+        return entry
+
+    def add_segment(
+        self, updated_at: datetime | None, passed: datetime | None, fingerprints: Sequence[str], done: bool = False
+    ) -> Entry:
+        """Rows read one after another and done together: `updated_at` the last one's, `passed` the UPDATED_AT
+        before it among them (None: all at `updated_at`), `fingerprints` those of the rows at `updated_at`."""
+        entry = Entry(updated_at, fingerprints, done, passed)
         self._pending.append(entry)
         return entry
 
@@ -62,11 +80,11 @@ class Frontier:
             if entry.updated_at is None:
                 continue
             if self.updated_at is None or entry.updated_at > self.updated_at:
-                self._passed = self.updated_at
+                self._passed = entry.passed if entry.passed is not None else self.updated_at
                 self.updated_at = entry.updated_at
-                self._boundary = {entry.fingerprint}
+                self._boundary = set(entry.fingerprints)
             else:
-                self._boundary.add(entry.fingerprint)
+                self._boundary.update(entry.fingerprints)
             self.changed = True
 
     @property

@@ -1,42 +1,37 @@
 """Reading and converting the rows of a run off the event loop: in a child process, or in the reader thread.
 
 A pure-Python driver (redshift_connector) spends most of a core decoding rows, and conversion most of another; in
-the runner's own process both would share one core with batching and HTTP under the GIL. `read_in_child()` runs
-the driver's fetches, `RowConverter.convert()` and the JSON encoding of each Braze object in a child process on a
-connection of its own, and hands the results to the runner in chunks over a pipe: the runner's process is left
-with batching, the frontier and HTTP. The pipe holds about one chunk, so the child is never more than a chunk or
-two ahead, and memory stays one chunk whatever the table's size. `convert_in_thread()` is the same conversion in
-the runner's reader thread, for warehouses that cannot take a second connection (an embedded DuckDB file) and for
-dry runs.
+the runner's own process both would share one core with HTTP under the GIL. `ChildReader` runs the driver's
+fetches and a `TrackBatcher` (batching.py: conversion, JSON encoding, cutting into requests) in a child process on
+a connection of its own, and hands each chunk's ready requests to the runner over a pipe: the runner's process is
+left with per-request work, the frontier's segments and HTTP. The pipe holds about one chunk, so the child is never
+more than a chunk or two ahead, and memory stays one chunk whatever the table's size. `batch_in_thread()` is the
+same in the runner's reader thread, for warehouses that cannot take a second connection (an embedded DuckDB file)
+and for dry runs; `convert_in_thread()` converts row by row there for the data types sent to several arrays
+(deletes, catalogs), which the runner batches itself.
 
-Each converted row comes with the fingerprint the frontier keeps for it (a RowError's is of the raw row). A body
-converted in the child arrives as its compact JSON bytes, which the Braze client sends as they are.
+Each row converted one by one comes with the fingerprint the frontier keeps for it (a RowError's is of the raw row).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import pickle
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
-from cdi_operator.braze.client import encode_object
+from cdi_operator.runner.batching import BatchedChunk, Converter, TrackBatcher, row_fingerprint
 from cdi_operator.runner.rows import Delivery, RowError
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
 
-__all__ = ["ChildReader", "Converted", "Converter", "Read", "convert_in_thread", "row_fingerprint"]
+__all__ = ["ChildReader", "Converted", "Converter", "Read", "batch_in_thread", "convert_in_thread"]
 
 _EXIT_WAIT = 5.0  # seconds a child that has finished may take to exit before it is terminated
 Converted = tuple[Delivery | RowError, str]  # (what the row became, its fingerprint for the frontier)
-
-
-class Converter(Protocol):
-    def convert(self, row: Sequence[Any]) -> Delivery | RowError: ...
 
 
 @dataclass(frozen=True)
@@ -53,10 +48,6 @@ class Read:
         return warehouse.read_changes(self.table, self.columns, self.updated_at, self.window, self.chunk_rows)
 
 
-def row_fingerprint(row: Sequence[Any]) -> str:
-    return hashlib.blake2b(repr(tuple(row)).encode(), digest_size=8).hexdigest()
-
-
 def _convert(converter: Converter, chunk: list[tuple[Any, ...]]) -> list[Converted]:
     out: list[Converted] = []
     append = out.append
@@ -64,24 +55,6 @@ def _convert(converter: Converter, chunk: list[tuple[Any, ...]]) -> list[Convert
         converted = converter.convert(row)
         append((converted, converted.fingerprint if type(converted) is Delivery else row_fingerprint(row)))
     return out
-
-
-def _encode(converter: Converter, chunk: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The chunk converted, for the pipe: a Delivery as a plain tuple with its body as JSON bytes (pickled much
-    faster than the object), a RowError with its row's fingerprint."""
-    out: list[tuple[Any, ...]] = []
-    append = out.append
-    for row in chunk:
-        c = converter.convert(row)
-        if type(c) is Delivery:
-            append((c.target, encode_object(c.body), c.user_key, c.fingerprint, c.updated_at))
-        else:
-            append((c, row_fingerprint(row)))
-    return out
-
-
-def _decode(items: list[tuple[Any, ...]]) -> list[Converted]:
-    return [(Delivery(i[0], i[1], i[2], i[3], i[4]), i[3]) if len(i) == 5 else (i[0], i[1]) for i in items]
 
 
 def convert_in_thread(warehouse: Warehouse, read: Read, converter: Converter) -> Iterator[list[Converted]]:
@@ -96,19 +69,38 @@ def convert_in_thread(warehouse: Warehouse, read: Read, converter: Converter) ->
             close()
 
 
+def batch_in_thread(warehouse: Warehouse, read: Read, batcher: TrackBatcher) -> Iterator[BatchedChunk]:
+    """The batched chunks of `read`, read and batched by the caller's thread."""
+    chunks = read.chunks(warehouse)
+    try:
+        yield from _batched(chunks, batcher)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _batched(chunks: Iterator[list[tuple[Any, ...]]], batcher: TrackBatcher) -> Iterator[BatchedChunk]:
+    for chunk in chunks:
+        yield batcher.feed(chunk)
+        if batcher.stopped:
+            break
+    yield batcher.finish()
+
+
 class ChildReader:
-    """The converted chunks of a `Read`, read and converted by a child process on the connection `reopen()` opens.
+    """The batched chunks of a `Read`, read and batched by a child process on the connection `reopen()` opens.
 
     `close()` (from any thread) ends the child; the warehouse ends its read transaction with the connection. A
     warehouse failure in the child is raised by `next()` as the same WarehouseError."""
 
-    def __init__(self, reopen: Callable[[], Warehouse], read: Read, converter: Converter) -> None:
-        # fork: the child starts at once with the converter and the opener as they are (nothing to pickle); it
+    def __init__(self, reopen: Callable[[], Warehouse], read: Read, batcher: TrackBatcher) -> None:
+        # fork: the child starts at once with the batcher and the opener as they are (nothing to pickle); it
         # opens a connection of its own, writes to its end of the pipe, and leaves without running any cleanup.
         context = multiprocessing.get_context("fork")
         self._receiver, sender = context.Pipe(duplex=False)
         self._child = context.Process(
-            target=_child, args=(reopen, read, converter, sender, self._receiver), name="cdi-reader", daemon=True
+            target=_child, args=(reopen, read, batcher, sender, self._receiver), name="cdi-reader", daemon=True
         )
         self._child.start()
         sender.close()
@@ -117,7 +109,7 @@ class ChildReader:
     def __iter__(self) -> ChildReader:
         return self
 
-    def __next__(self) -> list[Converted]:
+    def __next__(self) -> BatchedChunk:
         if self._finished:
             raise StopIteration
         try:
@@ -131,7 +123,8 @@ class ChildReader:
                 f"the reading process ended without a word (exit code {self._child.exitcode}); see the runner's log",
             ) from None
         if kind == "rows":
-            return _decode(value)
+            assert isinstance(value, BatchedChunk)
+            return value
         self._child.join(_EXIT_WAIT)  # it has said all it will: let it leave by itself
         self.close()
         if kind == "error":
@@ -147,7 +140,7 @@ class ChildReader:
 
 
 def _child(
-    reopen: Callable[[], Warehouse], read: Read, converter: Converter, out: Connection, runners_end: Connection
+    reopen: Callable[[], Warehouse], read: Read, batcher: TrackBatcher, out: Connection, runners_end: Connection
 ) -> None:
     # The runner's end of the pipe, closed here: when the runner dies (SIGKILL), the next write fails and the child
     # ends, instead of waiting forever on a pipe it holds open itself.
@@ -164,8 +157,8 @@ def _child(
     try:
         warehouse = reopen()
         try:
-            for chunk in read.chunks(warehouse):
-                send("rows", _encode(converter, chunk))
+            for batched in _batched(read.chunks(warehouse), batcher):
+                send("rows", batched)
         finally:
             with contextlib.suppress(Exception):
                 warehouse.close()

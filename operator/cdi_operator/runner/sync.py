@@ -1,9 +1,10 @@
 """One sync run: read the rows changed since the watermark, validate, batch, send to Braze, checkpoint.
 
 Reading and conversion run one chunk ahead of processing, in a child process when the caller can open a second
-connection to the warehouse, else in a worker thread (reading.py); batches go out concurrently (the Braze client
-bounds requests in flight and their rate); the watermark follows the frontier of acknowledged rows (frontier.py).
-Two rows of the same user are never in flight at once, so Braze applies them in UPDATED_AT order.
+connection to the warehouse, else in a worker thread (reading.py); for /users/track the rows are cut into requests
+there too (batching.py), for deletes and catalogs here; batches go out concurrently (the Braze client bounds
+requests in flight and their rate); the watermark follows the frontier of acknowledged rows (frontier.py). Two rows
+of the same user are never in flight at once, so Braze applies them in UPDATED_AT order.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from cdi_operator.api.models import (
     Watermark,
 )
 from cdi_operator.braze.client import CATALOG_ITEM_LIMIT, BrazeClient, BrazeError
+from cdi_operator.runner.batching import HORIZON, BatchedChunk, ReadyBatch, TrackBatcher
 from cdi_operator.runner.cadence import checkpoint_interval
 from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
-from cdi_operator.runner.reading import ChildReader, Converted, Read, convert_in_thread
+from cdi_operator.runner.reading import ChildReader, Converted, Read, batch_in_thread, convert_in_thread
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
 from cdi_operator.runner.state import StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
@@ -118,6 +120,7 @@ class SyncFailed(Exception):
 @dataclass(eq=False)
 class _Batch:
     target: str
+    ready: ReadyBatch | None = None  # cut where the rows were read (batching.py); else bodies and deliveries
     bodies: list[Any] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
@@ -126,6 +129,11 @@ class _Batch:
     after: set[_Batch] = field(default_factory=set)  # batches that must be acknowledged before this one is sent
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # acknowledged, or failed
     delivered: bool = False
+
+    @property
+    def rows(self) -> int:
+        """The rows this batch delivers when acknowledged."""
+        return self.ready.count if self.ready is not None else len(self.entries)
 
 
 def utc_now() -> datetime:
@@ -190,6 +198,7 @@ class SyncRun:
         self._tasks: set[asyncio.Task[None]] = set()
         self._open: dict[str, _Batch] = {}
         self._last_batch_of_user: dict[str, _Batch] = {}
+        self._unsettled: dict[int, _Batch] = {}  # batches cut where read (by seq, oldest first) not acknowledged
         self._window = asyncio.Semaphore(self._max_batches_in_flight())
         self._checkpoint_lock = asyncio.Lock()
         self._advanced = asyncio.Event()
@@ -302,9 +311,19 @@ class SyncRun:
             else RowConverter(self.job.data_type, plan, update_existing_only=self.job.update_existing_only)
         )
         read = Read(self.job.table, plan.columns, plan.columns[0], window, self.job.options.chunk_rows)
-        chunks: Iterator[list[Converted]]
-        if self.reopen is not None and self.braze is not None and self.job.data_type in _TRACKED:
-            chunks = await self._in_reader(ChildReader, self.reopen, read, converter)
+        chunks: Iterator[list[Converted]] | Iterator[BatchedChunk]
+        batched = self.job.data_type in _TRACKED
+        if batched:
+            batcher = TrackBatcher(
+                converter,
+                limit=self._batch_limit(),
+                max_rows=self.job.options.max_rows_per_run,
+                delivered_before=self.frontier.delivered_before,
+            )
+            if self.reopen is not None and self.braze is not None:
+                chunks = await self._in_reader(ChildReader, self.reopen, read, batcher)
+            else:
+                chunks = batch_in_thread(self.warehouse, read, batcher)
         else:
             chunks = convert_in_thread(self.warehouse, read, converter)
         checkpoints = asyncio.create_task(self._checkpoint_every(self.job.options.checkpoint_seconds))
@@ -312,10 +331,14 @@ class SyncRun:
             pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
             while True:
                 chunk = await pending
-                if chunk is None or self.limit_exceeded:
+                # A batched read ends by itself at maxRowsPerRun, with the batch it had open.
+                if chunk is None or (self.limit_exceeded and not batched):
                     break
                 pending = asyncio.ensure_future(self._in_reader(next, chunks, None))
-                await self._process_chunk(chunk)
+                if isinstance(chunk, BatchedChunk):
+                    await self._process_batched(chunk)
+                else:
+                    await self._process_chunk(chunk)
                 self._raise_if_failed()
             await self._in_reader(_close, chunks)
             for target in list(self._open):
@@ -323,6 +346,7 @@ class SyncRun:
             while self._tasks:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
                 self._raise_if_failed()
+            self._raise_if_failed()  # a batch that failed before the last ones were started
             self._tie_group_read = True
         finally:
             if isinstance(chunks, ChildReader):
@@ -382,6 +406,29 @@ class SyncRun:
             self._advanced.set()
         self._report_progress()
 
+    async def _process_batched(self, chunk: BatchedChunk) -> None:
+        progress = self.progress
+        progress.rows_read += chunk.rows_read
+        progress.rows_skipped += chunk.rows_skipped
+        for error in chunk.row_errors:
+            self._row_error(error)
+        if chunk.limit_exceeded:
+            self.limit_exceeded = True
+        frontier = self.frontier
+        unsettled = self._unsettled
+        for ready in chunk.batches:
+            entry = frontier.add_segment(ready.updated_at, ready.passed, ready.tie, done=not ready.count)
+            if not ready.count:
+                continue
+            batch = _Batch(ready.target, ready=ready, entries=[entry])
+            batch.after = {unsettled[seq] for seq in ready.after if seq in unsettled}
+            unsettled[ready.seq] = batch
+            await self._start(batch)
+        frontier.advance()
+        if frontier.changed:
+            self._advanced.set()
+        self._report_progress()
+
     def _batch_limit(self) -> int:
         if self.job.data_type is DataType.USER_DELETES:
             return DELETE_BATCH_LIMIT
@@ -392,8 +439,10 @@ class SyncRun:
         return self.job.max_objects_per_request
 
     async def _dispatch(self, target: str) -> None:
+        await self._start(self._open.pop(target))
+
+    async def _start(self, batch: _Batch) -> None:
         self._raise_if_failed()
-        batch = self._open.pop(target)
         if self.braze is None:
             self._record_dry_run(batch)
             self._acknowledge(batch, SendOutcome(errors={}))
@@ -401,17 +450,27 @@ class SyncRun:
         await self._window.acquire()
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget)
         await asyncio.sleep(0)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # kept in self._failure, raised by the run: retrieved, so asyncio does not log it
 
     async def _send(self, batch: _Batch) -> None:
         assert self.braze is not None
         try:
+            if batch.ready is not None and not await self._settled_beyond_horizon(batch.ready.seq):
+                return
             for earlier in batch.after:
                 await earlier.settled.wait()
                 if not earlier.delivered:
                     return  # the run is failing; sending now would put this user's rows out of order
-            if self.job.catalog is not None:
+            if batch.ready is not None:
+                ready = batch.ready
+                result = await self.braze.track_encoded(batch.target, ready.objects, ready.count)  # type: ignore[arg-type]
+            elif self.job.catalog is not None:
                 if batch.target == DELETE_TARGET:
                     ids = [body["id"] for body in batch.bodies]
                     result = await self.braze.catalog_delete(self.job.catalog, ids)
@@ -428,25 +487,42 @@ class SyncRun:
                 self._failure = exc
             raise
         finally:
-            batch.settled.set()
+            batch.settled.set()  # a failed batch stays in _unsettled: the batches of its users must not go after it
             self._window.release()
+
+    async def _settled_beyond_horizon(self, seq: int) -> bool:
+        """Wait until every batch HORIZON or more older than `seq` is settled (batching.py forgets their users);
+        False when one of them failed (the run is failing)."""
+        while self._unsettled:
+            oldest, batch = next(iter(self._unsettled.items()))
+            if oldest > seq - HORIZON:
+                break
+            await batch.settled.wait()
+            if not batch.delivered:
+                return False
+            self._unsettled.pop(oldest, None)
+        return True
 
     def _acknowledge(self, batch: _Batch, outcome: SendOutcome) -> None:
         for index, message in outcome.errors.items():
             if index < 0:
                 log.warning("%s: Braze reported a problem not tied to one object: %s", self.job.key, message)
                 continue
-            if 0 <= index < len(batch.deliveries):
-                delivery = batch.deliveries[index]
-                self._row_error(
-                    RowError(
-                        reason=RowErrorReason.BRAZE_REJECTED,
-                        message=f"Braze rejected the object: {message}",
-                        identifier=_identifier_of(delivery.body),
-                        updated_at=delivery.updated_at,
-                    )
+            if batch.ready is not None and index < batch.ready.count:
+                body, updated_at = batch.ready.object_at(index)
+            elif 0 <= index < len(batch.deliveries):
+                body, updated_at = batch.deliveries[index].body, batch.deliveries[index].updated_at
+            else:
+                continue
+            self._row_error(
+                RowError(
+                    reason=RowErrorReason.BRAZE_REJECTED,
+                    message=f"Braze rejected the object: {message}",
+                    identifier=_identifier_of(body),
+                    updated_at=updated_at,
                 )
-        self.progress.rows_synced += len(batch.entries) - sum(1 for i in outcome.errors if i >= 0)
+            )
+        self.progress.rows_synced += batch.rows - sum(1 for i in outcome.errors if i >= 0)
         for entry in batch.entries:
             entry.done = True
         for user in batch.users:
@@ -454,6 +530,8 @@ class SyncRun:
                 del self._last_batch_of_user[user]
         batch.delivered = True
         batch.settled.set()
+        if batch.ready is not None:
+            self._unsettled.pop(batch.ready.seq, None)
         self.frontier.advance()
         if self.frontier.changed:
             self._advanced.set()
@@ -462,8 +540,11 @@ class SyncRun:
         report = self.dry_run_report
         assert report is not None
         report.requests += 1
-        report.objects_by_target[batch.target] = report.objects_by_target.get(batch.target, 0) + len(batch.bodies)
-        for body in batch.bodies[: max(0, 10 - len(report.sample))]:
+        report.objects_by_target[batch.target] = report.objects_by_target.get(batch.target, 0) + batch.rows
+        bodies = batch.bodies
+        if batch.ready is not None and len(report.sample) < 10:
+            bodies = orjson.loads(b"[" + batch.ready.objects + b"]")
+        for body in bodies[: max(0, 10 - len(report.sample))]:
             report.sample.append({batch.target: body})
 
     def _row_error(self, error: RowError) -> None:
