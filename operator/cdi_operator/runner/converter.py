@@ -102,6 +102,8 @@ R = RowErrorReason
 _TRACK_IDENTIFIER_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone"})
 _ATTRIBUTE_FLAGS = ("_merge_objects", "_update_existing_only")
 _ATTRIBUTE_SPECIAL_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone", *_ATTRIBUTE_FLAGS})
+# keys an EXTERNAL_ID row's attributes PAYLOAD may hold only after a check: `_plain_attributes` leaves them to `_convert`
+_PLAIN_ATTRIBUTES_REFUSED = frozenset({"external_id", "user_alias", "braze_id", *_ATTRIBUTE_FLAGS})
 _EVENT_KEYS = frozenset({"name", "time", "app_id", "properties", "_update_existing_only"})
 _PURCHASE_KEYS = frozenset(
     {"product_id", "currency", "price", "quantity", "time", "app_id", "properties", "_update_existing_only"}
@@ -116,6 +118,8 @@ _TARGETS = {
 _DELETE_TARGETS = {"e": "external_ids", "a": "user_aliases", "b": "braze_ids"}
 _TRACK_KEYS = {"e": "external_id", "a": "user_alias", "b": "braze_id", "m": "email", "p": "phone"}
 _KEYS_REMEMBERED = 10_000
+# copied for each fingerprint: cheaper than a new hasher's keyword arguments, the same digest
+_FINGERPRINT = hashlib.blake2b(digest_size=8)
 
 
 class RowConverter:
@@ -165,10 +169,24 @@ class RowConverter:
         )
         self._after_alias = [entry for entry in self._order if entry[0] != "e"]
         self._keys_ok: set[str] = set()  # top-level PAYLOAD keys already found valid: rows repeat the same few
+        self._plain_keys: set[str] = set()  # those of them that are not in _PLAIN_ATTRIBUTES_REFUSED
+        self._plain = (
+            self._plain_attributes
+            if self.data_type == DataType.CUSTOM_ATTRIBUTES and plan.external_id is not None
+            else None
+        )
 
     # -- public ---------------------------------------------------------------------------------------------
 
     def convert(self, row: Sequence[Any]) -> Delivery | RowError:
+        plain = self._plain
+        if plain is not None:
+            try:
+                delivery = plain(row)
+            except Exception:  # whatever it is, `_convert` finds it again and says what it is
+                delivery = None
+            if delivery is not None:
+                return delivery
         try:
             return self._convert(row)
         except Reject as reject:
@@ -181,7 +199,89 @@ class RowConverter:
                 self._updated_at_or_none(row),
             )
 
-    # -- the fast path --------------------------------------------------------------------------------------
+    # -- the fast paths -------------------------------------------------------------------------------------
+
+    def _plain_attributes(self, row: Sequence[Any]) -> Delivery | None:
+        """The Delivery of a plain custom attributes row, or None to leave the row to `_convert`.
+
+        Plain: a text EXTERNAL_ID, a datetime UPDATED_AT and a PAYLOAD of JSON text whose top-level keys were
+        already found valid and hold no identifier or flag. The result is exactly `_convert`'s (same body, same
+        fingerprint bytes); this path only skips its indirections and re-checks. It has no side effects, so
+        returning None (or raising) at any point leaves `_convert` to find and report the row's problem.
+        """
+        if len(row) != self._width:
+            return None
+        value = row[self._external_id]  # type: ignore[index]  # set whenever this path is
+        text = row[self._payload_index]
+        updated_at = row[0]
+        limits = self.limits
+        if (
+            type(value) is not str
+            or type(text) is not str
+            or type(updated_at) is not datetime
+            or not value
+            or len(value) > limits.max_value_chars
+            or value.isspace()
+        ):
+            return None
+        if updated_at.tzinfo is not UTC:
+            updated_at = as_utc(updated_at)
+        key = "e:" + value
+        if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
+            if len(text) > limits.max_payload_bytes:
+                return None
+            payload = orjson.loads(text)
+            fingerprinted = (key + "\x1e" + text).encode()
+        else:
+            raw = text.encode()
+            if len(raw) > limits.max_payload_bytes:
+                return None
+            payload = orjson.loads(raw)
+            fingerprinted = key.encode() + b"\x1e" + raw
+        if (
+            type(payload) is not dict
+            or len(payload) > limits.max_attributes
+        ):
+            return None
+        plain_keys = self._plain_keys
+        if not plain_keys.issuperset(payload):
+            if not self._keys_ok.issuperset(payload) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload):
+                return None
+            if len(plain_keys) < _KEYS_REMEMBERED:
+                plain_keys.update(payload)
+        max_value = limits.max_value_chars
+        for item in payload.values():
+            item_type = type(item)
+            if item_type is str:
+                if len(item) > max_value:
+                    return None
+            elif item_type is dict or item_type is list:
+                if not self._plain_values(payload):
+                    return None
+                break
+        payload["external_id"] = value
+        if self.update_existing_only:
+            payload["_update_existing_only"] = True
+        hasher = _FINGERPRINT.copy()
+        hasher.update(fingerprinted)
+        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+
+    def _plain_values(self, payload: dict[str, Any]) -> bool:
+        """Whether every value of a PAYLOAD with objects or arrays in it is within Braze's limits."""
+        limits = self.limits
+        max_value = limits.max_value_chars
+        for name, item in payload.items():
+            item_type = type(item)
+            if item_type is str:
+                if len(item) > max_value:
+                    return False
+            elif item_type is dict or item_type is list:
+                check_nested(item, f"PAYLOAD.{name}", limits, 1)
+                if len(orjson.dumps(item)) > limits.max_nested_attribute_bytes:
+                    return False
+        return True
+
+    # -- the general path -----------------------------------------------------------------------------------
 
     def _convert(self, row: Sequence[Any]) -> Delivery:
         if len(row) != self._width:
