@@ -118,6 +118,7 @@ _TARGETS = {
 _DELETE_TARGETS = {"e": "external_ids", "a": "user_aliases", "b": "braze_ids"}
 _TRACK_KEYS = {"e": "external_id", "a": "user_alias", "b": "braze_id", "m": "email", "p": "phone"}
 _KEYS_REMEMBERED = 10_000
+_SHAPES_REMEMBERED = 1_000
 # copied for each fingerprint: cheaper than a new hasher's keyword arguments, the same digest
 _FINGERPRINT = hashlib.blake2b(digest_size=8)
 
@@ -169,7 +170,8 @@ class RowConverter:
         )
         self._after_alias = [entry for entry in self._order if entry[0] != "e"]
         self._keys_ok: set[str] = set()  # top-level PAYLOAD keys already found valid: rows repeat the same few
-        self._plain_keys: set[str] = set()  # those of them that are not in _PLAIN_ATTRIBUTES_REFUSED
+        # top-level PAYLOAD keys (in order) that `_plain_attributes` found plain → what they take in the text
+        self._plain_shapes: dict[tuple[str, ...], int] = {}
         self._plain = (
             self._plain_attributes
             if self.data_type == DataType.CUSTOM_ATTRIBUTES and plan.external_id is not None
@@ -243,22 +245,30 @@ class RowConverter:
             or len(payload) > limits.max_attributes
         ):
             return None
-        plain_keys = self._plain_keys
-        if not plain_keys.issuperset(payload):
+        shapes = self._plain_shapes
+        shape = tuple(payload)
+        taken = shapes.get(shape)
+        if taken is None:
             if not self._keys_ok.issuperset(payload) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload):
                 return None
-            if len(plain_keys) < _KEYS_REMEMBERED:
-                plain_keys.update(payload)
+            # what the text holds beside any one string value, at least: the keys with their quotes and ':', a
+            # ',' between members, a character for every other value, the string's own quotes and the braces
+            taken = sum(map(len, shape)) + 5 * len(shape) + 2
+            if len(shapes) < _SHAPES_REMEMBERED:
+                shapes[shape] = taken
         max_value = limits.max_value_chars
-        for item in payload.values():
-            item_type = type(item)
-            if item_type is str:
-                if len(item) > max_value:
-                    return None
-            elif item_type is dict or item_type is list:
-                if not self._plain_values(payload):
-                    return None
-                break
+        # No value is an object or array without a second '{' or any '[' in the text, and none is a string too
+        # long when the text has no room for one beside the keys: then there is no need to look at each value.
+        if len(text) - taken > max_value or "[" in text or text.find("{", text.find("{") + 1) >= 0:
+            for item in payload.values():
+                item_type = type(item)
+                if item_type is str:
+                    if len(item) > max_value:
+                        return None
+                elif item_type is dict or item_type is list:
+                    if not self._plain_values(payload):
+                        return None
+                    break
         payload["external_id"] = value
         if self.update_existing_only:
             payload["_update_existing_only"] = True
