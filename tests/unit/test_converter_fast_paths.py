@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -62,9 +64,9 @@ def general(converter: RowConverter) -> RowConverter:
 
 def outcome(result: Delivery | RowError) -> tuple[Any, ...]:
     if isinstance(result, Delivery):
-        # the body's key order is part of the request Braze gets
-        return ("delivery", result.target, orjson.dumps(result.body), result.user_key, result.fingerprint,
-                result.updated_at, result.updated_at.tzinfo is UTC)  # fmt: skip
+        # the body's key order is part of the request Braze gets, its repr tells a tuple from a list
+        return ("delivery", result.target, orjson.dumps(result.body), repr(result.body), result.user_key,
+                result.fingerprint, result.updated_at, result.updated_at.tzinfo is UTC)  # fmt: skip
     return ("error", result.reason, result.message, result.identifier, result.updated_at)
 
 
@@ -125,9 +127,75 @@ def payloads() -> list[Any]:
         *texts,
         *(text.encode() for text in texts if "\ud800" not in text),
         {"a": 1, "b": "x"},
+        {"b": True, "a": None, "c": 1.5, "d": "Zoë"},  # sorted for the fingerprint
         {"a": Decimal("1.5"), "when": T0},
+        {"when": T0},
+        {"id": uuid.UUID(int=1)},
+        {"k": "v" * 255},
+        {"k": "v" * 256},
+        {"k": 2**64 - 1, "j": -(2**63)},
+        {"k": 2**64},
+        {"k": -(2**63) - 1},
+        {"k": math.nan},
+        {"k": math.inf},
+        {"k": (1, 2)},
+        {"k": {"x": [1]}},
+        {"k": {"a b": 1}},
+        {1: "a"},
+        {"a b": 1},
+        {"email": "jane@example.com"},
+        {"external_id": "x"},
+        {"_update_existing_only": False},
+        {f"k{i}": i for i in range(251)},
+        {"k": "v" * 250, **{f"k{i}": "v" * 250 for i in range(4100)}},  # over 1 MB as JSON
         None,
         5,
+    ]
+
+
+def event_payloads() -> list[Any]:
+    long_text = "v" * 256
+    return [
+        '{"name":"played"}',
+        '{"name":"played","time":"2026-11-28T12:00:00+02:00","app_id":"app","_update_existing_only":true}',
+        '{"name":"played","properties":{"level":3,"tags":["a","b"],"when":{"$time":"2026-01-01T00:00:00Z"}}}',
+        '{"name":"played","properties":{"a b":1}}',
+        '{"name":"played","properties":{"$add":1}}',
+        '{"name":"played","properties":{"k":"' + long_text + '"}}',
+        '{"name":"played","properties":{"big":["' + "w" * 250 + '"' + ',"w"' * 250 + "]}}",
+        '{"name":"played","properties":[]}',
+        '{"name":"played","time":"2026-11-28"}',
+        '{"name":"played","time":5}',
+        '{"name":"played","extra":1}',
+        '{"name":"played","email":"jane@example.com"}',
+        '{"name":"played","_update_existing_only":"no"}',
+        '{"name":"' + long_text + '"}',
+        '{"name":""}',
+        '{"name":5}',
+        "{}",
+        '{"name":"Zoë","properties":{"café":"é"}}',
+        "[1]",
+        "{bad",
+    ]
+
+
+def purchase_payloads() -> list[Any]:
+    return [
+        '{"product_id":"sku-1","currency":"usd","price":9.99}',
+        '{"product_id":"sku-1","currency":"EUR","price":-5,"quantity":100,"properties":{"color":"red"}}',
+        '{"product_id":"sku-1","currency":"EUR","price":1,"quantity":0}',
+        '{"product_id":"sku-1","currency":"EUR","price":1,"quantity":2.0}',
+        '{"product_id":"sku-1","currency":"EURO","price":1}',
+        '{"product_id":"sku-1","currency":"U$D","price":1}',
+        '{"product_id":"sku-1","currency":"usd","price":"9.99"}',
+        '{"product_id":"sku-1","currency":"usd","price":true}',
+        '{"product_id":"sku-1","currency":"usd"}',
+        '{"product_id":" ","currency":"usd","price":1}',
+        '{"product_id":5,"currency":"usd","price":1}',
+        '{"product_id":"sku-1","currency":"usd","price":1,"time":"2026-11-28T10:00:00"}',
+        '{"product_id":"sku-1","currency":"usd","price":1,"name":"x"}',
+        '{"product_id":"sku-1","currency":"usd","price":1,"properties":{"k":"' + "v" * 256 + '"}}',
+        "{}",
     ]
 
 
@@ -145,9 +213,9 @@ def updated_ats() -> list[Any]:
     ]
 
 
-def rows(columns: Sequence[str]) -> list[tuple[Any, ...]]:
+def rows(columns: Sequence[str], payloads: list[Any]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
-    for payload in payloads():
+    for payload in payloads:
         for identifier in identifiers():
             for updated_at in updated_ats():
                 values = {"UPDATED_AT": updated_at, "PAYLOAD": payload, "EXTERNAL_ID": identifier}
@@ -169,5 +237,20 @@ def test_attributes_fast_path_agrees_with_the_general_path(
     fast = RowConverter(ATTRIBUTES, plan, limits=limits, update_existing_only=update_existing_only)
     reference = general(RowConverter(ATTRIBUTES, plan, limits=limits, update_existing_only=update_existing_only))
     for _ in range(2):  # the second time round every shape of keys is known
-        for values in rows(plan.columns):
+        for values in rows(plan.columns, payloads()):
+            assert outcome(fast.convert(values)) == outcome(reference.convert(values)), values
+
+
+@pytest.mark.parametrize(
+    ("data_type", "cases"), [(DataType.CUSTOM_EVENTS, event_payloads), (DataType.PURCHASE_EVENTS, purchase_payloads)]
+)
+@pytest.mark.parametrize("columns", [COLUMNS, ["UPDATED_AT", "EXTERNAL_ID", "EMAIL", "PAYLOAD"]])
+def test_event_and_purchase_fast_path_agrees_with_the_general_path(
+    data_type: DataType, cases: Any, columns: list[str]
+) -> None:
+    plan = plan_columns(data_type, columns)
+    fast = RowConverter(data_type, plan)
+    reference = general(RowConverter(data_type, plan))
+    for _ in range(2):
+        for values in rows(plan.columns, cases()):
             assert outcome(fast.convert(values)) == outcome(reference.convert(values)), values

@@ -102,7 +102,7 @@ R = RowErrorReason
 _TRACK_IDENTIFIER_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone"})
 _ATTRIBUTE_FLAGS = ("_merge_objects", "_update_existing_only")
 _ATTRIBUTE_SPECIAL_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone", *_ATTRIBUTE_FLAGS})
-# keys an EXTERNAL_ID row's attributes PAYLOAD may hold only after a check: `_plain_attributes` leaves them to `_convert`
+# keys an EXTERNAL_ID row's attributes PAYLOAD may hold only after a check: `_plain_row` leaves them to `_convert`
 _PLAIN_ATTRIBUTES_REFUSED = frozenset({"external_id", "user_alias", "braze_id", *_ATTRIBUTE_FLAGS})
 _EVENT_KEYS = frozenset({"name", "time", "app_id", "properties", "_update_existing_only"})
 _PURCHASE_KEYS = frozenset(
@@ -119,8 +119,17 @@ _DELETE_TARGETS = {"e": "external_ids", "a": "user_aliases", "b": "braze_ids"}
 _TRACK_KEYS = {"e": "external_id", "a": "user_alias", "b": "braze_id", "m": "email", "p": "phone"}
 _KEYS_REMEMBERED = 10_000
 _SHAPES_REMEMBERED = 1_000
+_INT64_MIN = -(2**63)  # the integers `jsonable` passes
+_UINT64_MAX = 2**64 - 1
 # copied for each fingerprint: cheaper than a new hasher's keyword arguments, the same digest
 _FINGERPRINT = hashlib.blake2b(digest_size=8)
+
+
+def _taken(keys: tuple[str, ...]) -> int:
+    """What the JSON text of an object with these keys holds beside any one string value, at least: the keys with
+    their quotes and ':', a ',' between members, a character for every other value, the string's own quotes and
+    the braces. A string value of the object has at most the text's length less this many characters."""
+    return sum(map(len, keys)) + 5 * len(keys) + 2
 
 
 class RowConverter:
@@ -170,13 +179,10 @@ class RowConverter:
         )
         self._after_alias = [entry for entry in self._order if entry[0] != "e"]
         self._keys_ok: set[str] = set()  # top-level PAYLOAD keys already found valid: rows repeat the same few
-        # top-level PAYLOAD keys (in order) that `_plain_attributes` found plain → what they take in the text
+        # top-level PAYLOAD keys (in order) that `_plain_row` found plain → what they take in the text
         self._plain_shapes: dict[tuple[str, ...], int] = {}
-        self._plain = (
-            self._plain_attributes
-            if self.data_type == DataType.CUSTOM_ATTRIBUTES and plan.external_id is not None
-            else None
-        )
+        self._attribute_rows = self.data_type == DataType.CUSTOM_ATTRIBUTES
+        self._plain = self._plain_row if self._target and plan.external_id is not None else None
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -203,12 +209,13 @@ class RowConverter:
 
     # -- the fast paths -------------------------------------------------------------------------------------
 
-    def _plain_attributes(self, row: Sequence[Any]) -> Delivery | None:
-        """The Delivery of a plain custom attributes row, or None to leave the row to `_convert`.
+    def _plain_row(self, row: Sequence[Any]) -> Delivery | None:
+        """The Delivery of a plain attributes, event or purchase row, or None to leave the row to `_convert`.
 
-        Plain: a text EXTERNAL_ID, a datetime UPDATED_AT and a PAYLOAD of JSON text whose top-level keys were
-        already found valid and hold no identifier or flag. The result is exactly `_convert`'s (same body, same
-        fingerprint bytes); this path only skips its indirections and re-checks. It has no side effects, so
+        Plain: a text EXTERNAL_ID, a datetime UPDATED_AT and a PAYLOAD of JSON text; for attributes, also
+        top-level keys already found valid and no identifier or flag among them. The result is exactly
+        `_convert`'s (same body, same fingerprint bytes); this path only skips its indirections and, for
+        attributes, checks it can prove unneeded. Its only side effects are caches of what was found valid, so
         returning None (or raising) at any point leaves `_convert` to find and report the row's problem.
         """
         if len(row) != self._width:
@@ -219,7 +226,6 @@ class RowConverter:
         limits = self.limits
         if (
             type(value) is not str
-            or type(text) is not str
             or type(updated_at) is not datetime
             or not value
             or len(value) > limits.max_value_chars
@@ -229,6 +235,10 @@ class RowConverter:
         if updated_at.tzinfo is not UTC:
             updated_at = as_utc(updated_at)
         key = "e:" + value
+        if type(text) is not str:
+            if type(text) is dict and self._attribute_rows:
+                return self._plain_native(text, value, key, updated_at)
+            return None
         if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
             if len(text) > limits.max_payload_bytes:
                 return None
@@ -240,10 +250,14 @@ class RowConverter:
                 return None
             payload = orjson.loads(raw)
             fingerprinted = key.encode() + b"\x1e" + raw
-        if (
-            type(payload) is not dict
-            or len(payload) > limits.max_attributes
-        ):
+        if type(payload) is not dict:
+            return None
+        if not self._attribute_rows:  # events and purchases: their own checks, as `_convert` runs them
+            body = self._build(payload, "e", value, updated_at)
+            hasher = _FINGERPRINT.copy()
+            hasher.update(fingerprinted)
+            return Delivery(self._target, body, key, hasher.hexdigest(), updated_at)
+        if len(payload) > limits.max_attributes:
             return None
         shapes = self._plain_shapes
         shape = tuple(payload)
@@ -251,9 +265,7 @@ class RowConverter:
         if taken is None:
             if not self._keys_ok.issuperset(payload) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload):
                 return None
-            # what the text holds beside any one string value, at least: the keys with their quotes and ':', a
-            # ',' between members, a character for every other value, the string's own quotes and the braces
-            taken = sum(map(len, shape)) + 5 * len(shape) + 2
+            taken = _taken(shape)
             if len(shapes) < _SHAPES_REMEMBERED:
                 shapes[shape] = taken
         max_value = limits.max_value_chars
@@ -274,6 +286,46 @@ class RowConverter:
             payload["_update_existing_only"] = True
         hasher = _FINGERPRINT.copy()
         hasher.update(fingerprinted)
+        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+
+    def _plain_native(self, native: dict[Any, Any], value: str, key: str, updated_at: datetime) -> Delivery | None:
+        """`_plain_row` for an attributes PAYLOAD given as a dict of text keys and JSON scalars, which `jsonable`
+        would copy as they are."""
+        limits = self.limits
+        if len(native) > limits.max_attributes:
+            return None
+        max_value = limits.max_value_chars
+        for name, item in native.items():
+            if type(name) is not str:
+                return None
+            item_type = type(item)
+            if item_type is str:
+                if len(item) > max_value:
+                    return None
+            elif item_type is int:
+                if not _INT64_MIN <= item <= _UINT64_MAX:
+                    return None
+            elif item_type is float:
+                if not math.isfinite(item):
+                    return None
+            elif item_type is not bool and item is not None:
+                return None
+        shapes = self._plain_shapes
+        shape = tuple(native)
+        if shape not in shapes:
+            if not self._keys_ok.issuperset(native) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(native):
+                return None
+            if len(shapes) < _SHAPES_REMEMBERED:
+                shapes[shape] = _taken(shape)
+        payload = dict(native)
+        raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        if len(raw) > limits.max_payload_bytes:
+            return None
+        payload["external_id"] = value
+        if self.update_existing_only:
+            payload["_update_existing_only"] = True
+        hasher = _FINGERPRINT.copy()
+        hasher.update(key.encode() + b"\x1e" + raw)
         return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
 
     def _plain_values(self, payload: dict[str, Any]) -> bool:
@@ -556,11 +608,15 @@ class RowConverter:
     def _check_properties(self, properties: dict[str, Any]) -> None:
         limits = self.limits
         nested = False
+        keys_ok = self._keys_ok  # the same rule as for the top level of an attributes PAYLOAD
         for key, item in properties.items():
-            if not key_ok(key, limits.max_key_chars):
-                problem = key_problem(key, "PAYLOAD.properties", limits, operators=False)
-                if problem is not None:
-                    raise problem
+            if key not in keys_ok:
+                if not key_ok(key, limits.max_key_chars):
+                    problem = key_problem(key, "PAYLOAD.properties", limits, operators=False)
+                    if problem is not None:
+                        raise problem
+                if len(keys_ok) < _KEYS_REMEMBERED:
+                    keys_ok.add(key)
             item_type = type(item)
             if item_type is str:
                 if len(item) > limits.max_value_chars:
