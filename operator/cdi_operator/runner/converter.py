@@ -361,12 +361,14 @@ class RowConverter:
                     f"the row is identified only by {column}, and Braze cannot delete users by "
                     f"{column.lower()}; set EXTERNAL_ID, ALIAS_NAME with ALIAS_LABEL, or BRAZE_ID",
                 )
-            digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
-            return Delivery(_DELETE_TARGETS[kind], body, user_key, digest, updated_at)
+            hasher = _FINGERPRINT.copy()
+            hasher.update(identity.encode())
+            return Delivery(_DELETE_TARGETS[kind], body, user_key, hasher.hexdigest(), updated_at)
         payload, raw = self._payload(row[self._payload_index])
         body = self._build(payload, kind, value, updated_at)
-        digest = hashlib.blake2b(identity.encode() + b"\x1e" + raw, digest_size=8).hexdigest()
-        return Delivery(self._target, body, user_key, digest, updated_at)
+        hasher = _FINGERPRINT.copy()
+        hasher.update(identity.encode() + b"\x1e" + raw)
+        return Delivery(self._target, body, user_key, hasher.hexdigest(), updated_at)
 
     def _identify(self, row: Sequence[Any]) -> tuple[str, Any, str, str]:
         """(kind, identifier value for the body, user_key, exact identity for the fingerprint)."""
