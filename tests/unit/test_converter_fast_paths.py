@@ -99,6 +99,11 @@ def payloads() -> list[Any]:
         '{"a":1,"a":"' + long_text + '"}',  # a duplicate key: the last one wins
         '{"a":"' + long_text + '","a":1}',
         '{"email":"jane@example.com","phone":"+15551234567"}',
+        '{"email":"JANE@example.com"}',
+        '{"email":"other@example.com","a":1}',
+        '{"email":5}',
+        '{"phone":"+15551234567"}',
+        '{"phone":"+1999","a":1}',
         '{"external_id":"x"}',
         '{"braze_id":"x"}',
         '{"user_alias":{"alias_name":"n","alias_label":"l"}}',
@@ -213,21 +218,48 @@ def updated_ats() -> list[Any]:
     ]
 
 
+OTHER_IDENTIFIERS = [None, "jane@example.com", "Jane@Example.com", "+15551234567", "", "n1", "l1", 5]
+
+
 def rows(columns: Sequence[str], payloads: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows in `columns` order: the first identifier column takes each of `identifiers()`, the other identifier
+    columns and UPDATED_AT a rotation of values."""
     out: list[tuple[Any, ...]] = []
+    count = 0
+    times = updated_ats()
     for payload in payloads:
         for identifier in identifiers():
-            for updated_at in updated_ats():
-                values = {"UPDATED_AT": updated_at, "PAYLOAD": payload, "EXTERNAL_ID": identifier}
-                out.append(tuple(values.get(column, "jane@example.com") for column in columns))
+            count += 1
+            values: list[Any] = []
+            for column in columns:
+                if column == "UPDATED_AT":
+                    values.append(times[count % len(times)])
+                elif column == "PAYLOAD":
+                    values.append(payload)
+                elif len(values) == 1 or values[1:] == [payload]:  # the first identifier column
+                    values.append(identifier)
+                else:
+                    values.append(OTHER_IDENTIFIERS[(count + len(values)) % len(OTHER_IDENTIFIERS)])
+            out.append(tuple(values))
     out.append((T0, "u1"))  # the wrong width
     return out
 
 
-@pytest.mark.parametrize(
-    "columns",
-    [COLUMNS, ["UPDATED_AT", "EXTERNAL_ID", "EMAIL", "PAYLOAD"], ["UPDATED_AT", "PAYLOAD", "EXTERNAL_ID"]],
-)
+ALL_IDENTIFIERS = ["EXTERNAL_ID", "ALIAS_NAME", "ALIAS_LABEL", "BRAZE_ID", "EMAIL", "PHONE"]
+ATTRIBUTE_COLUMNS = [
+    COLUMNS,
+    ["UPDATED_AT", "PAYLOAD", "EXTERNAL_ID"],
+    ["UPDATED_AT", "EXTERNAL_ID", "EMAIL", "PAYLOAD"],
+    ["UPDATED_AT", *ALL_IDENTIFIERS, "PAYLOAD"],
+    ["UPDATED_AT", "EMAIL", "PAYLOAD"],
+    ["UPDATED_AT", "PHONE", "PAYLOAD"],
+    ["UPDATED_AT", "BRAZE_ID", "PAYLOAD"],
+    ["UPDATED_AT", "ALIAS_NAME", "ALIAS_LABEL", "PAYLOAD"],
+    ["UPDATED_AT", "EMAIL", "PHONE", "PAYLOAD"],
+]
+
+
+@pytest.mark.parametrize("columns", ATTRIBUTE_COLUMNS)
 @pytest.mark.parametrize("update_existing_only", [False, True])
 @pytest.mark.parametrize("limits", [None, RowLimits(max_value_chars=10, max_payload_bytes=300, max_attributes=3)])
 def test_attributes_fast_path_agrees_with_the_general_path(
@@ -244,7 +276,7 @@ def test_attributes_fast_path_agrees_with_the_general_path(
 @pytest.mark.parametrize(
     ("data_type", "cases"), [(DataType.CUSTOM_EVENTS, event_payloads), (DataType.PURCHASE_EVENTS, purchase_payloads)]
 )
-@pytest.mark.parametrize("columns", [COLUMNS, ["UPDATED_AT", "EXTERNAL_ID", "EMAIL", "PAYLOAD"]])
+@pytest.mark.parametrize("columns", ATTRIBUTE_COLUMNS)
 def test_event_and_purchase_fast_path_agrees_with_the_general_path(
     data_type: DataType, cases: Any, columns: list[str]
 ) -> None:

@@ -105,7 +105,8 @@ R = RowErrorReason
 _TRACK_IDENTIFIER_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone"})
 _ATTRIBUTE_FLAGS = ("_merge_objects", "_update_existing_only")
 _ATTRIBUTE_SPECIAL_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone", *_ATTRIBUTE_FLAGS})
-# keys an EXTERNAL_ID row's attributes PAYLOAD may hold only after a check: `_plain_row` leaves them to `_convert`
+# keys an attributes PAYLOAD may hold only after a check (email and phone too, in EMAIL and PHONE rows):
+# `_plain_row` leaves them to `_convert`
 _PLAIN_ATTRIBUTES_REFUSED = frozenset({"external_id", "user_alias", "braze_id", *_ATTRIBUTE_FLAGS})
 _EVENT_KEYS = frozenset({"name", "time", "app_id", "properties", "_update_existing_only"})
 _PURCHASE_KEYS = frozenset(
@@ -185,7 +186,7 @@ class RowConverter:
         # top-level PAYLOAD keys (in order) that `_plain_row` found plain → what they take in the text
         self._plain_shapes: dict[tuple[str, ...], int] = {}
         self._attribute_rows = self.data_type == DataType.CUSTOM_ATTRIBUTES
-        self._plain = self._plain_row if self._target and plan.external_id is not None else None
+        self._plain = self._plain_row if self._target else None
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -215,52 +216,52 @@ class RowConverter:
     def _plain_row(self, row: Sequence[Any]) -> Delivery | None:
         """The Delivery of a plain attributes, event or purchase row, or None to leave the row to `_convert`.
 
-        Plain: a text EXTERNAL_ID, a datetime UPDATED_AT and a PAYLOAD of JSON text; for attributes, also
-        top-level keys already found valid and no identifier or flag among them. The result is exactly
+        Plain: a datetime UPDATED_AT, an identifier and a PAYLOAD of JSON text (or a flat native dict, for
+        attributes); for attributes, also top-level keys already found valid and no identifier or flag among
+        them (nor `email` or `phone` in a row identified by EMAIL or PHONE). The result is exactly
         `_convert`'s (same body, same fingerprint bytes); this path only skips its indirections and, for
         attributes, checks it can prove unneeded. Its only side effects are caches of what was found valid, so
         returning None (or raising) at any point leaves `_convert` to find and report the row's problem.
         """
         if len(row) != self._width:
             return None
-        value = row[self._external_id]  # type: ignore[index]  # set whenever this path is
-        text = row[self._payload_index]
         updated_at = row[0]
-        limits = self.limits
-        if (
-            type(value) is not str
-            or type(updated_at) is not datetime
-            or not value
-            or len(value) > limits.max_value_chars
-            or value.isspace()
-        ):
+        if type(updated_at) is not datetime:
             return None
         if updated_at.tzinfo is not UTC:
             updated_at = as_utc(updated_at)
-        key = "e:" + value
+        limits = self.limits
+        index = self._external_id
+        value: Any = None if index is None else row[index]
+        if type(value) is str and value and len(value) <= limits.max_value_chars and not value.isspace():
+            kind = "e"
+            key = identity = "e:" + value
+        else:
+            kind, value, key, identity = self._identify(row)
+        text = row[self._payload_index]
         if type(text) is not str:
             if type(text) is dict and self._attribute_rows:
-                return self._plain_native(text, value, key, updated_at)
+                return self._plain_native(text, kind, value, key, identity, updated_at)
             return None
         if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
             if len(text) > limits.max_payload_bytes:
                 return None
             payload = orjson.loads(text)
-            fingerprinted = (key + "\x1e" + text).encode()
+            fingerprinted = (identity + "\x1e" + text).encode()
         else:
             raw = text.encode()
             if len(raw) > limits.max_payload_bytes:
                 return None
             payload = orjson.loads(raw)
-            fingerprinted = key.encode() + b"\x1e" + raw
+            fingerprinted = identity.encode() + b"\x1e" + raw
         if type(payload) is not dict:
             return None
         if not self._attribute_rows:  # events and purchases: their own checks, as `_convert` runs them
-            body = self._build(payload, "e", value, updated_at)
+            body = self._build(payload, kind, value, updated_at)
             hasher = _FINGERPRINT.copy()
             hasher.update(fingerprinted)
             return Delivery(self._target, body, key, hasher.hexdigest(), updated_at)
-        if len(payload) > limits.max_attributes:
+        if len(payload) > limits.max_attributes or (kind in "mp" and ("email" in payload or "phone" in payload)):
             return None
         shapes = self._plain_shapes
         shape = tuple(payload)
@@ -284,18 +285,22 @@ class RowConverter:
                     if not self._plain_values(payload):
                         return None
                     break
-        payload["external_id"] = value
+        payload[_TRACK_KEYS[kind]] = value
         if self.update_existing_only:
             payload["_update_existing_only"] = True
+        elif kind in "amp":
+            payload["_update_existing_only"] = False
         hasher = _FINGERPRINT.copy()
         hasher.update(fingerprinted)
         return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
 
-    def _plain_native(self, native: dict[Any, Any], value: str, key: str, updated_at: datetime) -> Delivery | None:
+    def _plain_native(
+        self, native: dict[Any, Any], kind: str, value: Any, key: str, identity: str, updated_at: datetime
+    ) -> Delivery | None:
         """`_plain_row` for an attributes PAYLOAD given as a dict of text keys and JSON scalars, which `jsonable`
         would copy as they are."""
         limits = self.limits
-        if len(native) > limits.max_attributes:
+        if len(native) > limits.max_attributes or (kind in "mp" and ("email" in native or "phone" in native)):
             return None
         max_value = limits.max_value_chars
         for name, item in native.items():
@@ -324,11 +329,13 @@ class RowConverter:
         raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if len(raw) > limits.max_payload_bytes:
             return None
-        payload["external_id"] = value
+        payload[_TRACK_KEYS[kind]] = value
         if self.update_existing_only:
             payload["_update_existing_only"] = True
+        elif kind in "amp":
+            payload["_update_existing_only"] = False
         hasher = _FINGERPRINT.copy()
-        hasher.update(key.encode() + b"\x1e" + raw)
+        hasher.update(identity.encode() + b"\x1e" + raw)
         return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
 
     def _plain_values(self, payload: dict[str, Any]) -> bool:
