@@ -195,6 +195,8 @@ class RowConverter:
         if plain is not None:
             try:
                 delivery = plain(row)
+            except Reject as reject:  # `_plain_row` raises one only where `_convert` raises the same
+                return RowError(reject.reason, reject.message, self._describe(row), self._updated_at_or_none(row))
             except Exception:  # whatever it is, `_convert` finds it again and says what it is
                 delivery = None
             if delivery is not None:
@@ -217,11 +219,13 @@ class RowConverter:
         """The Delivery of a plain attributes, event or purchase row, or None to leave the row to `_convert`.
 
         Plain: a datetime UPDATED_AT, an identifier and a PAYLOAD of JSON text (or a flat native dict, for
-        attributes); for attributes, also top-level keys already found valid and no identifier or flag among
-        them (nor `email` or `phone` in a row identified by EMAIL or PHONE). The result is exactly
-        `_convert`'s (same body, same fingerprint bytes); this path only skips its indirections and, for
-        attributes, checks it can prove unneeded. Its only side effects are caches of what was found valid, so
-        returning None (or raising) at any point leaves `_convert` to find and report the row's problem.
+        attributes); for attributes, also valid top-level keys and no identifier or flag among them (nor
+        `email` or `phone` in a row identified by EMAIL or PHONE). The result is exactly `_convert`'s (same
+        body, same fingerprint bytes); this path only skips its indirections and, for attributes, checks it can
+        prove unneeded. Its only side effects are caches of what was found valid, so returning None (or raising
+        anything but a Reject) at any point leaves `_convert` to find and report the row's problem. A Reject
+        comes only from the general path's own checks (`_identify`, `_build`, `check_nested`), reached with the
+        same values and after the same checks passed as in `_convert`: it is the row's RowError.
         """
         if len(row) != self._width:
             return None
@@ -243,17 +247,21 @@ class RowConverter:
             if type(text) is dict and self._attribute_rows:
                 return self._plain_native(text, kind, value, key, identity, updated_at)
             return None
-        if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
-            if len(text) > limits.max_payload_bytes:
-                return None
-            payload = orjson.loads(text)
-            fingerprinted = (identity + "\x1e" + text).encode()
-        else:
-            raw = text.encode()
-            if len(raw) > limits.max_payload_bytes:
-                return None
-            payload = orjson.loads(raw)
-            fingerprinted = identity.encode() + b"\x1e" + raw
+        try:
+            if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
+                if len(text) > limits.max_payload_bytes:
+                    return None
+                payload = orjson.loads(text)
+                fingerprinted = (identity + "\x1e" + text).encode()
+            else:
+                raw = text.encode()
+                if len(raw) > limits.max_payload_bytes:
+                    return None
+                payload = orjson.loads(raw)
+                fingerprinted = identity.encode() + b"\x1e" + raw
+        except orjson.JSONDecodeError:
+            self._payload(text)  # raises the general path's Reject for the text
+            return None
         if type(payload) is not dict:
             return None
         if not self._attribute_rows:  # events and purchases: their own checks, as `_convert` runs them
@@ -267,7 +275,7 @@ class RowConverter:
         shape = tuple(payload)
         taken = shapes.get(shape)
         if taken is None:
-            if not self._keys_ok.issuperset(payload) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload):
+            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload) or not self._plain_keys(payload):
                 return None
             taken = _taken(shape)
             if len(shapes) < _SHAPES_REMEMBERED:
@@ -278,10 +286,7 @@ class RowConverter:
         if len(text) - taken > max_value or "[" in text or text.find("{", text.find("{") + 1) >= 0:
             for item in payload.values():
                 item_type = type(item)
-                if item_type is str:
-                    if len(item) > max_value:
-                        return None
-                elif item_type is dict or item_type is list:
+                if (item_type is str and len(item) > max_value) or item_type is dict or item_type is list:
                     if not self._plain_values(payload):
                         return None
                     break
@@ -321,7 +326,7 @@ class RowConverter:
         shapes = self._plain_shapes
         shape = tuple(native)
         if shape not in shapes:
-            if not self._keys_ok.issuperset(native) or not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(native):
+            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(native) or not self._plain_keys(native):
                 return None
             if len(shapes) < _SHAPES_REMEMBERED:
                 shapes[shape] = _taken(shape)
@@ -338,15 +343,30 @@ class RowConverter:
         hasher.update(identity.encode() + b"\x1e" + raw)
         return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
 
+    def _plain_keys(self, payload: dict[str, Any]) -> bool:
+        """Whether every top-level key is valid (as `_attributes` checks them, and remembered as it does)."""
+        keys_ok = self._keys_ok
+        if keys_ok.issuperset(payload):
+            return True
+        max_key = self.limits.max_key_chars
+        for key in payload:
+            if key not in keys_ok:
+                if not key_ok(key, max_key):
+                    return False
+                if len(keys_ok) < _KEYS_REMEMBERED:
+                    keys_ok.add(key)
+        return True
+
     def _plain_values(self, payload: dict[str, Any]) -> bool:
-        """Whether every value of a PAYLOAD with objects or arrays in it is within Braze's limits."""
+        """Whether every value of an attributes PAYLOAD is within Braze's limits, checked in `_attributes`'s order
+        with its Rejects (but a nested value too large is left to it)."""
         limits = self.limits
         max_value = limits.max_value_chars
         for name, item in payload.items():
             item_type = type(item)
             if item_type is str:
                 if len(item) > max_value:
-                    return False
+                    raise too_long(f"PAYLOAD.{name}", item, limits)
             elif item_type is dict or item_type is list:
                 check_nested(item, f"PAYLOAD.{name}", limits, 1)
                 if len(orjson.dumps(item)) > limits.max_nested_attribute_bytes:
