@@ -3,9 +3,9 @@
 `RowConverter.convert()` turns each row into a `Delivery` (the `/users/track` object, or the identifier for
 `/users/delete`) or a `RowError` (reasons in rows.py). `convert()` never raises: any value it cannot use becomes
 a `RowError` with a stable reason code, a message that names the column or `PAYLOAD` key and the fix, and the
-(masked) user it concerns. Plain rows (a text EXTERNAL_ID and a PAYLOAD of JSON text, or of a flat native
+(masked) user it concerns. Plain rows (a datetime UPDATED_AT and a PAYLOAD of JSON text, or of a flat native
 object for attributes) first take a fast path that gives exactly what the general path would, the same
-fingerprint bytes included; anything it cannot vouch for is left to the general path
+fingerprint bytes and RowErrors included; anything it cannot vouch for is left to the general path
 (tests/unit/test_converter_fast_paths.py holds the two to the same result).
 
 Decisions where BRAZE-API.md is silent (strict where it matters, documented here):
