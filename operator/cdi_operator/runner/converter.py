@@ -3,7 +3,10 @@
 `RowConverter.convert()` turns each row into a `Delivery` (the `/users/track` object, or the identifier for
 `/users/delete`) or a `RowError` (reasons in rows.py). `convert()` never raises: any value it cannot use becomes
 a `RowError` with a stable reason code, a message that names the column or `PAYLOAD` key and the fix, and the
-(masked) user it concerns.
+(masked) user it concerns. Plain rows (a datetime UPDATED_AT and a PAYLOAD of JSON text, or of a flat native
+object for attributes) first take a fast path that gives exactly what the general path would, the same
+fingerprint bytes and RowErrors included; anything it cannot vouch for is left to the general path
+(tests/unit/test_converter_fast_paths.py holds the two to the same result).
 
 Decisions where BRAZE-API.md is silent (strict where it matters, documented here):
 
@@ -102,6 +105,9 @@ R = RowErrorReason
 _TRACK_IDENTIFIER_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone"})
 _ATTRIBUTE_FLAGS = ("_merge_objects", "_update_existing_only")
 _ATTRIBUTE_SPECIAL_KEYS = frozenset({"external_id", "user_alias", "braze_id", "email", "phone", *_ATTRIBUTE_FLAGS})
+# keys an attributes PAYLOAD may hold only after a check (email and phone too, in EMAIL and PHONE rows):
+# `_plain_row` leaves them to `_convert`
+_PLAIN_ATTRIBUTES_REFUSED = frozenset({"external_id", "user_alias", "braze_id", *_ATTRIBUTE_FLAGS})
 _EVENT_KEYS = frozenset({"name", "time", "app_id", "properties", "_update_existing_only"})
 _PURCHASE_KEYS = frozenset(
     {"product_id", "currency", "price", "quantity", "time", "app_id", "properties", "_update_existing_only"}
@@ -116,6 +122,18 @@ _TARGETS = {
 _DELETE_TARGETS = {"e": "external_ids", "a": "user_aliases", "b": "braze_ids"}
 _TRACK_KEYS = {"e": "external_id", "a": "user_alias", "b": "braze_id", "m": "email", "p": "phone"}
 _KEYS_REMEMBERED = 10_000
+_SHAPES_REMEMBERED = 1_000
+_INT64_MIN = -(2**63)  # the integers `jsonable` passes
+_UINT64_MAX = 2**64 - 1
+# copied for each fingerprint: cheaper than a new hasher's keyword arguments, the same digest
+_FINGERPRINT = hashlib.blake2b(digest_size=8)
+
+
+def _taken(keys: tuple[str, ...]) -> int:
+    """What the JSON text of an object with these keys holds beside any one string value, at least: the keys with
+    their quotes and ':', a ',' between members, a character for every other value, the string's own quotes and
+    the braces. A string value of the object has at most the text's length less this many characters."""
+    return sum(map(len, keys)) + 5 * len(keys) + 2
 
 
 class RowConverter:
@@ -165,10 +183,24 @@ class RowConverter:
         )
         self._after_alias = [entry for entry in self._order if entry[0] != "e"]
         self._keys_ok: set[str] = set()  # top-level PAYLOAD keys already found valid: rows repeat the same few
+        # top-level PAYLOAD keys (in order) that `_plain_row` found plain → what they take in the text
+        self._plain_shapes: dict[tuple[str, ...], int] = {}
+        self._attribute_rows = self.data_type == DataType.CUSTOM_ATTRIBUTES
+        self._plain = self._plain_row if self._target else None
 
     # -- public ---------------------------------------------------------------------------------------------
 
     def convert(self, row: Sequence[Any]) -> Delivery | RowError:
+        plain = self._plain
+        if plain is not None:
+            try:
+                delivery = plain(row)
+            except Reject as reject:  # `_plain_row` raises one only where `_convert` raises the same
+                return RowError(reject.reason, reject.message, self._describe(row), self._updated_at_or_none(row))
+            except Exception:  # whatever it is, `_convert` finds it again and says what it is
+                delivery = None
+            if delivery is not None:
+                return delivery
         try:
             return self._convert(row)
         except Reject as reject:
@@ -181,7 +213,167 @@ class RowConverter:
                 self._updated_at_or_none(row),
             )
 
-    # -- the fast path --------------------------------------------------------------------------------------
+    # -- the fast paths -------------------------------------------------------------------------------------
+
+    def _plain_row(self, row: Sequence[Any]) -> Delivery | None:
+        """The Delivery of a plain attributes, event or purchase row, or None to leave the row to `_convert`.
+
+        Plain: a datetime UPDATED_AT, an identifier and a PAYLOAD of JSON text (or a flat native dict, for
+        attributes); for attributes, also valid top-level keys and no identifier or flag among them (nor
+        `email` or `phone` in a row identified by EMAIL or PHONE). The result is exactly `_convert`'s (same
+        body, same fingerprint bytes); this path only skips its indirections and, for attributes, checks it can
+        prove unneeded. Its only side effects are caches of what was found valid, so returning None (or raising
+        anything but a Reject) at any point leaves `_convert` to find and report the row's problem. A Reject
+        comes only from the general path's own checks (`_identify`, `_build`, `check_nested`), reached with the
+        same values and after the same checks passed as in `_convert`: it is the row's RowError.
+        """
+        if len(row) != self._width:
+            return None
+        updated_at = row[0]
+        if type(updated_at) is not datetime:
+            return None
+        if updated_at.tzinfo is not UTC:
+            updated_at = as_utc(updated_at)
+        limits = self.limits
+        index = self._external_id
+        value: Any = None if index is None else row[index]
+        if type(value) is str and value and len(value) <= limits.max_value_chars and not value.isspace():
+            kind = "e"
+            key = identity = "e:" + value
+        else:
+            kind, value, key, identity = self._identify(row)
+        text = row[self._payload_index]
+        if type(text) is not str:
+            if type(text) is dict and self._attribute_rows:
+                return self._plain_native(text, kind, value, key, identity, updated_at)
+            return None
+        try:
+            if text.isascii():  # then its UTF-8 is its characters: one encode for the fingerprint, no copy to parse
+                if len(text) > limits.max_payload_bytes:
+                    return None
+                payload = orjson.loads(text)
+                fingerprinted = (identity + "\x1e" + text).encode()
+            else:
+                raw = text.encode()
+                if len(raw) > limits.max_payload_bytes:
+                    return None
+                payload = orjson.loads(raw)
+                fingerprinted = identity.encode() + b"\x1e" + raw
+        except orjson.JSONDecodeError:
+            self._payload(text)  # raises the general path's Reject for the text
+            return None
+        if type(payload) is not dict:
+            return None
+        if not self._attribute_rows:  # events and purchases: their own checks, as `_convert` runs them
+            body = self._build(payload, kind, value, updated_at)
+            hasher = _FINGERPRINT.copy()
+            hasher.update(fingerprinted)
+            return Delivery(self._target, body, key, hasher.hexdigest(), updated_at)
+        if len(payload) > limits.max_attributes or (kind in "mp" and ("email" in payload or "phone" in payload)):
+            return None
+        shapes = self._plain_shapes
+        shape = tuple(payload)
+        taken = shapes.get(shape)
+        if taken is None:
+            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload) or not self._plain_keys(payload):
+                return None
+            taken = _taken(shape)
+            if len(shapes) < _SHAPES_REMEMBERED:
+                shapes[shape] = taken
+        max_value = limits.max_value_chars
+        # No value is an object or array without a second '{' or any '[' in the text, and none is a string too
+        # long when the text has no room for one beside the keys: then there is no need to look at each value.
+        if len(text) - taken > max_value or "[" in text or text.find("{", text.find("{") + 1) >= 0:
+            for item in payload.values():
+                item_type = type(item)
+                if (item_type is str and len(item) > max_value) or item_type is dict or item_type is list:
+                    if not self._plain_values(payload):
+                        return None
+                    break
+        payload[_TRACK_KEYS[kind]] = value
+        if self.update_existing_only:
+            payload["_update_existing_only"] = True
+        elif kind in "amp":
+            payload["_update_existing_only"] = False
+        hasher = _FINGERPRINT.copy()
+        hasher.update(fingerprinted)
+        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+
+    def _plain_native(
+        self, native: dict[Any, Any], kind: str, value: Any, key: str, identity: str, updated_at: datetime
+    ) -> Delivery | None:
+        """`_plain_row` for an attributes PAYLOAD given as a dict of text keys and JSON scalars, which `jsonable`
+        would copy as they are."""
+        limits = self.limits
+        if len(native) > limits.max_attributes or (kind in "mp" and ("email" in native or "phone" in native)):
+            return None
+        max_value = limits.max_value_chars
+        for name, item in native.items():
+            if type(name) is not str:
+                return None
+            item_type = type(item)
+            if item_type is str:
+                if len(item) > max_value:
+                    return None
+            elif item_type is int:
+                if not _INT64_MIN <= item <= _UINT64_MAX:
+                    return None
+            elif item_type is float:
+                if not math.isfinite(item):
+                    return None
+            elif item_type is not bool and item is not None:
+                return None
+        shapes = self._plain_shapes
+        shape = tuple(native)
+        if shape not in shapes:
+            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(native) or not self._plain_keys(native):
+                return None
+            if len(shapes) < _SHAPES_REMEMBERED:
+                shapes[shape] = _taken(shape)
+        payload = dict(native)
+        raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+        if len(raw) > limits.max_payload_bytes:
+            return None
+        payload[_TRACK_KEYS[kind]] = value
+        if self.update_existing_only:
+            payload["_update_existing_only"] = True
+        elif kind in "amp":
+            payload["_update_existing_only"] = False
+        hasher = _FINGERPRINT.copy()
+        hasher.update(identity.encode() + b"\x1e" + raw)
+        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+
+    def _plain_keys(self, payload: dict[str, Any]) -> bool:
+        """Whether every top-level key is valid (as `_attributes` checks them, and remembered as it does)."""
+        keys_ok = self._keys_ok
+        if keys_ok.issuperset(payload):
+            return True
+        max_key = self.limits.max_key_chars
+        for key in payload:
+            if key not in keys_ok:
+                if not key_ok(key, max_key):
+                    return False
+                if len(keys_ok) < _KEYS_REMEMBERED:
+                    keys_ok.add(key)
+        return True
+
+    def _plain_values(self, payload: dict[str, Any]) -> bool:
+        """Whether every value of an attributes PAYLOAD is within Braze's limits, checked in `_attributes`'s order
+        with its Rejects (but a nested value too large is left to it)."""
+        limits = self.limits
+        max_value = limits.max_value_chars
+        for name, item in payload.items():
+            item_type = type(item)
+            if item_type is str:
+                if len(item) > max_value:
+                    raise too_long(f"PAYLOAD.{name}", item, limits)
+            elif item_type is dict or item_type is list:
+                check_nested(item, f"PAYLOAD.{name}", limits, 1)
+                if len(orjson.dumps(item)) > limits.max_nested_attribute_bytes:
+                    return False
+        return True
+
+    # -- the general path -----------------------------------------------------------------------------------
 
     def _convert(self, row: Sequence[Any]) -> Delivery:
         if len(row) != self._width:
@@ -199,12 +391,14 @@ class RowConverter:
                     f"the row is identified only by {column}, and Braze cannot delete users by "
                     f"{column.lower()}; set EXTERNAL_ID, ALIAS_NAME with ALIAS_LABEL, or BRAZE_ID",
                 )
-            digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
-            return Delivery(_DELETE_TARGETS[kind], body, user_key, digest, updated_at)
+            hasher = _FINGERPRINT.copy()
+            hasher.update(identity.encode())
+            return Delivery(_DELETE_TARGETS[kind], body, user_key, hasher.hexdigest(), updated_at)
         payload, raw = self._payload(row[self._payload_index])
         body = self._build(payload, kind, value, updated_at)
-        digest = hashlib.blake2b(identity.encode() + b"\x1e" + raw, digest_size=8).hexdigest()
-        return Delivery(self._target, body, user_key, digest, updated_at)
+        hasher = _FINGERPRINT.copy()
+        hasher.update(identity.encode() + b"\x1e" + raw)
+        return Delivery(self._target, body, user_key, hasher.hexdigest(), updated_at)
 
     def _identify(self, row: Sequence[Any]) -> tuple[str, Any, str, str]:
         """(kind, identifier value for the body, user_key, exact identity for the fingerprint)."""
@@ -446,11 +640,15 @@ class RowConverter:
     def _check_properties(self, properties: dict[str, Any]) -> None:
         limits = self.limits
         nested = False
+        keys_ok = self._keys_ok  # the same rule as for the top level of an attributes PAYLOAD
         for key, item in properties.items():
-            if not key_ok(key, limits.max_key_chars):
-                problem = key_problem(key, "PAYLOAD.properties", limits, operators=False)
-                if problem is not None:
-                    raise problem
+            if key not in keys_ok:
+                if not key_ok(key, limits.max_key_chars):
+                    problem = key_problem(key, "PAYLOAD.properties", limits, operators=False)
+                    if problem is not None:
+                        raise problem
+                if len(keys_ok) < _KEYS_REMEMBERED:
+                    keys_ok.add(key)
             item_type = type(item)
             if item_type is str:
                 if len(item) > limits.max_value_chars:
