@@ -129,6 +129,13 @@ _UINT64_MAX = 2**64 - 1
 _FINGERPRINT = hashlib.blake2b(digest_size=8)
 
 
+def _fingerprint(data: bytes) -> str:
+    """The 16 hex characters a row is known by in the watermark (blake2b-64: saved watermarks hold them)."""
+    hasher = _FINGERPRINT.copy()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 def _taken(keys: tuple[str, ...]) -> int:
     """What the JSON text of an object with these keys holds beside any one string value, at least: the keys with
     their quotes and ':', a ',' between members, a character for every other value, the string's own quotes and
@@ -266,20 +273,12 @@ class RowConverter:
             return None
         if not self._attribute_rows:  # events and purchases: their own checks, as `_convert` runs them
             body = self._build(payload, kind, value, updated_at)
-            hasher = _FINGERPRINT.copy()
-            hasher.update(fingerprinted)
-            return Delivery(self._target, body, key, hasher.hexdigest(), updated_at)
+            return Delivery(self._target, body, key, _fingerprint(fingerprinted), updated_at)
         if len(payload) > limits.max_attributes or (kind in "mp" and ("email" in payload or "phone" in payload)):
             return None
-        shapes = self._plain_shapes
-        shape = tuple(payload)
-        taken = shapes.get(shape)
+        taken = self._plain_shape(payload)
         if taken is None:
-            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload) or not self._plain_keys(payload):
-                return None
-            taken = _taken(shape)
-            if len(shapes) < _SHAPES_REMEMBERED:
-                shapes[shape] = taken
+            return None
         max_value = limits.max_value_chars
         # No value is an object or array without a second '{' or any '[' in the text, and none is a string too
         # long when the text has no room for one beside the keys: then there is no need to look at each value.
@@ -290,14 +289,8 @@ class RowConverter:
                     if not self._plain_values(payload):
                         return None
                     break
-        payload[_TRACK_KEYS[kind]] = value
-        if self.update_existing_only:
-            payload["_update_existing_only"] = True
-        elif kind in "amp":
-            payload["_update_existing_only"] = False
-        hasher = _FINGERPRINT.copy()
-        hasher.update(fingerprinted)
-        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+        body = self._identified(payload, kind, value)
+        return Delivery(self._target, body, key, _fingerprint(fingerprinted), updated_at)
 
     def _plain_native(
         self, native: dict[Any, Any], kind: str, value: Any, key: str, identity: str, updated_at: datetime
@@ -323,25 +316,28 @@ class RowConverter:
                     return None
             elif item_type is not bool and item is not None:
                 return None
-        shapes = self._plain_shapes
-        shape = tuple(native)
-        if shape not in shapes:
-            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(native) or not self._plain_keys(native):
-                return None
-            if len(shapes) < _SHAPES_REMEMBERED:
-                shapes[shape] = _taken(shape)
+        if self._plain_shape(native) is None:
+            return None
         payload = dict(native)
         raw = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         if len(raw) > limits.max_payload_bytes:
             return None
-        payload[_TRACK_KEYS[kind]] = value
-        if self.update_existing_only:
-            payload["_update_existing_only"] = True
-        elif kind in "amp":
-            payload["_update_existing_only"] = False
-        hasher = _FINGERPRINT.copy()
-        hasher.update(identity.encode() + b"\x1e" + raw)
-        return Delivery(self._target, payload, key, hasher.hexdigest(), updated_at)
+        body = self._identified(payload, kind, value)
+        return Delivery(self._target, body, key, _fingerprint(identity.encode() + b"\x1e" + raw), updated_at)
+
+    def _plain_shape(self, payload: dict[str, Any]) -> int | None:
+        """What the keys of a plain attributes PAYLOAD take in its text (`_taken`, remembered per key order), or
+        None when a key is not valid or needs the general path's checks."""
+        shapes = self._plain_shapes
+        shape = tuple(payload)
+        taken = shapes.get(shape)
+        if taken is None:
+            if not _PLAIN_ATTRIBUTES_REFUSED.isdisjoint(payload) or not self._plain_keys(payload):
+                return None
+            taken = _taken(shape)
+            if len(shapes) < _SHAPES_REMEMBERED:
+                shapes[shape] = taken
+        return taken
 
     def _plain_keys(self, payload: dict[str, Any]) -> bool:
         """Whether every top-level key is valid (as `_attributes` checks them, and remembered as it does)."""
@@ -391,14 +387,10 @@ class RowConverter:
                     f"the row is identified only by {column}, and Braze cannot delete users by "
                     f"{column.lower()}; set EXTERNAL_ID, ALIAS_NAME with ALIAS_LABEL, or BRAZE_ID",
                 )
-            hasher = _FINGERPRINT.copy()
-            hasher.update(identity.encode())
-            return Delivery(_DELETE_TARGETS[kind], body, user_key, hasher.hexdigest(), updated_at)
+            return Delivery(_DELETE_TARGETS[kind], body, user_key, _fingerprint(identity.encode()), updated_at)
         payload, raw = self._payload(row[self._payload_index])
         body = self._build(payload, kind, value, updated_at)
-        hasher = _FINGERPRINT.copy()
-        hasher.update(identity.encode() + b"\x1e" + raw)
-        return Delivery(self._target, body, user_key, hasher.hexdigest(), updated_at)
+        return Delivery(self._target, body, user_key, _fingerprint(identity.encode() + b"\x1e" + raw), updated_at)
 
     def _identify(self, row: Sequence[Any]) -> tuple[str, Any, str, str]:
         """(kind, identifier value for the body, user_key, exact identity for the fingerprint)."""
@@ -533,6 +525,12 @@ class RowConverter:
                         f"PAYLOAD.{key} is {size} bytes as JSON; a nested attribute is at most "
                         f"{limits.max_nested_attribute_bytes} bytes — split it or drop fields",
                     )
+        return self._identified(payload, kind, value)
+
+    def _identified(self, payload: dict[str, Any], kind: str, value: Any) -> dict[str, Any]:
+        """The attributes object: the PAYLOAD with the row's identifier and, unless it sets its own,
+        `_update_existing_only`: true when the integration asks for it, else false for a row identified by alias,
+        email or phone, so that Braze creates its profile (see the module docstring)."""
         payload[_TRACK_KEYS[kind]] = value
         if "_update_existing_only" not in payload:
             if self.update_existing_only:

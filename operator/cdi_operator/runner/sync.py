@@ -499,8 +499,7 @@ class SyncRun:
                 break
             await batch.settled.wait()
             if not batch.delivered:
-                return False
-            self._unsettled.pop(oldest, None)
+                return False  # else _acknowledge took it out of _unsettled
         return True
 
     def _acknowledge(self, batch: _Batch, outcome: SendOutcome) -> None:
