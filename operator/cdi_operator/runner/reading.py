@@ -28,7 +28,7 @@ from cdi_operator.runner.batching import BatchedChunk, Converter, TrackBatcher, 
 from cdi_operator.runner.rows import Delivery, RowError
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
 
-__all__ = ["ChildReader", "Converted", "Converter", "Read", "batch_in_thread", "convert_in_thread"]
+__all__ = ["ChildReader", "Converted", "Converter", "Read", "batch_in_thread", "close_chunks", "convert_in_thread"]
 
 _EXIT_WAIT = 5.0  # seconds a child that has finished may take to exit before it is terminated
 Converted = tuple[Delivery | RowError, str]  # (what the row became, its fingerprint for the frontier)
@@ -48,6 +48,13 @@ class Read:
         return warehouse.read_changes(self.table, self.columns, self.updated_at, self.window, self.chunk_rows)
 
 
+def close_chunks(chunks: Iterator[Any]) -> None:
+    """End a read: a warehouse's chunks (a generator) end its query and cursor when closed."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
 def _convert(converter: Converter, chunk: list[tuple[Any, ...]]) -> list[Converted]:
     out: list[Converted] = []
     append = out.append
@@ -64,9 +71,7 @@ def convert_in_thread(warehouse: Warehouse, read: Read, converter: Converter) ->
         for chunk in chunks:
             yield _convert(converter, chunk)
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_chunks(chunks)
 
 
 def batch_in_thread(warehouse: Warehouse, read: Read, batcher: TrackBatcher) -> Iterator[BatchedChunk]:
@@ -75,9 +80,7 @@ def batch_in_thread(warehouse: Warehouse, read: Read, batcher: TrackBatcher) -> 
     try:
         yield from _batched(chunks, batcher)
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_chunks(chunks)
 
 
 def _batched(chunks: Iterator[list[tuple[Any, ...]]], batcher: TrackBatcher) -> Iterator[BatchedChunk]:

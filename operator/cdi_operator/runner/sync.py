@@ -39,7 +39,7 @@ from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
-from cdi_operator.runner.reading import ChildReader, Converted, Read, batch_in_thread, convert_in_thread
+from cdi_operator.runner.reading import ChildReader, Converted, Read, batch_in_thread, close_chunks, convert_in_thread
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
 from cdi_operator.runner.state import StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
@@ -340,7 +340,7 @@ class SyncRun:
                 else:
                     await self._process_chunk(chunk)
                 self._raise_if_failed()
-            await self._in_reader(_close, chunks)
+            await self._in_reader(close_chunks, chunks)
             for target in list(self._open):
                 await self._dispatch(target)
             while self._tasks:
@@ -645,12 +645,6 @@ class SyncRun:
 @dataclass(frozen=True)
 class SendOutcome:
     errors: dict[int, str]
-
-
-def _close(chunks: Iterator[Any]) -> None:
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
 
 
 def _failure_message(exc: BaseException) -> str:
