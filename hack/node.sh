@@ -15,7 +15,9 @@
 # routed to an empty bridge so that no ClusterIP leaves the machine, and forwarding from either bridge to any other
 # interface is refused. What the kubelet and kube-proxy change on the host (ip_forward, the kernel tunables the
 # kubelet sets, their iptables chains, the kubelet's cgroups) is recorded first and put back by `down`.
-# One node per machine at a time (the bridge's name is the lock). Needs root.
+# One node per machine at a time (the bridge's name is the lock; the bridge's alias names the DIR and the process
+# that asked for it, so a node whose owner was killed without its `down`, say a CI run stopped mid-way, is taken
+# down from its own record by the next `network`). Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,10 +38,29 @@ tag=(-m comment --comment "cdi-operator hack/node.sh")
 
 # --- network --------------------------------------------------------------------------------------------------------
 
+started() { # pid: when that process started (clock ticks after boot), so that a reused pid is not taken for it
+  [[ -r /proc/$1/stat ]] || return 1
+  sed -E 's/^.*\) //' "/proc/$1/stat" | cut -d' ' -f20
+}
+
+stale_owner() { # the DIR of the node holding the bridge, if the process that asked for that node is gone
+  local alias
+  alias=$(cat "/sys/class/net/$bridge/ifalias" 2>/dev/null) || return 1
+  [[ $alias =~ ^cdi-node\ dir=(/.*)\ owner=([0-9]+):([0-9]+)$ ]] || return 1
+  [[ $(started "${BASH_REMATCH[2]}" 2>/dev/null) == "${BASH_REMATCH[3]}" ]] && return 1
+  echo "${BASH_REMATCH[1]}"
+}
+
 network() { # dir
-  local dir=$1
+  local dir=$1 stale
   [[ $(id -u) == 0 ]] || die "needs root (bridges, routes, containerd)"
   mkdir -p "$dir"
+  if ip link show "$bridge" >/dev/null 2>&1 && stale=$(stale_owner); then
+    log "bridge $bridge is left from $stale, whose owner is gone: taking that node down first"
+    bash "${BASH_SOURCE[0]}" down "$stale"
+    ip link del "$service_bridge" 2>/dev/null || true  # also when $stale itself was removed meanwhile
+    ip link del "$bridge" 2>/dev/null || true
+  fi
   if ip link show "$bridge" >/dev/null 2>&1; then
     die "bridge $bridge exists: another node is up (hack/node.sh down DIR of that run, or ip link del $bridge)"
   fi
@@ -47,6 +68,8 @@ network() { # dir
   for s in "${kubelet_sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$dir/sysctls"
   echo "$bridge" >"$dir/bridge"
   ip link add "$bridge" type bridge
+  local owner=${CDI_NODE_OWNER:-$PPID}  # by hand: the pid of a shell that stays while the node is used
+  ip link set dev "$bridge" alias "cdi-node dir=$dir owner=$owner:$(started "$owner")"
   ip addr add "$node_ip/$prefix" dev "$bridge"
   ip link set "$bridge" up
   ip link add "$service_bridge" type bridge
