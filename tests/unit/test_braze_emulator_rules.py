@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -50,6 +53,21 @@ def test_cached_keys_still_have_their_values_and_flags_checked() -> None:
     assert rules.attributes_error({"external_id": "u", **many}, "external_id") == (
         f"More than {rules.MAX_ATTRIBUTES} attributes in one object"
     )
+
+
+def test_with_both_flags_wrong_the_error_names_the_same_one_whatever_the_hash_seed() -> None:
+    check = (
+        "from cdi_operator.braze.emulator import rules; "
+        "print(rules.attributes_error({'external_id': 'u', '_merge_objects': 1, '_update_existing_only': 1}, "
+        "'external_id'))"
+    )
+    answers = {
+        subprocess.run(
+            [sys.executable, "-c", check], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout.strip()
+        for seed in ("1", "2", "3", "4")
+    }
+    assert answers == {"'_update_existing_only' must be a boolean"}
 
 
 def test_the_cache_cannot_grow_without_bound() -> None:

@@ -19,7 +19,8 @@ MAX_ATTRIBUTES = 250
 
 _IDENTIFIER_KEYS = frozenset(("external_id", "user_alias", "braze_id", "email", "phone"))
 _UPDATE_EXISTING_ONLY, _MERGE_OBJECTS = "_update_existing_only", "_merge_objects"
-FLAG_KEYS = frozenset((_UPDATE_EXISTING_ONLY, _MERGE_OBJECTS))
+_FLAGS_IN_ORDER = (_UPDATE_EXISTING_ONLY, _MERGE_OBJECTS)  # the one an error names when both are wrong
+FLAG_KEYS = frozenset(_FLAGS_IN_ORDER)
 _OPERATOR_KEYS = frozenset(
     ("$add", "$update", "$remove", "$identifier_key", "$identifier_value", "$new_object", "$time")
 )
@@ -140,7 +141,7 @@ def _time_error(value: Any) -> str | None:
 
 
 def _flag_error(obj: Mapping[str, Any]) -> str | None:
-    for flag in FLAG_KEYS:
+    for flag in _FLAGS_IN_ORDER:
         if flag in obj and not isinstance(obj[flag], bool):
             return f"'{flag}' must be a boolean"
     return None
