@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cdi_operator.braze.client import (
+    FIRST_IN_FLIGHT,
     BrazeClient,
     BrazeError,
     BrazeSettings,
@@ -133,6 +134,19 @@ async def test_requests_in_flight_follow_the_measured_latency(emu: BrazeEmulator
         await asyncio.gather(*(client.track("attributes", batch(1, f"m{n}")) for n in range(10)))
         assert emu.peak_in_flight <= client.in_flight_limit
     assert len(ids(emu)) == 10
+
+
+async def test_at_a_slow_braze_the_window_grows_past_what_a_run_sends_blind() -> None:
+    # 400 requests/s at 0.25 s a response need 126 in flight (Little's law, with the slack and one more): more than
+    # the 64 a run sends before its first response, within maxInFlight.
+    with BrazeEmulator(api_key=KEY, latency=0.25) as emu:
+        async with BrazeClient(settings(emu.url, requests_per_second=400, max_in_flight=256)) as client:
+            assert client.in_flight_limit == FIRST_IN_FLIGHT == 64
+            await asyncio.gather(*(client.track("attributes", batch(1, f"w{n}")) for n in range(64)))
+            assert 126 <= client.in_flight_limit <= 256
+            await asyncio.gather(*(client.track("attributes", batch(1, f"x{n}")) for n in range(300)))
+            assert 100 < emu.peak_in_flight <= client.in_flight_limit
+        assert len(ids(emu)) == 364
 
 
 async def test_objects_given_as_json_are_sent_as_they_are(emu: BrazeEmulator) -> None:

@@ -262,9 +262,14 @@ def test_braze_defaults_and_limits() -> None:
     assert spec.braze is not None
     assert spec.braze.max_objects_per_request == 75
     assert spec.braze.requests_per_second == 1000.0
-    assert spec.braze.max_in_flight == 64
+    assert spec.braze.max_in_flight == 256
     assert spec.braze.rest_endpoint is None
-    for bad in ({"maxObjectsPerRequest": 76}, {"maxObjectsPerRequest": 0}, {"requestsPerSecond": 0}):
+    for bad in (
+        {"maxObjectsPerRequest": 76},
+        {"maxObjectsPerRequest": 0},
+        {"requestsPerSecond": 0},
+        {"maxInFlight": 257},
+    ):
         with pytest.raises(ValidationError):
             CdiIntegrationSpec.model_validate(integration_spec(braze=bad))
 

@@ -309,12 +309,12 @@ class BrazeSpec(Model):
         "other client (see BrazeWorkspace).",
     )
     max_in_flight: int = Field(
-        default=64,
+        default=256,
         ge=1,
-        le=64,
+        le=256,
         alias="maxInFlight",
         description="Most requests in flight at once; the runner keeps requestsPerSecond times the measured "
-        "response time in flight (Little's law), up to this.",
+        "response time in flight (Little's law), up to this (256: 1,000 requests/s at up to 200 ms a response).",
     )
 
 

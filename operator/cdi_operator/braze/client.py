@@ -10,8 +10,9 @@ Decisions where BRAZE-API.md is silent:
 
 - Requests in flight: rate times latency, the rate being the most this client may send (`requests_per_second`, or the
   endpoint family's `limit - reserve` per window when lower) and the latency a moving average of the last
-  responses, with a quarter more for its variation, plus one; never more than `max_in_flight`, which is also the
-  number until the first response. Fewer would leave budget unused; more only queues at Braze.
+  responses, with a quarter more for its variation, plus one; never more than `max_in_flight` (default 256: 1,000
+  requests/s at up to 200 ms a response), and until the first response `FIRST_IN_FLIGHT`, what a run sends before
+  it knows the latency. Fewer would leave budget unused; more only queues at Braze.
 
 - Retried with exponential backoff and full jitter, up to `max_attempts` attempts: 5xx, 408, timeouts and
   connection failures (reset, dropped without a response, truncated body). A retry after a dropped connection may
@@ -92,6 +93,7 @@ _DELETE_ID_TYPES = frozenset(("external_ids", "user_aliases", "braze_ids"))
 _RETRYABLE_EXCEPTIONS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 _LATENCY_WEIGHT = 0.125  # of the newest response time in the moving average (TCP's smoothed round trip)
 _LATENCY_SLACK = 1.25  # the latency varies: room for the slower responses in the average
+FIRST_IN_FLIGHT = 64  # requests in flight until the first response measures the latency
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class BrazeSettings:
     rest_endpoint: str
     api_key: str = field(repr=False)
     max_objects_per_request: int = 75
-    max_in_flight: int = 64
+    max_in_flight: int = 256
     requests_per_second: float = 1000.0
     request_timeout: float = 30.0
     max_attempts: int = 8
@@ -236,9 +238,10 @@ class BrazeClient:
             "Accept": "application/json",
         }
         self._session: aiohttp.ClientSession | None = None
-        self._window = _Window(settings.max_in_flight)
+        first = min(settings.max_in_flight, FIRST_IN_FLIGHT)
+        self._window = _Window(first)
         self._latency: float | None = None  # moving average of the response time, seconds
-        burst = max(1.0, min(float(settings.max_in_flight), settings.requests_per_second))
+        burst = max(1.0, min(float(first), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)
         budget = settings.budget
         self._budgets = {
