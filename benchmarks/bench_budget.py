@@ -1,14 +1,14 @@
 """The shared workspace budget: 1, 4 and 16 concurrent runners on one emulator workspace, plus a probe client.
 
-Each runner is a `BrazeClient` with the runner's defaults (32 requests in flight, 1,000 requests/s), sending
-one-object requests as fast as its budget lets it; they share one API key with a reserve of 20 %. The probe is the
-customer's own client: a steady 5 % of the limit, plain aiohttp, no pacing, no retries, in a process of its own
-(so that the runners' load cannot slow it down and hide a 429). The emulator runs as its own process and
-answers every request in `--latency` seconds (default 0.05).
+Each runner is a `BrazeClient` with the runner's defaults (1,000 requests/s, requests in flight by Little's law
+up to 256), sending one-object requests as fast as its budget lets it; they share one API key with a reserve of
+20 %. The probe is the customer's own client: a steady 5 % of the limit, plain aiohttp, no pacing, no retries, in a
+process of its own (so that the runners' load cannot slow it down and hide a 429). The emulator runs as its own
+process and answers every request in `--latency` seconds (default 0.05).
 
     .venv/bin/python benchmarks/bench_budget.py                   # track, delete, catalog; 1, 4, 16 runners
     .venv/bin/python benchmarks/bench_budget.py --family track --runners 16 --windows 4
-    .venv/bin/python benchmarks/bench_budget.py --runners 1 --max-in-flight 64   # one runner not held by 32
+    .venv/bin/python benchmarks/bench_budget.py --runners 1 --max-in-flight 32   # one runner held to 32 in flight
 
 `/users/track` runs with Braze's own window (3,000 per 3 s). Delete and catalog windows are a minute; unless
 `--real-windows`, they are scaled to 6 s with a tenth of the requests (the same rate: 2,000 / 6 s, 1,600 / 6 s), so
@@ -236,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runners", action="append", type=int)
     parser.add_argument("--windows", type=int, default=4, help="whole windows per run (default 4)")
     parser.add_argument("--probe-share", type=float, default=PROBE_SHARE, help="the probe's share of the limit")
-    parser.add_argument("--max-in-flight", type=int, default=32, help="requests in flight per runner (default 32)")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=BrazeSettings.max_in_flight,
+        help=f"most requests in flight per runner (default {BrazeSettings.max_in_flight}, the runner's)",
+    )
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per emulator response")
     parser.add_argument("--real-windows", action="store_true", help="delete and catalog with their 60 s windows")
     args = parser.parse_args(argv)
