@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from sources import ATTRIBUTE_COLUMNS, BRAZE_KEY, Source, at, user_row
 
+from cdi_operator.api.models import RunResult, RunSummary, Watermark
 from cdi_operator.braze.client import BrazeClient
 from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.commands.common import braze_settings, open_warehouse
 from cdi_operator.commands.manifests import load_manifests
 from cdi_operator.runner.cadence import MOST_SECONDS, checkpoint_interval
-from cdi_operator.runner.state import JsonFileStore
+from cdi_operator.runner.state import CheckpointDeferred, JsonFileStore
 from cdi_operator.runner.sync import SyncJob, run_sync
 
 ROWS = 3000
@@ -80,3 +81,62 @@ def test_a_stopped_run_checkpoints_what_was_delivered(
     # past the first batch (the only periodic checkpoint), and covering only rows Braze acknowledged
     assert watermark >= at(ROWS // 5 - 2 * 75).replace(tzinfo=UTC)
     assert all(f"u-{i}" in delivered for i in range(ROWS) if at(i).replace(tzinfo=UTC) < watermark)
+
+
+class DeferringStore(JsonFileStore):
+    """A state store that is unavailable for its first `deferred` checkpoints (an overloaded API server)."""
+
+    def __init__(self, path: Path, key: str, deferred: int) -> None:
+        super().__init__(path, key)
+        self.deferred = deferred
+        self.saves = 0
+
+    def save_watermark(self, watermark: Watermark) -> None:
+        self.saves += 1
+        if self.saves <= self.deferred:
+            raise CheckpointDeferred("cdiintegrations.cdi.ingest.dev default/it status: HTTP 429 Too Many Requests")
+        super().save_watermark(watermark)
+
+
+def _run_with(source: Source, braze: BrazeEmulator, tmp_path: Path, store: DeferringStore) -> RunSummary:
+    path = source.manifest(tmp_path / "m.yaml", "users", "customAttributes", braze.url, checkpoint=0, max_in_flight=2)
+    manifests = load_manifests([path])
+    integration = manifests.integration(None)
+    credential = manifests.credential_for(integration)
+    job = SyncJob.for_integration(integration, credential)
+    settings = braze_settings(integration, manifests, None, required=True)
+    assert settings is not None
+    warehouse = open_warehouse(credential, manifests)
+
+    async def run() -> RunSummary:
+        async with BrazeClient(settings) as client:
+            summary, _ = await run_sync(job, warehouse, client, store)
+            return summary
+
+    try:
+        return asyncio.run(run())
+    finally:
+        warehouse.close()
+
+
+def test_checkpoints_the_store_defers_leave_the_run_going_and_the_last_one_saves_it_all(
+    duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    duckdb_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(ROWS)])
+    store = DeferringStore(tmp_path / "state.json", "default/it", deferred=3)
+    summary = _run_with(duckdb_source, braze, tmp_path, store)
+    assert summary.result is RunResult.SUCCESS
+    assert summary.rows_synced == ROWS == len({o["external_id"] for o in braze.tracked("attributes")})
+    assert store.saves > store.deferred, "a deferred checkpoint is tried again"
+    saved = store.load_watermark()
+    assert saved is not None and saved.updated_at == at(ROWS - 1).replace(tzinfo=UTC) == summary.watermark
+
+
+def test_a_last_checkpoint_the_store_defers_fails_the_run(
+    duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path
+) -> None:
+    duckdb_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(ROWS)])
+    store = DeferringStore(tmp_path / "state.json", "default/it", deferred=10**6)
+    with pytest.raises(CheckpointDeferred, match="HTTP 429"):
+        _run_with(duckdb_source, braze, tmp_path, store)
+    assert store.load_watermark() is None

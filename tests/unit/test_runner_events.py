@@ -21,7 +21,8 @@ from cdi_operator.controller import conditions
 from cdi_operator.controller.main import Controller
 from cdi_operator.controller.runner_writes import decisive
 from cdi_operator.controller.settings import OperatorSettings
-from cdi_operator.kube import Conflict
+from cdi_operator.kube import Conflict, Forbidden, KubeError, Unanswered
+from cdi_operator.runner.state import CheckpointDeferred
 from cdi_operator.runner.status_store import CrStatusStore
 
 NS = "data"
@@ -179,3 +180,30 @@ def test_the_digest_keeps_identity_and_result_of_a_running_record() -> None:
     counted = copy.deepcopy(done)
     counted["status"]["runs"][0]["rowsSynced"] = 8
     assert decisive(counted) != decisive(done), "a finished record's counts are not progress"
+
+
+class OverloadedKube(RunnerKube):
+    """Status patches fail with `error` (after kube.client.Kube's own retries, as the runner would see them)."""
+
+    def __init__(self, fake: FakeKube, error: KubeError) -> None:
+        super().__init__(fake)
+        self.error = error
+
+    def patch_status(self, plural: str, namespace: str, name: str, patch: JSON, resource_version: str | None) -> JSON:
+        raise self.error
+
+
+@pytest.mark.parametrize("status", [429, 503, 504, None])
+def test_a_checkpoint_the_api_server_is_too_busy_for_is_deferred(fake: FakeKube, status: int | None) -> None:
+    error = KubeError(status, "HTTP 429") if status is not None else Unanswered(None, "no answer from the API server")
+    store = CrStatusStore(OverloadedKube(fake, error), NS, "users")  # type: ignore[arg-type]
+    with pytest.raises(CheckpointDeferred):
+        store.save_watermark(watermark(1))
+
+
+@pytest.mark.parametrize("error", [Forbidden(403, "forbidden (HTTP 403)"), KubeError(422, "HTTP 422 Unprocessable")])
+def test_a_checkpoint_the_api_server_refuses_is_not_deferred(fake: FakeKube, error: KubeError) -> None:
+    store = CrStatusStore(OverloadedKube(fake, error), NS, "users")  # type: ignore[arg-type]
+    with pytest.raises(KubeError) as raised:
+        store.save_watermark(watermark(1))
+    assert raised.value is error

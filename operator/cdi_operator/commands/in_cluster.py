@@ -58,6 +58,7 @@ from cdi_operator.runner.claim import ClaimLost, RunClaim, RunIdentity
 from cdi_operator.runner.contract import ENV_JOB_NAME, ENV_POD_NAME
 from cdi_operator.runner.rewind import apply_pending_rewind
 from cdi_operator.runner.run_record import new_run_id
+from cdi_operator.runner.state import CheckpointDeferred
 from cdi_operator.runner.status_store import CrStatusStore, StatusStoreError, WatermarkMoved
 from cdi_operator.runner.sync import SyncFailed, SyncJob, Trigger, run_sync
 from cdi_operator.runner.termination import MESSAGE as stopped_message
@@ -66,6 +67,8 @@ from cdi_operator.warehouses.base import WarehouseError
 
 log = logging.getLogger(__name__)
 RUNNER_FORBIDDEN_HINT = "grant the runner's ServiceAccount access to it in its Role"
+# How long a call is asked again while the API server is overloaded or restarting (kube/client.py).
+API_RETRY_SECONDS = 10.0
 
 
 class _Failed(Exception):
@@ -231,7 +234,7 @@ async def _sync(
             cfg = load_config()
         except Exception as exc:
             raise _Failed(f"cannot load the Kubernetes client configuration: {exc}", EXIT_BAD_INPUT) from None
-        kube = Kube(cfg.api_client, forbidden_hint=RUNNER_FORBIDDEN_HINT)
+        kube = Kube(cfg.api_client, forbidden_hint=RUNNER_FORBIDDEN_HINT, retry_seconds=API_RETRY_SECONDS)
         namespace, name = _split_key(integration_key, cfg.namespace)
         key = f"{namespace}/{name}"
         try:
@@ -271,6 +274,8 @@ async def _sync(
         try:
             if not dry_run:
                 claim = RunClaim(kube, namespace, name, me, lease_seconds=integration.spec.sync.lease_seconds)
+                # A renewal retried this long still lands while the claim counts as held (runner/claim.py).
+                kube.retry_seconds = min(API_RETRY_SECONDS, claim.lease_seconds / 6)
                 skipped = await _claim(claim, store, trigger, started)
                 if skipped is not None:
                     print_result(out, output, key, skipped, None)
@@ -318,7 +323,7 @@ async def _sync(
                     summary, run = await run_sync(
                         job, warehouse, client, store, trigger=trigger, on_progress=view, reopen=reopen
                     )
-        except (KubeError, StatusStoreError, asyncio.CancelledError) as exc:
+        except (KubeError, StatusStoreError, CheckpointDeferred, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not stop.requested:
                 raise
             message = (

@@ -7,7 +7,16 @@ Nothing above this package imports `kubernetes.client` or looks at an HTTP statu
 
 from cdi_operator.kube.client import Kube
 from cdi_operator.kube.config import KubeConfig, load_config
-from cdi_operator.kube.errors import ConfigError, Conflict, Forbidden, InvalidSecret, KubeError, NotFound, Unauthorized
+from cdi_operator.kube.errors import (
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InvalidSecret,
+    KubeError,
+    NotFound,
+    Unanswered,
+    Unauthorized,
+)
 
 __all__ = [
     "ConfigError",
@@ -18,6 +27,7 @@ __all__ = [
     "KubeConfig",
     "KubeError",
     "NotFound",
+    "Unanswered",
     "Unauthorized",
     "load_config",
 ]

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from kubernetes.client import ApiException
 
+# What an API server that is overloaded or restarting answers (429: API Priority and Fairness refused the request
+# before it was processed, which 503 also says); the same call may work a moment later.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+UNPROCESSED_STATUSES = frozenset({429, 503})
+
 
 class KubeError(Exception):
     """A failed API call, with the HTTP status (None when no call was answered) and a message for a human."""
@@ -16,6 +21,11 @@ class KubeError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """The API server is overloaded or restarting, or did not answer: the same call may work later."""
+        return isinstance(self, Unanswered) or self.status in TRANSIENT_STATUSES
 
 
 class NotFound(KubeError):
@@ -32,6 +42,10 @@ class Unauthorized(KubeError):
 
 class Conflict(KubeError):
     """HTTP 409: the object changed since the resourceVersion sent, or one of that name exists already."""
+
+
+class Unanswered(KubeError):
+    """No answer: the connection was refused, reset or timed out (a write may or may not have been applied)."""
 
 
 class InvalidSecret(KubeError):

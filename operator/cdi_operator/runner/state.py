@@ -19,11 +19,17 @@ RUN_HISTORY = 10
 _FIX = "restore it from a backup or delete it to sync everything again"
 
 
+class CheckpointDeferred(Exception):
+    """A checkpoint could not be written for now (the store is overloaded or unreachable); a later one carries the
+    same progress, so a sync goes on delivering and only its last checkpoint must succeed."""
+
+
 class StateStore(Protocol):
     def load_watermark(self) -> Watermark | None: ...
 
     def save_watermark(self, watermark: Watermark) -> None:
-        """Durably record progress; called at checkpoints during a sync and at its end."""
+        """Durably record progress; called at checkpoints during a sync and at its end. Raises CheckpointDeferred
+        when it cannot for the moment."""
         ...
 
     def record_run(self, summary: RunSummary) -> None: ...

@@ -31,8 +31,9 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from cdi_operator.api.models import CDI_PLURAL, RunResult, RunSummary, Watermark
-from cdi_operator.kube import Conflict, Kube
+from cdi_operator.kube import Conflict, Kube, KubeError
 from cdi_operator.runner.run_record import merged_runs
+from cdi_operator.runner.state import CheckpointDeferred
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,12 @@ class CrStatusStore:
 
     def save_watermark(self, watermark: Watermark) -> None:
         fields = {"watermark": watermark.model_dump(mode="json", by_alias=True)}
-        self._patch(lambda _status: fields, watermark=True)
+        try:
+            self._patch(lambda _status: fields, watermark=True)
+        except KubeError as exc:
+            if exc.transient:  # after the Kube's own retries
+                raise CheckpointDeferred(exc.message) from None
+            raise
 
     def mark_running(self, summary: RunSummary) -> None:
         """Show a run in progress in status.lastSync and status.runs (result Running)."""

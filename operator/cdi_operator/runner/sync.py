@@ -41,7 +41,7 @@ from cdi_operator.runner.converter import RowConverter
 from cdi_operator.runner.frontier import Entry, Frontier
 from cdi_operator.runner.reading import ChildReader, Converted, Read, batch_in_thread, close_chunks, convert_in_thread
 from cdi_operator.runner.rows import Delivery, RowError, RowErrorReason
-from cdi_operator.runner.state import StateStore
+from cdi_operator.runner.state import CheckpointDeferred, StateStore
 from cdi_operator.runner.values import mask_email, mask_phone
 from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, WarehouseError
 
@@ -585,12 +585,13 @@ class SyncRun:
             if self._stop_checkpoints.is_set():
                 return
             self._advanced.clear()
-            await self._checkpoint()
+            await self._checkpoint(periodic=True)
             with contextlib.suppress(TimeoutError):
                 interval = checkpoint_interval(least, time.monotonic() - started)
                 await asyncio.wait_for(self._stop_checkpoints.wait(), interval)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, *, periodic: bool = False) -> None:
+        """Save the frontier's watermark; a periodic one the store defers is left to the next (`periodic`)."""
         if self.braze is None:
             return  # a dry run never moves the watermark
         async with self._checkpoint_lock:
@@ -603,6 +604,13 @@ class SyncRun:
                 return
             try:
                 await asyncio.to_thread(self.store.save_watermark, watermark)
+            except CheckpointDeferred as exc:
+                self.frontier.changed = True
+                if not periodic:
+                    raise
+                self._advanced.set()  # the next checkpoint, one interval later, writes it
+                log.warning("%s: checkpoint deferred (%s); the next one saves this progress", self.job.key, exc)
+                return
             except BaseException:
                 self.frontier.changed = True
                 raise
