@@ -186,7 +186,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, action="append", help="table sizes (default 100000 and 1000000)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-request-at-a-time baseline")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds each emulator response takes")
-    parser.add_argument("--in-flight", type=int, default=64, help="spec.braze.maxInFlight of the runner")
+    parser.add_argument(
+        "--in-flight", type=int, default=256, help="spec.braze.maxInFlight of the runner (default 256, its default)"
+    )
     parser.add_argument(
         "--reserve-percent",
         type=int,
