@@ -183,7 +183,7 @@ class _TokenBucket:
             await asyncio.sleep(delay)
 
 
-class _Window:
+class ResizableSemaphore:
     """A semaphore whose size can change while tasks hold it or wait for it."""
 
     def __init__(self, limit: int) -> None:
@@ -192,6 +192,12 @@ class _Window:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    async def acquire(self) -> None:
         while self._held >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -205,7 +211,7 @@ class _Window:
                 raise
         self._held += 1
 
-    async def __aexit__(self, *exc: object) -> None:
+    def release(self) -> None:
         self._held -= 1
         self._wake()
 
@@ -239,7 +245,7 @@ class BrazeClient:
         }
         self._session: aiohttp.ClientSession | None = None
         first = min(settings.max_in_flight, FIRST_IN_FLIGHT)
-        self._window = _Window(first)
+        self._window = ResizableSemaphore(first)
         self._latency: float | None = None  # moving average of the response time, seconds
         burst = max(1.0, min(float(first), settings.requests_per_second))
         self._bucket = _TokenBucket(settings.requests_per_second, burst)

@@ -32,7 +32,7 @@ from cdi_operator.api.models import (
     WarehouseCredential,
     Watermark,
 )
-from cdi_operator.braze.client import CATALOG_ITEM_LIMIT, BrazeClient, BrazeError
+from cdi_operator.braze.client import CATALOG_ITEM_LIMIT, BrazeClient, BrazeError, ResizableSemaphore
 from cdi_operator.runner.batching import HORIZON, BatchedChunk, ReadyBatch, TrackBatcher
 from cdi_operator.runner.cadence import checkpoint_interval
 from cdi_operator.runner.catalog_rows import DELETE_TARGET, CatalogRowConverter
@@ -199,7 +199,7 @@ class SyncRun:
         self._open: dict[str, _Batch] = {}
         self._last_batch_of_user: dict[str, _Batch] = {}
         self._unsettled: dict[int, _Batch] = {}  # batches cut where read (by seq, oldest first) not acknowledged
-        self._window = asyncio.Semaphore(self._max_batches_in_flight())
+        self._window = ResizableSemaphore(self._batches_ahead())
         self._checkpoint_lock = asyncio.Lock()
         self._advanced = asyncio.Event()
         self._stop_checkpoints = asyncio.Event()
@@ -208,9 +208,10 @@ class SyncRun:
         self._tie_group_read = False  # every row at the frontier's timestamp was read (see Frontier.watermark)
         self._saved: Watermark | None = None
 
-    def _max_batches_in_flight(self) -> int:
-        in_flight = self.braze.settings.max_in_flight if self.braze is not None else 1
-        return in_flight * 2
+    def _batches_ahead(self) -> int:
+        """Batches started and not settled: twice the requests the client may have in flight now, so that the
+        next ones are ready as answers come, and memory follows the window, not `max_in_flight`."""
+        return 2 * (self.braze.in_flight_limit if self.braze is not None else 1)
 
     async def _in_reader(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
@@ -447,6 +448,7 @@ class SyncRun:
             self._record_dry_run(batch)
             self._acknowledge(batch, SendOutcome(errors={}))
             return
+        self._window.resize(self._batches_ahead())
         await self._window.acquire()
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
