@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cdi_operator.braze.budget import Limit, SharedBudget, WorkspaceBudget
+from cdi_operator.braze.budget import PACE_SLACK, Limit, SharedBudget, WorkspaceBudget
 from cdi_operator.braze.client import BrazeClient, BrazeSettings
 from cdi_operator.braze.emulator import BrazeEmulator
 
@@ -151,7 +151,7 @@ def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_fl
     budget.observe(headers(remaining=61, reset=5), server_now=0.0)  # 5 s left
     budget.release()
     assert budget.sharers == 1
-    assert start() and budget._next == pytest.approx(now[0] + 5 / (61 - 20)), "the headroom over the time left"
+    assert start() and budget._next == pytest.approx(now[0] - PACE_SLACK + 5 / (61 - 20)), "headroom / time left"
     assert not start(paced=False), "one at a time until two answers tell how fast the window falls"
     budget.observe(headers(remaining=55, reset=5), server_now=0.0)  # 6 fewer for one answer of ours: six runs
     budget.release()
@@ -169,7 +169,7 @@ def test_one_request_until_the_sharers_are_known_then_what_the_others_hold_in_fl
     assert budget._load == pytest.approx(1 - math.exp(-5.06)), "one request in flight for the last 5 s"
     assert start(paced=False), "nothing in flight, room for what the others hold: 2 x 13 x 1 < 100 - 20"
     assert budget.sharers == 14
-    assert budget._next == pytest.approx(now[0] + (10 - 0.06) / (100 - 20 - 2 * 13 * budget._load))
+    assert budget._next == pytest.approx(now[0] - PACE_SLACK + (10 - 0.06) / (100 - 20 - 2 * 13 * budget._load))
     budget.observe(headers(remaining=90, reset=15), server_now=5.06)  # the new window's first answer
     budget.observe(headers(remaining=88, reset=15), server_now=5.06)  # two fewer for one answer: two runs left
     assert budget.sharers == pytest.approx((14 * 4 + 2) / (4 + 1)), "the last window's weighs four answers"
@@ -198,7 +198,24 @@ def test_without_headers_a_run_paces_at_its_share(monkeypatch: pytest.MonkeyPatc
     budget = SharedBudget(Limit(100, 10.0), reserve=0.2, share_without_headers=0.25)
     budget.observe({}, server_now=0.0)
     assert budget._wait(now[0]) == 0
-    assert budget._next == pytest.approx(now[0] + 10 / (80 * 0.25))
+    assert budget._next == pytest.approx(now[0] - PACE_SLACK + 10 / (80 * 0.25))
+
+
+def test_a_late_event_loop_does_not_slow_the_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each look at the budget comes a millisecond after the pace allows (asyncio.sleep overshoots): the run still
+    starts requests at the rate of its headroom, not at one per interval plus the lateness."""
+    now = [1000.0]
+    monkeypatch.setattr("cdi_operator.braze.budget.time.monotonic", lambda: now[0])
+    budget = SharedBudget(Limit(3000, 3.0), reserve=0.2, share_without_headers=0.25)
+    budget.observe({}, server_now=0.0)  # no headers: a fixed rate, 2,400 x 0.25 / 3 s = 200 requests/s
+    started = 0
+    while now[0] < 1010.0:
+        wait = budget._wait(now[0])
+        if wait > 0:
+            now[0] += wait + 0.001
+        else:
+            started += 1
+    assert started == pytest.approx(2000, abs=3), "200 requests/s for 10 s (a millisecond late each: 166/s)"
 
 
 def test_bad_budgets_are_refused() -> None:
