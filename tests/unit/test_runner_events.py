@@ -23,7 +23,7 @@ from cdi_operator.controller.runner_writes import decisive
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.kube import Conflict, Forbidden, KubeError, Unanswered
 from cdi_operator.runner.state import CheckpointDeferred
-from cdi_operator.runner.status_store import CrStatusStore
+from cdi_operator.runner.status_store import CrStatusStore, WatermarkMoved
 
 NS = "data"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -207,3 +207,44 @@ def test_a_checkpoint_the_api_server_refuses_is_not_deferred(fake: FakeKube, err
     with pytest.raises(KubeError) as raised:
         store.save_watermark(watermark(1))
     assert raised.value is error
+
+
+class LosingKube(RunnerKube):
+    """Applies the next `lose` status patches and then fails them with `error`, as an overloaded API server that
+    wrote to etcd but whose answer never came (a timeout, a reset, a 504)."""
+
+    def __init__(self, fake: FakeKube, error: KubeError, lose: int) -> None:
+        super().__init__(fake)
+        self.error = error
+        self.lose = lose
+
+    def patch_status(self, plural: str, namespace: str, name: str, patch: JSON, resource_version: str | None) -> JSON:
+        obj = super().patch_status(plural, namespace, name, patch, resource_version)
+        if self.lose:
+            self.lose -= 1
+            raise self.error
+        return obj
+
+
+@pytest.mark.parametrize("error", [Unanswered(None, "no answer from the API server"), KubeError(504, "HTTP 504")])
+@pytest.mark.parametrize("lose", [1, 2])
+def test_a_checkpoint_applied_without_an_answer_does_not_stop_the_run(
+    fake: FakeKube, error: KubeError, lose: int
+) -> None:
+    """The next checkpoint meets a 409 (its resourceVersion is older than the write that got no answer) and finds
+    this run's own watermark, not another writer's: it goes on; a watermark someone else wrote is still refused."""
+    store = CrStatusStore(LosingKube(fake, error, lose), NS, "users")  # type: ignore[arg-type]
+    assert store.load_watermark() is None
+    for second in range(1, lose + 1):
+        with pytest.raises(CheckpointDeferred):
+            store.save_watermark(watermark(second))
+    assert Watermark.model_validate(fake.status(CDI_PLURAL, NS, "users")["watermark"]) == watermark(lose)
+
+    store.save_watermark(watermark(10))
+    assert Watermark.model_validate(fake.status(CDI_PLURAL, NS, "users")["watermark"]) == watermark(10)
+
+    theirs = fake.objects[(CDI_PLURAL, NS, "users")]  # another writer's watermark, at a new resourceVersion
+    theirs["status"]["watermark"] = watermark(1).model_dump(mode="json", by_alias=True)
+    theirs["metadata"]["resourceVersion"] = fake._version()
+    with pytest.raises(WatermarkMoved):
+        store.save_watermark(watermark(11))

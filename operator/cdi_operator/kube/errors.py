@@ -27,6 +27,12 @@ class KubeError(Exception):
         """The API server is overloaded or restarting, or did not answer: the same call may work later."""
         return isinstance(self, Unanswered) or self.status in TRANSIENT_STATUSES
 
+    @property
+    def maybe_applied(self) -> bool:
+        """A write that failed so may have been applied all the same: no answer, or a server error other than
+        the two that say the request was not processed."""
+        return self.transient and self.status not in UNPROCESSED_STATUSES
+
 
 class NotFound(KubeError):
     """HTTP 404: the object (or its namespace) does not exist."""

@@ -10,7 +10,9 @@ watermark is written only while
 - the run still holds its claim on the integration (`claim.check()`, runner/claim.py), checked before every
   checkpoint, and
 - `status.watermark` is still what this run last read or wrote: a watermark another writer put there meanwhile is
-  never overwritten (`WatermarkMoved`).
+  never overwritten (`WatermarkMoved`). A watermark write that got no answer (a timeout, a reset, a 500 or 504
+  of an overloaded API server) may have been applied all the same, so the value it carried counts as this run's too
+  until a write is answered: an overloaded API server must not stop a run with its own watermark.
 
 A merge patch replaces lists and deletes keys whose value is null, so the store sends each of its objects whole,
 with unset fields as null: a field of an earlier lastSync never survives into the next.
@@ -88,6 +90,7 @@ class CrStatusStore:
         self._lock = threading.Lock()
         self._status: dict[str, Any] | None = None  # of the object at resource_version, when read
         self._watermark_seen: Any = _UNKNOWN  # status.watermark as this run last read or wrote it
+        self._watermark_unanswered: list[Any] = []  # the watermarks of writes unanswered since the last answered
 
     @property
     def key(self) -> str:
@@ -114,15 +117,14 @@ class CrStatusStore:
                     if self.claim is not None:
                         self.claim.check()
                     seen = self._watermark_seen
-                    if seen is not _UNKNOWN and status.get("watermark") != seen:
+                    if seen is not _UNKNOWN and status.get("watermark") not in (seen, *self._watermark_unanswered):
                         raise WatermarkMoved(
                             f"CdiIntegration {self.key}: status.watermark was changed by another writer since this "
                             "run read it; this run stops without overwriting it"
                         )
+                fields = build(status)
                 try:
-                    obj = self.kube.patch_status(
-                        CDI_PLURAL, self.namespace, self.name, build(status), self.resource_version
-                    )
+                    obj = self.kube.patch_status(CDI_PLURAL, self.namespace, self.name, fields, self.resource_version)
                 except Conflict:
                     self.conflicts += 1
                     if attempt == self.retries:
@@ -133,7 +135,13 @@ class CrStatusStore:
                     time.sleep(min(0.05 * 2**attempt, 1.0))
                     self._get()
                     continue
+                except KubeError as exc:
+                    if watermark and exc.maybe_applied:
+                        self._watermark_unanswered.append(_merged(fields.get("watermark")))
+                    raise
                 self._seen(obj)
+                if watermark:
+                    self._watermark_unanswered.clear()
                 if watermark or self._watermark_seen is not _UNKNOWN:
                     self._watermark_seen = (self._status or {}).get("watermark")
                 return
@@ -210,6 +218,13 @@ class CrStatusStore:
         if missing:
             summary = summary.model_copy(update=missing)
         return summary.model_dump(mode="json", by_alias=True)
+
+
+def _merged(value: Any) -> Any:
+    """`value` as a merge patch leaves it in the object: without its null fields."""
+    if isinstance(value, dict):
+        return {k: _merged(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _rfc3339(moment: datetime) -> str:
