@@ -18,7 +18,7 @@ from cdi_operator.api import reasons
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CDI_PLURAL, WHC_PLURAL, RunResult, RunSummary, Watermark
 from cdi_operator.controller import conditions
-from cdi_operator.controller.main import Controller
+from cdi_operator.controller.main import Controller, NoDiffBase, build_registry, kopf_settings
 from cdi_operator.controller.runner_writes import decisive
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.kube import Conflict, Forbidden, KubeError, Unanswered
@@ -248,3 +248,15 @@ def test_a_checkpoint_applied_without_an_answer_does_not_stop_the_run(
     theirs["metadata"]["resourceVersion"] = fake._version()
     with pytest.raises(WatermarkMoved):
         store.save_watermark(watermark(11))
+
+
+def test_the_operator_has_only_event_handlers_so_kopf_may_skip_its_diff_base(fake: FakeKube) -> None:
+    """kopf_settings() gives kopf an empty diff base (main.NoDiffBase), which only on.event handlers allow: an
+    on.update, on.field or daemon handler would see no change ever."""
+    registry = build_registry(Watched(fake).controller)
+    assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()
+    assert sorted(h.fn.__name__ for h in registry._watching.get_all_handlers()) == [
+        "credential_event",
+        "integration_event",
+    ]
+    assert isinstance(kopf_settings().persistence.diffbase_storage, NoDiffBase)

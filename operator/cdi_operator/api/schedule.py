@@ -6,6 +6,7 @@ so that a schedule that works here also means the same to someone coming from Br
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
@@ -123,6 +124,7 @@ def _check_kubernetes_ranges(schedule: str, field: str, index: int) -> None:
             )
 
 
+@functools.lru_cache(maxsize=4096)  # every reconcile validates its spec, and most integrations share a few schedules
 def firing_gaps(schedule: str) -> tuple[timedelta, timedelta]:
     """The shortest and the longest time between two consecutive runs of `schedule` (wall-clock)."""
     minutes, hours, days, months, weekdays, dom_any, dow_any = _expand(schedule)

@@ -18,8 +18,9 @@ before, and the periodic resync still reconciles every integration, which covers
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
+
+import orjson
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import RunResult
@@ -55,7 +56,7 @@ def decisive(body: JSON) -> str:
     if isinstance(status.get("runs"), list):
         status["runs"] = [_without_progress(r) for r in status["runs"]]
     kept = {**{k: v for k, v in body.items() if k not in ("metadata", "status")}, "metadata": meta, "status": status}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class Digests:
