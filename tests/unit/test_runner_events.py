@@ -5,6 +5,7 @@ in-memory API (fake_kube.py), each object version handed to the Controller as ko
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +70,7 @@ class Watched:
         for _ in range(5):
             seen = self.reconciles
             await self.controller.integration_event(event_type, NS, "users", self.fake.obj(CDI_PLURAL, NS, "users"))
+            await self.controller.settled()
             if self.reconciles == seen:
                 break
         return self.reconciles - before
@@ -160,9 +162,11 @@ async def test_a_failed_reconcile_is_retried_on_the_next_event(fake: FakeKube) -
     watched.controller.integrations.reconcile = failing  # type: ignore[method-assign]
     body = fake.obj(CDI_PLURAL, NS, "users")
     await watched.controller.integration_event("ADDED", NS, "users", body)
+    await watched.controller.settled()
     watched.controller.integrations.reconcile = broken  # type: ignore[method-assign]
     before = watched.reconciles
     await watched.controller.integration_event("MODIFIED", NS, "users", body)
+    await watched.controller.settled()
     assert watched.reconciles == before + 1, "the same object is reconciled again after a failure"
 
 
@@ -260,3 +264,28 @@ def test_the_operator_has_only_event_handlers_so_kopf_may_skip_its_diff_base(fak
         "integration_event",
     ]
     assert isinstance(kopf_settings().persistence.diffbase_storage, NoDiffBase)
+
+
+async def test_events_that_come_during_a_reconcile_ask_for_one_more_and_kopf_never_waits(fake: FakeKube) -> None:
+    """kopf hands the next event over while the integration is still being reconciled (its worker queues nothing);
+    the changes those events bring are all reconciled, by one reconcile after the running one."""
+    watched = Watched(fake)
+    await watched.event("ADDED")
+    release = asyncio.Event()
+    reconcile = watched.controller.integrations.reconcile
+
+    async def slow(namespace: str, name: str) -> None:
+        await release.wait()
+        await reconcile(namespace, name)
+
+    watched.controller.integrations.reconcile = slow  # type: ignore[method-assign]
+    before = watched.reconciles
+    for value in ("1", "2", "3"):  # three changes the operator acts on, while the first reconcile waits
+        fake.annotate(CDI_PLURAL, NS, "users", **{"cdi.ingest.dev/sync-now": value})
+        await asyncio.wait_for(
+            watched.controller.integration_event("MODIFIED", NS, "users", fake.obj(CDI_PLURAL, NS, "users")), 1
+        )
+    await asyncio.sleep(0)
+    release.set()
+    await watched.controller.settled()
+    assert watched.reconciles - before == 2, "the running reconcile, then one for the changes that came meanwhile"
