@@ -1,16 +1,15 @@
 """`cdi operator`: kopf watches CdiIntegrations and WarehouseCredentials and calls the level-triggered reconcilers.
 
-Every watch event (the initial listing included, so a restart picks everything up) reconciles its object, except
-one that only a running sync's progress made (controller/runner_writes.py). An integration's reconcile runs in a
-task of its own, so that kopf hands over the next event at once; events that come meanwhile ask for one reconcile
-more after it (`Controller._reconcile_soon`). A
-credential's creation also reconciles the integrations that name it, so apply order does not matter. A periodic
-resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which retries failures, records finished runs and
-releases credentials no longer in use. One object is reconciled by one task at a time (a lock per object). Only
-`on.event` handlers are used, so kopf adds no finalizer of its own and writes no annotations, and it is spared the
-diff base those others need (`NoDiffBase`; a test keeps the registry to event handlers); its progress storage is
-still set to our prefix in case handlers with state are added. kopf's line per handled event ("Handler …
-succeeded.") is left out of the log. One process works at a time: with
+Every watch event (the initial listing included, so a restart picks everything up) reconciles its object, except one
+that only a running sync's progress made (controller/runner_writes.py). An integration's reconcile runs in a task of
+its own, so that kopf hands over the next event at once; events that come meanwhile ask for one reconcile more after
+it (`Controller._reconcile_soon`). A credential's creation also reconciles the integrations that name it, so apply
+order does not matter. A periodic resync (`$CDI_RESYNC_SECONDS`) reconciles every object again, which retries
+failures, records finished runs and releases credentials no longer in use. One object is reconciled by one task at a
+time (a lock per object). Only `on.event` handlers are used, so kopf adds no finalizer of its own and writes no
+annotations, and it is spared the diff base those others need (`NoDiffBase`; a test keeps the registry to event
+handlers); its progress storage is still set to our prefix in case handlers with state are added. kopf's line per
+handled event ("Handler … succeeded.") is left out of the log. One process works at a time: with
 `$CDI_LEADER_ELECTION_LEASE` (the chart sets it) everything starts only once the Lease is held
 (controller/leader.py); kopf's own peering stays off.
 """
