@@ -45,6 +45,7 @@ def test_helm_lint_strict_passes(values: dict[str, Any]) -> None:
         ({"runner": {"resources": {"limits": {"memory": "lots"}}}}, "/runner/resources/limits/memory"),
         ({"runner": {"resources": {"limits": {"gpu": "1"}}}}, "/runner/resources/limits"),
         ({"managementApi": {"enable": True}}, "/managementApi"),
+        ({"operator": {"connectionTestsAtOnce": 0}}, "/operator/connectionTestsAtOnce"),
     ],
 )
 def test_values_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], names: str) -> None:
@@ -100,6 +101,7 @@ def test_the_operator_accepts_the_settings_the_chart_gives_it(tmp_path: Path) ->
     assert settings.runner_image == "registry.example.com/cdi-runner:1.2.3"
     assert container["image"] == "ghcr.io/cdi-operator/cdi-operator@sha256:" + "a" * 64
     assert settings.namespaces == ("team-a", "team-b")
+    assert settings.connection_tests_at_once == 40
     assert settings.braze_default_endpoint == "https://rest.iad-01.braze.com"
     assert settings.braze_default_secret_name == "braze"
     assert settings.webhook.mode == "chart" and settings.webhook.failure_policy == "Fail"

@@ -57,6 +57,11 @@ def test_settings_from_env() -> None:
     )
     assert settings.namespaces == ("a", "b") and not settings.clusterwide
     assert settings.connection_test_timeout == 30
+    assert settings.connection_tests_at_once == 16
+    wide = OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i", "CDI_CONNECTION_TESTS_AT_ONCE": "100"})
+    assert wide.connection_tests_at_once == 100
+    with pytest.raises(SettingsError, match=r"CDI_CONNECTION_TESTS_AT_ONCE '0' is not a whole number from 1 to 1024"):
+        OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i", "CDI_CONNECTION_TESTS_AT_ONCE": "0"})
     assert settings.runner_service_account is None  # one per integration, made by the operator
     assert settings.leader_lease is None
     lease = OperatorSettings.from_env({"CDI_RUNNER_IMAGE": "i", "CDI_LEADER_ELECTION_LEASE": "cdi-system/cdi"})

@@ -3,7 +3,8 @@
 A catalogItems integration's test also asks Braze (`GET /catalogs`) that its catalog exists and that the fields of
 the preview's PAYLOADs are fields of that catalog, naming any it lacks: Braze refuses such items.
 
-The tests are blocking (warehouse client libraries are); `run_test` runs one in a worker thread with a timeout.
+The tests are blocking (warehouse client libraries are); `ConnectionTester` runs each in a thread of its own, so many at
+once, with a timeout that counts from the test's start.
 Every failure becomes a reason a user can act on; messages come from WarehouseError / SourceColumnsError, which
 never hold a secret value.
 """
@@ -11,9 +12,11 @@ never hold a secret value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -223,25 +226,63 @@ def check_credential(credential: WarehouseCredentialSpec, secrets: Mapping[tuple
     return Outcome(PASSED, PASSED, f"reached the {credential.type.value} warehouse and logged in")
 
 
-async def run_test(test: Callable[[], Outcome], timeout: float) -> Outcome:  # noqa: ASYNC109
-    """Run a blocking test in a worker thread; a Timeout outcome after `timeout` seconds (the thread is left to
-    finish on its own: a client library call cannot be interrupted)."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(test), timeout)
-    except TimeoutError:
-        return Outcome(
-            FAILED,
-            reasons.TEST_TIMEOUT,
-            f"the connection test took longer than {timeout:g} s; check that the warehouse is reachable from the "
-            "cluster (network policy, firewall, allow-listed IPs) and resumed",
-        )
-    except Exception as exc:
-        log.exception("connection test crashed")
-        return Outcome(
-            FAILED,
-            reasons.FailureReason.QUERY_FAILED.value,
-            f"the connection test failed unexpectedly: {type(exc).__name__}",
-        )
+class ConnectionTester:
+    """Runs blocking connection tests, at most `at_once` together, each in a daemon thread of its own.
+
+    Not in asyncio's default executor (6 threads on 2 cores), where every Kubernetes API call of the operator runs
+    (kube/aio.py): six tests of a warehouse that takes minutes to resume held all of it, so every reconcile's API
+    calls and the leader Lease's renewal waited behind them; and a test queued there spent its timeout waiting. A
+    test's timeout counts from its own start; a test that overruns it is left to finish in its thread (a client
+    library call cannot be interrupted) and frees its place; its thread never holds up the operator's exit."""
+
+    def __init__(self, at_once: int, timeout: float) -> None:
+        self.timeout = timeout
+        self._places = asyncio.Semaphore(at_once)
+
+    async def run(self, test: Callable[[], Outcome]) -> Outcome:
+        async with self._places:
+            try:
+                return await asyncio.wait_for(_in_thread(test), self.timeout)
+            except TimeoutError:
+                return Outcome(
+                    FAILED,
+                    reasons.TEST_TIMEOUT,
+                    f"the connection test took longer than {self.timeout:g} s; check that the warehouse is reachable "
+                    "from the cluster (network policy, firewall, allow-listed IPs) and resumed",
+                )
+            except Exception as exc:
+                log.exception("connection test crashed")
+                return Outcome(
+                    FAILED,
+                    reasons.FailureReason.QUERY_FAILED.value,
+                    f"the connection test failed unexpectedly: {type(exc).__name__}",
+                )
+
+
+async def _in_thread(test: Callable[[], Outcome]) -> Outcome:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Outcome] = loop.create_future()
+
+    def settle(outcome: Outcome | None, error: BaseException | None) -> None:
+        if answer.done():  # timed out meanwhile
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            assert outcome is not None
+            answer.set_result(outcome)
+
+    def work() -> None:
+        outcome, error = None, None
+        try:
+            outcome = test()
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the outcome any more
+            loop.call_soon_threadsafe(settle, outcome, error)
+
+    threading.Thread(target=work, name="cdi-connection-test", daemon=True).start()
+    return await answer
 
 
 def spec_error(exc: ValidationError) -> str:

@@ -105,9 +105,13 @@ class CredentialReconciler:
         settings: OperatorSettings,
         on_test: Callable[[str, str], None] | None = None,
         check: CredentialCheck = connection.check_credential,
+        tester: connection.ConnectionTester | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
+        self.tester = tester or connection.ConnectionTester(
+            settings.connection_tests_at_once, settings.connection_test_timeout
+        )
         self.on_test = on_test  # (warehouse type, result) after each connection test: the metrics
         self.check = check  # the login test; the reconciler tests give a Snowflake that knows which keys were set
 
@@ -175,9 +179,7 @@ class CredentialReconciler:
             writer.want(conditions.testing(message, keep_ready=False))
             await writer.flush()  # a test may take minutes: show that it runs (the key fields come with its outcome)
             secrets = await self.kube.secret_values(namespace, spec.secret_refs())
-            outcome = await connection.run_test(
-                partial(self.check, spec, secrets), self.settings.connection_test_timeout
-            )
+            outcome = await self.tester.run(partial(self.check, spec, secrets))
             test = outcome.status(fingerprint)
             if self.on_test is not None:
                 self.on_test(spec.type.value, outcome.result)
@@ -333,10 +335,7 @@ class CredentialReconciler:
         next_spec = spec.model_copy(
             update={"snowflake": spec.snowflake.model_copy(update={"private_key_secret_ref": ref})}
         )
-        outcome = await connection.run_test(
-            partial(self.check, next_spec, {(ref.name, ref.key): state.next_pem}),
-            self.settings.connection_test_timeout,
-        )
+        outcome = await self.tester.run(partial(self.check, next_spec, {(ref.name, ref.key): state.next_pem}))
         if not outcome.passed:
             message = (
                 f"a login with the new key failed ({outcome.reason}); run status.rotation.statement, then set a new "

@@ -233,11 +233,18 @@ def build_cronjob(obj: JSON, spec: CdiIntegrationSpec, settings: OperatorSetting
 
 class IntegrationReconciler:
     def __init__(
-        self, kube: KubeApi, settings: OperatorSettings, observer: observability.Observer | None = None
+        self,
+        kube: KubeApi,
+        settings: OperatorSettings,
+        observer: observability.Observer | None = None,
+        tester: connection.ConnectionTester | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.observer = observer
+        self.tester = tester or connection.ConnectionTester(
+            settings.connection_tests_at_once, settings.connection_test_timeout
+        )
         self._by_source: SharedList[_SourceIndex] = SharedList(self._list_by_source)
         # (namespace, name) -> (digest, monotonic time) of the runner access last applied: three writes per
         # integration and resync would otherwise be most of the operator's API traffic at scale.
@@ -423,9 +430,8 @@ class _Run:
         await self.writer.flush()  # a test may take minutes: show that it runs
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())
         braze = await self.braze_access(spec) if spec.data_type is DataType.CATALOG_ITEMS else None
-        outcome = await connection.run_test(
-            partial(connection.check_integration, credential_spec, secrets, spec, braze),
-            self.settings.connection_test_timeout,
+        outcome = await self.reconciler.tester.run(
+            partial(connection.check_integration, credential_spec, secrets, spec, braze)
         )
         self.writer.set(connection_test=outcome.status(fingerprint))
         if self.observer is not None:

@@ -29,7 +29,7 @@ import kopf
 
 from cdi_operator.api.json import JSON
 from cdi_operator.api.models import CDI_PLURAL, GROUP, VERSION, WHC_PLURAL
-from cdi_operator.controller import admission
+from cdi_operator.controller import admission, connection
 from cdi_operator.controller.credential import CredentialReconciler
 from cdi_operator.controller.integration import IntegrationReconciler
 from cdi_operator.controller.leader import LeaderLease, LeaseSettings
@@ -75,8 +75,10 @@ class Controller:
         self.settings = settings
         self.kube = kube
         self.observer = Observer()  # metrics and failure e-mail (controller/observability.py)
-        self.integrations = IntegrationReconciler(kube, settings, self.observer)
-        self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test)
+        # one ConnectionTester: $CDI_CONNECTION_TESTS_AT_ONCE holds for credentials and integrations together
+        tester = connection.ConnectionTester(settings.connection_tests_at_once, settings.connection_test_timeout)
+        self.integrations = IntegrationReconciler(kube, settings, self.observer, tester)
+        self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test, tester=tester)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.digests = Digests()  # of each integration as last reconciled from an event
         self._reconciling: dict[tuple[str, str], asyncio.Task[None]] = {}  # asked for by events, by integration

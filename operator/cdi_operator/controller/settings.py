@@ -19,6 +19,7 @@ ENV_BRAZE_DEFAULT_SECRET_NAME = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_NAME"
 ENV_BRAZE_DEFAULT_SECRET_KEY = "CDI_BRAZE_DEFAULT_API_KEY_SECRET_KEY"
 ENV_METRICS_PORT = "CDI_METRICS_PORT"  # /metrics on 0.0.0.0:PORT; 0 turns it off
 ENV_CONNECTION_TEST_TIMEOUT = "CDI_CONNECTION_TEST_TIMEOUT_SECONDS"
+ENV_CONNECTION_TESTS_AT_ONCE = "CDI_CONNECTION_TESTS_AT_ONCE"
 ENV_RESYNC_SECONDS = "CDI_RESYNC_SECONDS"
 ENV_RETEST_FAILED_SECONDS = "CDI_RETEST_FAILED_SECONDS"
 ENV_LEADER_ELECTION_LEASE = "CDI_LEADER_ELECTION_LEASE"  # NAMESPACE/NAME of a Lease; empty: no election
@@ -138,6 +139,7 @@ class OperatorSettings:
     braze_default_secret_key: str = "api-key"
     metrics_port: int = 8080
     connection_test_timeout: float = 600.0
+    connection_tests_at_once: int = 16
     resync_seconds: float = 60.0
     retest_failed_seconds: float = 600.0
     webhook: WebhookSettings = WebhookSettings()
@@ -207,6 +209,7 @@ class OperatorSettings:
             braze_default_secret_key=secret_key,
             metrics_port=_port(env, ENV_METRICS_PORT, 8080),
             connection_test_timeout=_seconds(env, ENV_CONNECTION_TEST_TIMEOUT, 600.0, minimum=1.0),
+            connection_tests_at_once=_count(env, ENV_CONNECTION_TESTS_AT_ONCE, 16, maximum=1024),
             resync_seconds=_seconds(env, ENV_RESYNC_SECONDS, 60.0, minimum=0.5),
             retest_failed_seconds=_seconds(env, ENV_RETEST_FAILED_SECONDS, 600.0, minimum=1.0),
             webhook=WebhookSettings.from_env(env),
@@ -227,6 +230,15 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: floa
     if not minimum <= value <= 86400:
         raise SettingsError(f"${name} {raw!r} is out of range; give {minimum:g} to 86400 seconds")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise SettingsError(f"${name} {raw!r} is not a whole number from 1 to {maximum}")
+    return int(raw)
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

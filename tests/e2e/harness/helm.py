@@ -19,7 +19,11 @@ RELEASE = "cdi-operator"
 EVERY_OPTION: dict[str, Any] = {
     "image": {"digest": "sha256:" + "a" * 64},
     "runner": {"image": {"repository": "registry.example.com/cdi-runner", "tag": "1.2.3"}},
-    "operator": {"watchNamespaces": ["team-a", "team-b"], "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+    "operator": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "connectionTestsAtOnce": 40,
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+    },
     "braze": {"restEndpoint": "https://rest.iad-01.braze.com", "apiKeySecret": {"name": "braze", "key": "api-key"}},
     "smtp": {"host": "smtp.example.com", "existingSecret": "smtp-login"},
     "webhook": {"failurePolicy": "Fail", "certManager": {"enabled": True}},
