@@ -18,6 +18,7 @@ from cdi_operator.braze.client import BrazeClient
 from cdi_operator.braze.emulator import BrazeEmulator
 from cdi_operator.commands.common import braze_settings, open_warehouse
 from cdi_operator.commands.manifests import load_manifests
+from cdi_operator.runner import sync
 from cdi_operator.runner.cadence import MOST_SECONDS, checkpoint_interval
 from cdi_operator.runner.state import CheckpointDeferred, JsonFileStore
 from cdi_operator.runner.sync import SyncJob, run_sync
@@ -132,11 +133,45 @@ def test_checkpoints_the_store_defers_leave_the_run_going_and_the_last_one_saves
     assert saved is not None and saved.updated_at == at(ROWS - 1).replace(tzinfo=UTC) == summary.watermark
 
 
-def test_a_last_checkpoint_the_store_defers_fails_the_run(
+class DeferringLastStore(JsonFileStore):
+    """A state store that defers the first `deferred` saves of the run's last watermark (`last`)."""
+
+    def __init__(self, path: Path, key: str, last: datetime, deferred: int) -> None:
+        super().__init__(path, key)
+        self.last, self.deferred, self.saves_of_last = last, deferred, 0
+
+    def save_watermark(self, watermark: Watermark) -> None:
+        if watermark.updated_at == self.last:
+            self.saves_of_last += 1
+            if self.saves_of_last <= self.deferred:
+                raise CheckpointDeferred(
+                    "cdiintegrations.cdi.ingest.dev default/it status: HTTP 503 Service Unavailable"
+                )
+        super().save_watermark(watermark)
+
+
+def test_a_last_checkpoint_the_store_defers_is_tried_again_and_the_run_succeeds(
     duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path
 ) -> None:
+    """An API server busy just when the run ends (1,000 runs ending at once) does not fail the run, which would
+    send every row again next time."""
+    duckdb_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(ROWS)])
+    last = at(ROWS - 1).replace(tzinfo=UTC)
+    store = DeferringLastStore(tmp_path / "state.json", "default/it", last, deferred=2)
+    summary = _run_with(duckdb_source, braze, tmp_path, store)
+    assert summary.result is RunResult.SUCCESS and summary.watermark == last
+    assert store.saves_of_last == 3
+    saved = store.load_watermark()
+    assert saved is not None and saved.updated_at == last
+
+
+def test_a_last_checkpoint_the_store_keeps_deferring_fails_the_run(
+    duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync, "LAST_CHECKPOINT_SECONDS", 3.0)
     duckdb_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(ROWS)])
     store = DeferringStore(tmp_path / "state.json", "default/it", deferred=10**6)
     with pytest.raises(CheckpointDeferred, match="HTTP 429"):
         _run_with(duckdb_source, braze, tmp_path, store)
     assert store.load_watermark() is None
+    assert store.saves >= 3, "tried again within LAST_CHECKPOINT_SECONDS"

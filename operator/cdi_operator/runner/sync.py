@@ -48,6 +48,11 @@ from cdi_operator.warehouses.base import FailureReason, ReadWindow, Warehouse, W
 log = logging.getLogger(__name__)
 
 ROW_ERROR_SAMPLE = 20
+# How long a run's last checkpoint is tried again while the API server defers it (429, 503, no answer): the rows are
+# delivered, and a run that gives up sends them all again next time. On SIGTERM less: the pod has 30 s of grace,
+# and the run's record is written after it.
+LAST_CHECKPOINT_SECONDS = 60.0
+STOPPING_CHECKPOINT_SECONDS = 10.0
 DELETE_BATCH_LIMIT = 50
 _TRACKED = frozenset({DataType.CUSTOM_ATTRIBUTES, DataType.CUSTOM_EVENTS, DataType.PURCHASE_EVENTS})
 Trigger = Literal["schedule", "syncNow", "local"]
@@ -262,11 +267,11 @@ class SyncRun:
             self._failure = exc
         except asyncio.CancelledError:  # SIGTERM (runner/termination.py): save what was delivered up to now
             await self._cancel_sends()
-            await self._checkpoint()
+            await self._checkpoint(patience=STOPPING_CHECKPOINT_SECONDS)
             raise
         finally:
             self._reader.shutdown(wait=False, cancel_futures=True)
-        await self._checkpoint()
+        await self._checkpoint(patience=LAST_CHECKPOINT_SECONDS)
         self.progress.finished = True
         self._report_progress()
         summary = RunSummary(
@@ -592,8 +597,9 @@ class SyncRun:
                 interval = checkpoint_interval(least, time.monotonic() - started)
                 await asyncio.wait_for(self._stop_checkpoints.wait(), interval)
 
-    async def _checkpoint(self, *, periodic: bool = False) -> None:
-        """Save the frontier's watermark; a periodic one the store defers is left to the next (`periodic`)."""
+    async def _checkpoint(self, *, periodic: bool = False, patience: float = 0.0) -> None:
+        """Save the frontier's watermark; a periodic one the store defers is left to the next (`periodic`), another
+        is tried again for up to `patience` seconds."""
         if self.braze is None:
             return  # a dry run never moves the watermark
         async with self._checkpoint_lock:
@@ -604,18 +610,26 @@ class SyncRun:
                 watermark = watermark.model_copy(update={"source": self.job.source})
             if watermark is None or watermark == self._saved:
                 return
-            try:
-                await asyncio.to_thread(self.store.save_watermark, watermark)
-            except CheckpointDeferred as exc:
-                self.frontier.changed = True
-                if not periodic:
+            deadline, wait = time.monotonic() + patience, 1.0
+            while True:
+                try:
+                    await asyncio.to_thread(self.store.save_watermark, watermark)
+                    break
+                except CheckpointDeferred as exc:
+                    if periodic:
+                        self.frontier.changed = True
+                        self._advanced.set()  # the next checkpoint, one interval later, writes it
+                        log.warning("%s: checkpoint deferred (%s); the next one saves this progress", self.job.key, exc)
+                        return
+                    if time.monotonic() + wait > deadline:
+                        self.frontier.changed = True
+                        raise
+                    log.warning("%s: last checkpoint deferred (%s); trying again in %g s", self.job.key, exc, wait)
+                except BaseException:
+                    self.frontier.changed = True
                     raise
-                self._advanced.set()  # the next checkpoint, one interval later, writes it
-                log.warning("%s: checkpoint deferred (%s); the next one saves this progress", self.job.key, exc)
-                return
-            except BaseException:
-                self.frontier.changed = True
-                raise
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 8.0)
             self._saved = watermark
             self.progress.watermark = watermark.updated_at
 
