@@ -254,6 +254,20 @@ def test_a_checkpoint_applied_without_an_answer_does_not_stop_the_run(
         store.save_watermark(watermark(11))
 
 
+def test_a_watermark_another_writer_put_there_before_a_run_record_is_still_refused(fake: FakeKube) -> None:
+    """The run's Running record meets a 409, re-reads and lands; the watermark it found there is not this run's."""
+    store = CrStatusStore(RunnerKube(fake), NS, "users")  # type: ignore[arg-type]
+    assert store.load_watermark() is None
+    theirs = fake.objects[(CDI_PLURAL, NS, "users")]
+    theirs.setdefault("status", {})["watermark"] = watermark(1).model_dump(mode="json", by_alias=True)
+    theirs["metadata"]["resourceVersion"] = fake._version()
+    store.mark_running(RunSummary(trigger="schedule", started_at=T0, result=RunResult.RUNNING))
+    assert store.conflicts == 1
+    with pytest.raises(WatermarkMoved):
+        store.save_watermark(watermark(2))
+    assert Watermark.model_validate(fake.status(CDI_PLURAL, NS, "users")["watermark"]) == watermark(1)
+
+
 def test_the_operator_has_only_event_handlers_so_kopf_may_skip_its_diff_base(fake: FakeKube) -> None:
     """kopf_settings() gives kopf an empty diff base (main.NoDiffBase), which only on.event handlers allow: an
     on.update, on.field or daemon handler would see no change ever."""

@@ -140,9 +140,8 @@ class CrStatusStore:
                         self._watermark_unanswered.append(_merged(fields.get("watermark")))
                     raise
                 self._seen(obj)
-                if watermark:
+                if watermark:  # a record leaves the watermark as it found it, which may be another writer's
                     self._watermark_unanswered.clear()
-                if watermark or self._watermark_seen is not _UNKNOWN:
                     self._watermark_seen = (self._status or {}).get("watermark")
                 return
 
