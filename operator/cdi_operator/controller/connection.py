@@ -3,8 +3,8 @@
 A catalogItems integration's test also asks Braze (`GET /catalogs`) that its catalog exists and that the fields of
 the preview's PAYLOADs are fields of that catalog, naming any it lacks: Braze refuses such items.
 
-The tests are blocking (warehouse client libraries are); `ConnectionTester` runs each in a thread of its own, so many at
-once, with a timeout that counts from the test's start.
+The tests are blocking (warehouse client libraries are); `ConnectionTester` runs each in a thread of its own, many
+at once, with a timeout that counts from the test's start.
 Every failure becomes a reason a user can act on; messages come from WarehouseError / SourceColumnsError, which
 never hold a secret value.
 """
