@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,17 +85,21 @@ def test_a_stopped_run_checkpoints_what_was_delivered(
 
 
 class DeferringStore(JsonFileStore):
-    """A state store that is unavailable for its first `deferred` checkpoints (an overloaded API server)."""
+    """A state store that is unavailable (an overloaded API server) for the first `deferred` saves of the
+    watermarks `defers` picks (all of them by default)."""
 
-    def __init__(self, path: Path, key: str, deferred: int) -> None:
+    def __init__(
+        self, path: Path, key: str, deferred: int, defers: Callable[[Watermark], bool] = lambda _: True
+    ) -> None:
         super().__init__(path, key)
-        self.deferred = deferred
-        self.saves = 0
+        self.deferred, self.defers = deferred, defers
+        self.saves = 0  # of the watermarks `defers` picks
 
     def save_watermark(self, watermark: Watermark) -> None:
-        self.saves += 1
-        if self.saves <= self.deferred:
-            raise CheckpointDeferred("cdiintegrations.cdi.ingest.dev default/it status: HTTP 429 Too Many Requests")
+        if self.defers(watermark):
+            self.saves += 1
+            if self.saves <= self.deferred:
+                raise CheckpointDeferred("cdiintegrations.cdi.ingest.dev default/it status: HTTP 429 Too Many Requests")
         super().save_watermark(watermark)
 
 
@@ -133,23 +137,6 @@ def test_checkpoints_the_store_defers_leave_the_run_going_and_the_last_one_saves
     assert saved is not None and saved.updated_at == at(ROWS - 1).replace(tzinfo=UTC) == summary.watermark
 
 
-class DeferringLastStore(JsonFileStore):
-    """A state store that defers the first `deferred` saves of the run's last watermark (`last`)."""
-
-    def __init__(self, path: Path, key: str, last: datetime, deferred: int) -> None:
-        super().__init__(path, key)
-        self.last, self.deferred, self.saves_of_last = last, deferred, 0
-
-    def save_watermark(self, watermark: Watermark) -> None:
-        if watermark.updated_at == self.last:
-            self.saves_of_last += 1
-            if self.saves_of_last <= self.deferred:
-                raise CheckpointDeferred(
-                    "cdiintegrations.cdi.ingest.dev default/it status: HTTP 503 Service Unavailable"
-                )
-        super().save_watermark(watermark)
-
-
 def test_a_last_checkpoint_the_store_defers_is_tried_again_and_the_run_succeeds(
     duckdb_source: Source, braze: BrazeEmulator, tmp_path: Path
 ) -> None:
@@ -157,10 +144,10 @@ def test_a_last_checkpoint_the_store_defers_is_tried_again_and_the_run_succeeds(
     send every row again next time."""
     duckdb_source.create_table("users", ATTRIBUTE_COLUMNS, [user_row(i, f"u-{i}", {"i": i}) for i in range(ROWS)])
     last = at(ROWS - 1).replace(tzinfo=UTC)
-    store = DeferringLastStore(tmp_path / "state.json", "default/it", last, deferred=2)
+    store = DeferringStore(tmp_path / "state.json", "default/it", 2, lambda watermark: watermark.updated_at == last)
     summary = _run_with(duckdb_source, braze, tmp_path, store)
     assert summary.result is RunResult.SUCCESS and summary.watermark == last
-    assert store.saves_of_last == 3
+    assert store.saves == 3
     saved = store.load_watermark()
     assert saved is not None and saved.updated_at == last
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 from cdi_operator.api import reasons
 from cdi_operator.controller.connection import PASSED, ConnectionTester, Outcome
@@ -20,6 +21,16 @@ def passing_after(seconds: float, running: list[int], most: list[int], lock: thr
     return Outcome(PASSED, PASSED, "reached the warehouse")
 
 
+def hung_until(released: threading.Event) -> Callable[[], Outcome]:
+    """A test that hangs (a warehouse that never answers) until `released` is set."""
+
+    def test() -> Outcome:
+        released.wait()
+        return Outcome(PASSED, PASSED, "late")
+
+    return test
+
+
 async def test_tests_queued_behind_others_each_get_their_whole_timeout_and_at_most_at_once_run() -> None:
     # 1,000 integrations applied at once: a test that waits for a place must not spend its timeout waiting
     tester = ConnectionTester(at_once=2, timeout=1.0)
@@ -33,7 +44,7 @@ async def test_a_test_over_its_timeout_is_told_and_frees_its_place() -> None:
     tester = ConnectionTester(at_once=1, timeout=0.3)
     stuck = threading.Event()
     try:
-        hung = await tester.run(lambda: (stuck.wait(), Outcome(PASSED, PASSED, "late"))[1])
+        hung = await tester.run(hung_until(stuck))
         assert hung.reason == reasons.TEST_TIMEOUT and "longer than 0.3 s" in hung.message
         after = await tester.run(lambda: Outcome(PASSED, PASSED, "reached the warehouse"))
         assert after.passed
@@ -53,9 +64,7 @@ async def test_hung_tests_leave_the_default_executor_to_the_leader_lease_renewal
     # the leader Lease is renewed through asyncio.to_thread; warehouses that take minutes to resume must not delay it
     tester = ConnectionTester(at_once=16, timeout=30)
     stuck = threading.Event()
-    tests = [
-        asyncio.create_task(tester.run(lambda: (stuck.wait(), Outcome(PASSED, PASSED, "late"))[1])) for _ in range(16)
-    ]
+    tests = [asyncio.create_task(tester.run(hung_until(stuck))) for _ in range(16)]
     try:
         await asyncio.sleep(0.2)
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 5) == "renewed"

@@ -31,6 +31,7 @@ from cdi_operator.api.json import JSON
 from cdi_operator.api.models import TEST_CONNECTION_ANNOTATION, CdiIntegrationSpec, DataType, WarehouseCredentialSpec
 from cdi_operator.braze.client import BrazeClient, BrazeError, BrazeSettings
 from cdi_operator.controller.conditions import shorten, timestamp
+from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.runner.columns import ColumnPlan, SourceColumnsError, plan_columns
 from cdi_operator.warehouses import MissingSecretError, WarehouseError
 
@@ -238,6 +239,10 @@ class ConnectionTester:
     def __init__(self, at_once: int, timeout: float) -> None:
         self.timeout = timeout
         self._places = asyncio.Semaphore(at_once)
+
+    @classmethod
+    def from_settings(cls, settings: OperatorSettings) -> ConnectionTester:
+        return cls(settings.connection_tests_at_once, settings.connection_test_timeout)
 
     async def run(self, test: Callable[[], Outcome]) -> Outcome:
         async with self._places:

@@ -109,9 +109,7 @@ class CredentialReconciler:
     ) -> None:
         self.kube = kube
         self.settings = settings
-        self.tester = tester or connection.ConnectionTester(
-            settings.connection_tests_at_once, settings.connection_test_timeout
-        )
+        self.tester = tester or connection.ConnectionTester.from_settings(settings)
         self.on_test = on_test  # (warehouse type, result) after each connection test: the metrics
         self.check = check  # the login test; the reconciler tests give a Snowflake that knows which keys were set
 

@@ -242,9 +242,7 @@ class IntegrationReconciler:
         self.kube = kube
         self.settings = settings
         self.observer = observer
-        self.tester = tester or connection.ConnectionTester(
-            settings.connection_tests_at_once, settings.connection_test_timeout
-        )
+        self.tester = tester or connection.ConnectionTester.from_settings(settings)
         self._by_source: SharedList[_SourceIndex] = SharedList(self._list_by_source)
         # (namespace, name) -> (digest, monotonic time) of the runner access last applied: three writes per
         # integration and resync would otherwise be most of the operator's API traffic at scale.

@@ -76,7 +76,7 @@ class Controller:
         self.kube = kube
         self.observer = Observer()  # metrics and failure e-mail (controller/observability.py)
         # one ConnectionTester: $CDI_CONNECTION_TESTS_AT_ONCE holds for credentials and integrations together
-        tester = connection.ConnectionTester(settings.connection_tests_at_once, settings.connection_test_timeout)
+        tester = connection.ConnectionTester.from_settings(settings)
         self.integrations = IntegrationReconciler(kube, settings, self.observer, tester)
         self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test, tester=tester)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
