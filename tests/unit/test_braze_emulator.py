@@ -202,6 +202,21 @@ async def test_rate_limit_headers_and_429() -> None:
         assert len(emu.tracked("attributes")) == 3
 
 
+async def test_a_request_counts_in_the_window_it_arrives_in_not_the_one_it_is_answered_in() -> None:
+    """As Braze's limiter: a runner's request sent just before a reset spends the old window, and its answer says so,
+    so a runner that counts its requests in flight against the window it sends them in fills every window."""
+    with BrazeEmulator(api_key=KEY, track_rate_limit=10, track_rate_window=1, latency=0.6) as emu:
+        await asyncio.sleep(0.7 - time.time() % 1 if time.time() % 1 < 0.7 else 1.7 - time.time() % 1)
+        sent = time.time()
+        status, headers, _ = await post(emu, "/users/track", {"attributes": users(1)})
+        answered = time.time()
+        assert status == 201 and int(answered) == int(sent) + 1, "answered in the next window"
+        assert int(headers["X-RateLimit-Reset"]) == int(sent) + 1 and headers["X-RateLimit-Remaining"] == "9"
+        [record] = emu.requests()
+        assert sent <= record.at < sent + 0.2
+        assert emu.window_counts("track", KEY) == [(float(int(sent)), 1)]
+
+
 async def test_retry_after_is_off_by_default() -> None:
     with BrazeEmulator(api_key=KEY, track_rate_limit=1, track_rate_window=60) as emu:
         statuses = [await post(emu, "/users/track", {"attributes": users(1)}) for _ in range(3)]

@@ -38,11 +38,15 @@ Decisions where BRAZE-API.md is silent:
   `time` as the REST API says (the table's default to UPDATED_AT is the runner's job).
 - Rate limits use fixed windows aligned to multiples of the window length since the epoch, so
   `X-RateLimit-Reset` (rounded up to a whole second) is where the window really ends when windows are whole seconds.
-  Every request to an endpoint counts, including the ones refused. There is one limiter per API key and endpoint
-  family, across all connections, as Braze keeps them per workspace: `/users/track`; `/users/delete` together with
-  `/users/alias/new`, `/users/identify` and `/users/merge` (which the emulator counts and answers 201, applying
-  nothing); the catalog item endpoints; `GET /catalogs`. `other_api_keys` are further workspaces (their own
-  limiters; the objects are kept together). A request with an unknown key is a 401 and counts nowhere.
+  Every request to an endpoint counts, including the ones refused, in the window it arrives in: the latency
+  (`latency`, `--latency`, which stands for Braze's work and the way back) comes after, so a request that arrives
+  just before a reset spends the old window and its answer's headers say so, as with Braze's limiter in front of its
+  API. `requests()` and `GET /_emulator/state`'s `first_request_at` / `last_request_at` give arrival times. There
+  is one limiter per API key and endpoint family, across all connections, as Braze keeps them per workspace:
+  `/users/track`; `/users/delete` together with `/users/alias/new`, `/users/identify` and `/users/merge` (which the
+  emulator counts and answers 201, applying nothing); the catalog item endpoints; `GET /catalogs`.
+  `other_api_keys` are further workspaces (their own limiters; the objects are kept together). A request with an
+  unknown key is a 401 and counts nowhere.
   `window_counts(family, api_key)` (and `rate_windows` in `GET /_emulator/state`) gives the requests each of the
   last windows counted, which is what the tests of the shared budget check.
 - Faults are consumed in arrival order by `/users/*` and catalog item requests, queued ones first, then the random

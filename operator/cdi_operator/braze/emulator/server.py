@@ -272,6 +272,8 @@ class BrazeEmulator:
                 "status_counts": {str(k): v for k, v in sorted(self._records.status_counts.items())},
                 "counts": counts,
                 "peak_in_flight": self._records.peak_in_flight,
+                "first_request_at": self._records.first_request_at,
+                "last_request_at": self._records.last_request_at,
                 "pending_faults": [f.kind for f in self._faults.queued],
                 "random_faults": dict(self._faults.probabilities),
                 "record": self.record,
@@ -415,8 +417,14 @@ class BrazeEmulator:
     ) -> web.StreamResponse:
         path = request.path
         fault = self._next_fault()
+        kind = fault.kind if fault is not None else None
         try:
             body = await request.read()
+            # Braze's limiter counts a request as it arrives, before the work and the way back that the latency
+            # stands for: one sent just before a window's reset is in that window, and its answer tells so.
+            with self._lock:
+                arrived = time.time()
+                limited = self._limit(request, family, kind, arrived)
             if fault is not None and fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
             elif self.latency:
@@ -429,45 +437,50 @@ class BrazeEmulator:
             with self._lock:
                 self._finish(path, 0, 0, fault)
             raise
-        kind = fault.kind if fault is not None else None
         with self._lock:
-            now = time.time()
             if kind is not None and kind.startswith("http5"):
                 status = int(kind[4:])
-                self._finish(path, status, 0, fault, now)
+                self._finish(path, status, 0, fault, arrived)
                 return _json(status, {"message": _STATUS_MESSAGES[status]})
             if kind == "drop":
-                self._finish(path, 0, 0, fault, now)
+                self._finish(path, 0, 0, fault, arrived)
                 return _drop(request)
-            windows = self._windows_of(request)
-            if kind == "http429":
-                window = (windows or self._windows[self.api_key])[family]
-                remaining, reset = window.peek(now)
-                self._finish(path, 429, 0, fault, now)
-                return self._rate_limited(window, reset, now)
-            if windows is None:  # no workspace, so no limiter to count it in
-                self._finish(path, 401, 0, fault, now)
-                message = "Invalid API key" if "Authorization" in request.headers else "Missing API key"
-                return _json(401, {"message": message})
-            window = windows[family]
-            allowed, remaining, reset = window.hit(now)
-            if not allowed:
-                self._finish(path, 429, 0, fault, now)
-                return self._rate_limited(window, reset, now)
-            headers = _limit_headers(window, remaining, reset)
+            if isinstance(limited, web.Response):
+                self._finish(path, limited.status, 0, fault, arrived)
+                return limited
+            headers = limited
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                self._finish(path, 400, 0, fault, now)
+                self._finish(path, 400, 0, fault, arrived)
                 return _json(400, {"message": "Invalid JSON in request body"}, headers)
             status, response, accepted = apply(parsed)
             if status == 201 and kind == "queued":
                 status, response = 202, {"message": "queued"}
             if kind == "drop_after":
-                self._finish(path, 0, accepted, fault, now)
+                self._finish(path, 0, accepted, fault, arrived)
                 return _drop(request)
-            self._finish(path, status, accepted, fault, now)
+            self._finish(path, status, accepted, fault, arrived)
             return _json(status, response, headers)
+
+    def _limit(self, request: web.Request, family: str, kind: str | None, now: float) -> web.Response | dict[str, str]:
+        """Count a request that arrived at `now` in its API key's limiter: its rate-limit headers, or the answer
+        that refuses it (401, 429). Called with the lock held."""
+        if kind is not None and (kind.startswith("http5") or kind == "drop"):
+            return {}  # a request that fails before the limiter counts it
+        windows = self._windows_of(request)
+        if kind == "http429":
+            window = (windows or self._windows[self.api_key])[family]
+            _, reset = window.peek(now)
+            return self._rate_limited(window, reset, now)
+        if windows is None:  # no workspace, so no limiter to count it in
+            message = "Invalid API key" if "Authorization" in request.headers else "Missing API key"
+            return _json(401, {"message": message})
+        window = windows[family]
+        allowed, remaining, reset = window.hit(now)
+        if not allowed:
+            return self._rate_limited(window, reset, now)
+        return _limit_headers(window, remaining, reset)
 
     def _rate_limited(self, window: Window, reset: int, now: float) -> web.Response:
         headers = _limit_headers(window, 0, reset)

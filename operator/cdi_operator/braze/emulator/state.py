@@ -13,7 +13,7 @@ from cdi_operator.braze.emulator.rules import FLAG_KEYS, TRACK_ARRAYS
 
 @dataclass(frozen=True)
 class RequestRecord:
-    at: float  # time.time() when the response was decided (and the request counted in its rate-limit window)
+    at: float  # time.time() when the request arrived and was counted in its rate-limit window
     path: str
     status: int  # 0: connection closed without a response
     objects: int  # objects (or identifiers) accepted
@@ -51,13 +51,19 @@ class Records:
         self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.first_request_at: float | None = None  # RequestRecord.at of the first and the last request
+        self.last_request_at: float | None = None
 
     def finish(self, path: str, status: int, objects: int, fault: str | None, at: float | None = None) -> None:
         """Record a `/users/*` request the emulator answered (status 0: closed without a response)."""
         self.in_flight -= 1
         self.status_counts[status] += 1
         self.counts["requests"] += 1
-        self.requests.append(RequestRecord(time.time() if at is None else at, path, status, objects, fault))
+        at = time.time() if at is None else at
+        if self.first_request_at is None:
+            self.first_request_at = at
+        self.last_request_at = at
+        self.requests.append(RequestRecord(at, path, status, objects, fault))
 
     def track(self, array: str, obj: dict[str, Any], key: str, id_kind: str, *, keep: bool) -> None:
         """Count an accepted object; with `keep`, store it and update the profile it names."""
