@@ -35,7 +35,9 @@ async def test_tests_queued_behind_others_each_get_their_whole_timeout_and_at_mo
     # 1,000 integrations applied at once: a test that waits for a place must not spend its timeout waiting
     tester = ConnectionTester(at_once=2, timeout=1.0)
     running, most, lock = [0], [0], threading.Lock()
-    outcomes = await asyncio.gather(*(tester.run(lambda: passing_after(0.6, running, most, lock)) for _ in range(6)))
+    outcomes = await asyncio.gather(
+        *(tester.run(lambda: passing_after(0.6, running, most, lock), f"it-{i}") for i in range(6))
+    )
     assert [o.reason for o in outcomes] == [PASSED] * 6
     assert most[0] == 2
 
@@ -44,19 +46,39 @@ async def test_a_test_over_its_timeout_is_told_and_frees_its_place() -> None:
     tester = ConnectionTester(at_once=1, timeout=0.3)
     stuck = threading.Event()
     try:
-        hung = await tester.run(hung_until(stuck))
+        hung = await tester.run(hung_until(stuck), "hung")
         assert hung.reason == reasons.TEST_TIMEOUT and "longer than 0.3 s" in hung.message
-        after = await tester.run(lambda: Outcome(PASSED, PASSED, "reached the warehouse"))
+        after = await tester.run(lambda: Outcome(PASSED, PASSED, "reached the warehouse"), "other")
         assert after.passed
     finally:
         stuck.set()
+
+
+async def test_an_object_whose_test_overran_gets_no_second_thread_until_the_first_returns() -> None:
+    # a warehouse that never answers, retested every 10 minutes: one hung thread for it, not one more each time
+    tester = ConnectionTester(at_once=4, timeout=0.2)
+    stuck = threading.Event()
+    threads = threading.active_count()
+    try:
+        assert (await tester.run(hung_until(stuck), "default/it")).reason == reasons.TEST_TIMEOUT
+        again = [await tester.run(hung_until(stuck), "default/it") for _ in range(3)]
+        assert all(o.reason == reasons.TEST_TIMEOUT and "still not returned" in o.message for o in again)
+        assert threading.active_count() == threads + 1 and tester.overrunning() == 1
+    finally:
+        stuck.set()
+    for _ in range(50):
+        if not tester.overrunning():
+            break
+        await asyncio.sleep(0.05)
+    assert tester.overrunning() == 0
+    assert (await tester.run(lambda: Outcome(PASSED, PASSED, "reached the warehouse"), "default/it")).passed
 
 
 async def test_a_test_that_crashes_fails_with_a_reason_instead_of_a_traceback() -> None:
     def crash() -> Outcome:
         raise KeyError("x")
 
-    outcome = await ConnectionTester(at_once=1, timeout=5).run(crash)
+    outcome = await ConnectionTester(at_once=1, timeout=5).run(crash, "it")
     assert outcome.reason == reasons.FailureReason.QUERY_FAILED.value and "KeyError" in outcome.message
 
 
@@ -64,7 +86,7 @@ async def test_hung_tests_leave_the_default_executor_to_the_leader_lease_renewal
     # the leader Lease is renewed through asyncio.to_thread; warehouses that take minutes to resume must not delay it
     tester = ConnectionTester(at_once=16, timeout=30)
     stuck = threading.Event()
-    tests = [asyncio.create_task(tester.run(hung_until(stuck))) for _ in range(16)]
+    tests = [asyncio.create_task(tester.run(hung_until(stuck), f"it-{i}")) for i in range(16)]
     try:
         await asyncio.sleep(0.2)
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "renewed"), 5) == "renewed"

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -234,21 +235,48 @@ class ConnectionTester:
     (kube/aio.py): six tests of a warehouse that takes minutes to resume held all of it, so every reconcile's API
     calls and the leader Lease's renewal waited behind them; and a test queued there spent its timeout waiting. A
     test's timeout counts from its own start; a test that overruns it is left to finish in its thread (a client
-    library call cannot be interrupted) and frees its place; its thread never holds up the operator's exit."""
+    library call cannot be interrupted) and frees its place; its thread never holds up the operator's exit. While
+    it has not returned, its object's next test fails at once instead of starting another thread: a warehouse that
+    never answers would otherwise add a hung thread per object at every retest."""
 
     def __init__(self, at_once: int, timeout: float) -> None:
         self.timeout = timeout
         self._places = asyncio.Semaphore(at_once)
+        # key -> (monotonic start, set once it returns) of its test still running past its timeout
+        self._overrunning: dict[str, tuple[float, threading.Event]] = {}
+        self._lock = threading.Lock()  # _overrunning is cleared from the test's thread
 
     @classmethod
     def from_settings(cls, settings: OperatorSettings) -> ConnectionTester:
         return cls(settings.connection_tests_at_once, settings.connection_test_timeout)
 
-    async def run(self, test: Callable[[], Outcome]) -> Outcome:
+    def overrunning(self) -> int:
+        """Tests still running in their threads past their timeout."""
+        with self._lock:
+            return len(self._overrunning)
+
+    async def run(self, test: Callable[[], Outcome], key: str) -> Outcome:
+        """The outcome of `test`, the connection test of the object `key` names (one test of it at a time)."""
+        with self._lock:
+            overrun = self._overrunning.get(key)
+        if overrun is not None:
+            started = overrun[0]
+            return Outcome(
+                FAILED,
+                reasons.TEST_TIMEOUT,
+                f"the last connection test, started {time.monotonic() - started:.0f} s ago, has still not returned "
+                f"(more than {self.timeout:g} s); check that the warehouse is reachable from the cluster (network "
+                "policy, firewall, allow-listed IPs) and resumed; no new test starts until that one returns",
+            )
         async with self._places:
+            started = time.monotonic()
+            returned = threading.Event()
             try:
-                return await asyncio.wait_for(_in_thread(test), self.timeout)
+                return await asyncio.wait_for(_in_thread(test, lambda: self._returned(key, returned)), self.timeout)
             except TimeoutError:
+                with self._lock:
+                    if not returned.is_set():
+                        self._overrunning[key] = (started, returned)
                 return Outcome(
                     FAILED,
                     reasons.TEST_TIMEOUT,
@@ -263,8 +291,16 @@ class ConnectionTester:
                     f"the connection test failed unexpectedly: {type(exc).__name__}",
                 )
 
+    def _returned(self, key: str, returned: threading.Event) -> None:
+        with self._lock:
+            returned.set()
+            overrun = self._overrunning.get(key)
+            if overrun is not None and overrun[1] is returned:
+                del self._overrunning[key]
 
-async def _in_thread(test: Callable[[], Outcome]) -> Outcome:
+
+async def _in_thread(test: Callable[[], Outcome], returned: Callable[[], None]) -> Outcome:
+    """`test()` in a daemon thread of its own; `returned()` runs in that thread once `test()` has returned."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Outcome] = loop.create_future()
 
@@ -283,6 +319,8 @@ async def _in_thread(test: Callable[[], Outcome]) -> Outcome:
             outcome = test()
         except Exception as exc:
             error = exc
+        finally:
+            returned()
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for the outcome any more
             loop.call_soon_threadsafe(settle, outcome, error)
 

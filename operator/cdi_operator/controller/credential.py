@@ -177,7 +177,9 @@ class CredentialReconciler:
             writer.want(conditions.testing(message, keep_ready=False))
             await writer.flush()  # a test may take minutes: show that it runs (the key fields come with its outcome)
             secrets = await self.kube.secret_values(namespace, spec.secret_refs())
-            outcome = await self.tester.run(partial(self.check, spec, secrets))
+            outcome = await self.tester.run(
+                partial(self.check, spec, secrets), f"WarehouseCredential {namespace}/{name}"
+            )
             test = outcome.status(fingerprint)
             if self.on_test is not None:
                 self.on_test(spec.type.value, outcome.result)
@@ -333,7 +335,10 @@ class CredentialReconciler:
         next_spec = spec.model_copy(
             update={"snowflake": spec.snowflake.model_copy(update={"private_key_secret_ref": ref})}
         )
-        outcome = await self.tester.run(partial(self.check, next_spec, {(ref.name, ref.key): state.next_pem}))
+        outcome = await self.tester.run(
+            partial(self.check, next_spec, {(ref.name, ref.key): state.next_pem}),
+            f"WarehouseCredential {namespace}/{name}, its next key",
+        )
         if not outcome.passed:
             message = (
                 f"a login with the new key failed ({outcome.reason}); run status.rotation.statement, then set a new "

@@ -429,7 +429,8 @@ class _Run:
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())
         braze = await self.braze_access(spec) if spec.data_type is DataType.CATALOG_ITEMS else None
         outcome = await self.reconciler.tester.run(
-            partial(connection.check_integration, credential_spec, secrets, spec, braze)
+            partial(connection.check_integration, credential_spec, secrets, spec, braze),
+            f"CdiIntegration {self.namespace}/{self.name}",
         )
         self.writer.set(connection_test=outcome.status(fingerprint))
         if self.observer is not None:
