@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdi_operator.api.models import API_VERSION, SecretKeyRef
+from cdi_operator.controller.status import merged
 from cdi_operator.kube.aio import KubeApi
 from cdi_operator.kube.errors import Conflict, NotFound
 
@@ -26,16 +27,8 @@ JSON = dict[str, Any]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the apiserver applies `application/merge-patch+json`."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+    """RFC 7386 JSON merge patch, as the apiserver applies `application/merge-patch+json`, sharing nothing."""
+    return copy.deepcopy(merged(target, patch))
 
 
 @dataclass(frozen=True)

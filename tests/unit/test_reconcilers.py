@@ -275,6 +275,21 @@ async def test_operator_service_account_setting_makes_no_runner_access(world: Wo
     assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == "shared-runner"
 
 
+async def test_a_new_integration_asks_for_no_suspension_of_a_cronjob_it_cannot_have_yet(world: World) -> None:
+    # 1,000 applied at once: a PATCH each before its connection test that can only be a 404
+    _active(world)
+    asked: list[str] = []
+    suspend = world.kube.suspend_cronjob
+
+    async def counted(namespace: str, name: str) -> bool:
+        asked.append(name)
+        return await suspend(namespace, name)
+
+    world.kube.suspend_cronjob = counted  # type: ignore[method-assign]
+    await world.integrations().reconcile(NS, "users")
+    assert world.status()["phase"] == "Active" and asked == []
+
+
 async def test_active_integration_whose_credential_goes_away_stops(world: World) -> None:
     _active(world)
     reconciler = world.integrations()

@@ -303,3 +303,47 @@ async def test_events_that_come_during_a_reconcile_ask_for_one_more_and_kopf_nev
     release.set()
     await watched.controller.settled()
     assert watched.reconciles - before == 2, "the running reconcile, then one for the changes that came meanwhile"
+
+
+async def test_the_events_of_the_operators_own_status_writes_ask_for_no_reconcile(fake: FakeKube) -> None:
+    """1,000 integrations applied at once: each is reconciled once to Active, not once more for the events of its
+    "testing" and its Active writes (each a GET, a credential GET and a CronJob apply more)."""
+    watched = Watched(fake)
+    answers: list[JSON] = []
+    patch_status = fake.patch_status
+
+    async def answered(*args: Any, **kwargs: Any) -> JSON:
+        answer = await patch_status(*args, **kwargs)
+        answers.append(answer)
+        return answer
+
+    fake.patch_status = answered  # type: ignore[method-assign]
+    await watched.controller.integration_event("ADDED", NS, "users", fake.obj(CDI_PLURAL, NS, "users"))
+    await watched.controller.settled()
+    assert watched.reconciles == 1 and fake.status(CDI_PLURAL, NS, "users")["phase"] == "Active"
+    assert len(answers) == 2, "the testing status, then Active"
+    for answer in answers:  # their watch events, as late as the watch likes
+        await watched.controller.integration_event("MODIFIED", NS, "users", answer)
+        await watched.controller.settled()
+    assert watched.reconciles == 1
+    fake.annotate(CDI_PLURAL, NS, "users", **{"cdi.ingest.dev/sync-now": "1"})
+    assert await watched.event() >= 1, "a change by anyone else is reconciled"
+
+
+async def test_a_change_made_while_the_operator_wrote_its_status_is_reconciled(fake: FakeKube) -> None:
+    """The answer to the operator's write shows someone else's change made after the reconcile read the object: that
+    write's event is not the operator's own, and the change is reconciled."""
+    watched = Watched(fake)
+    patch_status = fake.patch_status
+    changed = False
+
+    async def after_a_change(*args: Any, **kwargs: Any) -> JSON:
+        nonlocal changed
+        if not changed:  # a user's sync-now lands between the reconcile's GET and its first status write
+            changed = True
+            fake.annotate(CDI_PLURAL, NS, "users", **{"cdi.ingest.dev/sync-now": "1"})
+        return await patch_status(*args, **kwargs)
+
+    fake.patch_status = after_a_change  # type: ignore[method-assign]
+    assert await watched.event("ADDED") == 2, "the first reconcile, then one for the sync-now in its answer"
+    assert fake.obj(CDI_PLURAL, NS, "users")["status"]["lastHandledSyncNow"] == "1"

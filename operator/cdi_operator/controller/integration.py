@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -44,6 +44,7 @@ from cdi_operator.controller.credential import ensure_in_use_finalizer
 from cdi_operator.controller.listing import SharedList
 from cdi_operator.controller.resources import merged as merged_resources
 from cdi_operator.controller.runner_access import build_run_lease, build_runner_access, runner_account_name
+from cdi_operator.controller.runner_writes import decisive
 from cdi_operator.controller.settings import OperatorSettings
 from cdi_operator.controller.status import StatusWriter
 from cdi_operator.kube.aio import KubeApi
@@ -247,6 +248,8 @@ class IntegrationReconciler:
         # (namespace, name) -> (digest, monotonic time) of the runner access last applied: three writes per
         # integration and resync would otherwise be most of the operator's API traffic at scale.
         self._runner_access: dict[tuple[str, str], tuple[str, float]] = {}
+        # (namespace, name, the object as an own status write left it): the Controller skips that write's event
+        self.own_writes: Callable[[str, str, JSON], None] | None = None
 
     async def ensure_runner_access(self, namespace: str, name: str, manifests: list[JSON]) -> None:
         """Applies them when they changed, or every RUNNER_ACCESS_REFRESH seconds (someone may have deleted them)."""
@@ -304,7 +307,15 @@ class _Run:
         self.namespace: str = meta["namespace"]
         self.generation: int | None = meta.get("generation")
         self.writer = StatusWriter(self.kube, CDI_PLURAL, obj, CdiIntegrationStatus)
+        self.writer.on_written = self._written
         self.tested = False
+
+    def _written(self, answer: JSON) -> None:
+        """A status patch of this reconcile as the API server answered it: when that is the object as read with the
+        status as written here, its watch event brings nothing this reconcile has not acted on (runner_writes.py)."""
+        own = self.reconciler.own_writes
+        if own is not None and decisive(answer) == decisive({**self.obj, "status": self.writer.written}):
+            own(self.namespace, self.name, answer)
 
     @property
     def where(self) -> str:
@@ -323,13 +334,19 @@ class _Run:
 
     async def stop(self, phase: Phase, reason: str, message: str, connection_status: str | None = None) -> None:
         """Not schedulable: suspend the CronJob if there is one, write the status, refuse a sync-now."""
-        await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
+        await self.suspend()
         self.set(phase, conditions.stalled(reason, message, connection=connection_status))  # type: ignore[arg-type]
         changed = self.status.get("phase") != phase.value or _reason(self.status, reasons.STALLED) != reason
         if changed and not self.tested:  # a test that just failed has had its own Event
             await self.kube.event(self.obj, "Warning", reason, message)
         await self.handle_rewind()
         await self.handle_sync_now(phase, None)
+
+    async def suspend(self) -> None:
+        """Suspend the CronJob, unless the integration has no phase yet: then it has never had one (a new one, of
+        1,000 applied at once, would make a PATCH that can only fail)."""
+        if self.status.get("phase") is not None:
+            await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
 
     async def go(self) -> None:
         spec = parse_spec(self.obj)
@@ -423,7 +440,7 @@ class _Run:
         if requested is not None:
             fields["last_handled_test_connection"] = requested
         if not live:
-            await self.kube.suspend_cronjob(self.namespace, cronjob_name(self.name))
+            await self.suspend()
         self.set(None if live else Phase.DRAFT, conditions.testing(message, keep_ready=live), **fields)
         await self.writer.flush()  # a test may take minutes: show that it runs
         secrets = await self.kube.secret_values(self.namespace, credential_spec.secret_refs())

@@ -81,6 +81,7 @@ class Controller:
         self.credentials = CredentialReconciler(kube, settings, self.observer.connection_test, tester=tester)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.digests = Digests()  # of each integration as last reconciled from an event
+        self.integrations.own_writes = self.digests.own
         self._reconciling: dict[tuple[str, str], asyncio.Task[None]] = {}  # asked for by events, by integration
         self._again: set[tuple[str, str]] = set()  # asked for again while running
 
@@ -138,7 +139,7 @@ class Controller:
                 self._again.discard(key)
                 if not await self.integration(namespace, name):
                     self.digests.forget(namespace, name)
-                if key not in self._again:
+                if key not in self._again or self.digests.latest_is_own(namespace, name):
                     return
         finally:
             del self._reconciling[key]

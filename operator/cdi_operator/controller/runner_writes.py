@@ -13,11 +13,18 @@ differs from the last one reconciled only in
 
 is skipped; only the watermark gauge is set from it, which costs no API call. Every other change is reconciled as
 before, and the periodic resync still reconciles every integration, which covers what depends on time alone.
+
+So is the event of the operator's own status write, when the API server's answer to it is the object as that
+reconcile read it with the status as it wrote it (`Digests.own`): the reconcile has already acted on everything
+in it. That was a second reconcile of every integration that became Active (its "testing" and its Active writes),
+with its reads and its CronJob apply. An answer that shows anything else (a spec or annotation changed meanwhile,
+a run's record) is not the operator's own, and its event is reconciled.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import Any
 
 import orjson
@@ -38,6 +45,7 @@ RUNNING_RECORD_PROGRESS = (
     "brazeRequests",
 )
 VOLATILE_METADATA = ("resourceVersion", "managedFields")
+OWN_WRITES_KEPT = 4  # per integration: a reconcile writes its status at most twice (a test's "testing", then its end)
 
 
 def _without_progress(record: Any) -> Any:
@@ -60,19 +68,33 @@ def decisive(body: JSON) -> str:
 
 
 class Digests:
-    """What each integration looked like when it was last reconciled, by (namespace, name)."""
+    """What each integration looked like when it was last reconciled, by (namespace, name), and as the operator's
+    own last status writes left it."""
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], str] = {}
+        self._own: dict[tuple[str, str], deque[str]] = {}
 
     def unchanged(self, namespace: str, name: str, body: JSON) -> bool:
-        """True when `body` differs from the object last reconciled only in the runner's progress; otherwise
-        remembers it as reconciled (call `forget` if that reconcile then fails)."""
+        """True when `body` differs from the object last reconciled only in the runner's progress, or is as one of
+        the operator's own last writes left it; otherwise remembers it as reconciled (call `forget` if that
+        reconcile then fails)."""
+        key = (namespace, name)
         digest = decisive(body)
-        if self._last.get((namespace, name)) == digest:
+        if self._last.get(key) == digest:
             return True
-        self._last[(namespace, name)] = digest
-        return False
+        self._last[key] = digest
+        return digest in self._own.get(key, ())
+
+    def own(self, namespace: str, name: str, body: JSON) -> None:
+        """`body` is the object as a reconcile's own write left it, all of which that reconcile acted on."""
+        self._own.setdefault((namespace, name), deque(maxlen=OWN_WRITES_KEPT)).append(decisive(body))
+
+    def latest_is_own(self, namespace: str, name: str) -> bool:
+        """The latest event's object is as an own write left it: the events before it need no reconcile either."""
+        key = (namespace, name)
+        return key in self._last and self._last[key] in self._own.get(key, ())
 
     def forget(self, namespace: str, name: str) -> None:
         self._last.pop((namespace, name), None)
+        self._own.pop((namespace, name), None)

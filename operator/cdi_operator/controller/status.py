@@ -30,6 +30,20 @@ from cdi_operator.kube.errors import Conflict, NotFound
 CONFLICT_RETRIES = 5
 
 
+def merged(target: Any, patch: Any) -> Any:
+    """`target` after the JSON merge patch `patch` (RFC 7386, as the API server applies it): objects merge key by key,
+    null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(result.get(key), value)
+    return result
+
+
 def _json(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -53,6 +67,7 @@ class StatusWriter:
         self.written: JSON = dict(obj.get("status") or {})  # as read, then as last patched
         self._fields: JSON = {}
         self._wants: dict[str, conditions.Want] = {}
+        self.on_written: Callable[[JSON], None] | None = None  # with the object the API server answered a patch with
 
     def _alias(self, name: str) -> str:
         """The JSON name of a field given by its model name or its JSON name."""
@@ -99,9 +114,12 @@ class StatusWriter:
         if not patch:
             return patch
         self.model.model_validate({k: v for k, v in patch.items() if v is not None})  # a bug fails here, not in etcd
+        answer = None
         with contextlib.suppress(NotFound):  # deleted meanwhile: nothing left to describe
-            await self.kube.patch_status(self.plural, self.namespace, self.name, patch)
-        self.written = {k: v for k, v in {**self.written, **patch}.items() if v is not None}
+            answer = await self.kube.patch_status(self.plural, self.namespace, self.name, patch)
+        self.written = merged(self.written, patch)
+        if answer is not None and self.on_written is not None:
+            self.on_written(answer)
         return patch
 
     async def guarded(self, build: Callable[[JSON], JSON | None], retries: int = CONFLICT_RETRIES) -> JSON | None:
@@ -128,5 +146,7 @@ class StatusWriter:
                 return None
             self.written = dict(obj.get("status") or {})
             self.resource_version = obj["metadata"].get("resourceVersion")
+            if self.on_written is not None:
+                self.on_written(obj)
             return patch
         return None
