@@ -11,7 +11,8 @@ passing connection test (a real query against PostgreSQL) before it is Active an
 
 Reports: the time to create the objects, the time from the first create until all are Active (and until half are),
 the operator's peak RSS (VmHWM of /proc/PID/status) and CPU time, after `--settle` more seconds (at least one periodic
-resync, which reconciles every integration again).
+resync, which reconciles every integration again), and the apiserver's requests from the first create until all are
+Active, less the benchmark's own (`requests_to_active`, by verb and resource).
 
 Then every integration syncs at once, `--run-seconds` long, through runner_standin.py (the runner's own status
 writes at its real cadence; 1,000 runner processes do not fit on 2 cores): once with the adaptive checkpoints
@@ -179,6 +180,7 @@ def _run(cp: Any, pg: dict[str, str], schema: str, options: Options) -> dict[str
         time.sleep(3)  # let it start watching (an empty namespace)
         base_rss = int(proc_status(operator.pid)["VmRSS"].split()[0])
         names = [f"it-{i:05d}" for i in range(count)]
+        requests_before = apiserver_requests(api)
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(
@@ -193,6 +195,7 @@ def _run(cp: Any, pg: dict[str, str], schema: str, options: Options) -> dict[str
         print(f"applied {count} CdiIntegrations in {applied:.1f} s", file=sys.stderr)
         half = None
         phases: dict[str, int] = {}
+        polls = 0
         while True:
             if operator.poll() is not None:
                 raise RuntimeError(f"the operator exited ({operator.returncode}); see {log_path}")
@@ -210,8 +213,13 @@ def _run(cp: Any, pg: dict[str, str], schema: str, options: Options) -> dict[str
             if elapsed > timeout:
                 raise RuntimeError(f"not all Active after {timeout:g} s: {phases}; see {log_path}")
             print(f"  {elapsed:6.1f} s: {phases}", file=sys.stderr)
+            polls += 1
             time.sleep(2)
         all_active = time.monotonic() - start
+        # less this benchmark's own: the creates and its LISTs of the integrations
+        to_active = apiserver_requests(api) - requests_before
+        to_active["POST cdiintegrations"] -= count
+        to_active["LIST cdiintegrations"] -= polls + 1
         peak_active = int(proc_status(operator.pid)["VmHWM"].split()[0])
         cpu_active = cpu_seconds(operator.pid)
         print(f"all {count} Active after {all_active:.1f} s; settling {settle:g} s", file=sys.stderr)
@@ -229,6 +237,8 @@ def _run(cp: Any, pg: dict[str, str], schema: str, options: Options) -> dict[str
             "peak_rss_kib": int(status["VmHWM"].split()[0]),
             "rss_after_settle_kib": int(status["VmRSS"].split()[0]),
             "cpu_seconds_until_active": round(cpu_active, 1),
+            "requests_to_active_per_integration": round(sum(to_active.values()) / count, 1),
+            "requests_to_active": dict(to_active.most_common(16)),
             "cpu_seconds_total": round(cpu_seconds(operator.pid), 1),
             "settle_seconds": settle,
             "resync_seconds": resync,

@@ -7,7 +7,8 @@ loopback would hide what concurrency is for. The baseline is benchmarks/naive_ba
     eval "$(bash hack/postgres.sh)"
     .venv/bin/python benchmarks/bench_sync.py --rows 100000 --rows 1000000
 
-Prints one line per run and a Markdown table for benchmarks/README.md.
+Prints one line per run (end to end: the process's wall time; sending: from the first request the emulator
+counted to the last) and a Markdown table for benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redshift_connector
+
+WINDOW_SECONDS = 3.0  # the emulator's /users/track rate-limit window, as Braze's
 
 MANIFEST = """\
 apiVersion: v1
@@ -73,14 +79,32 @@ class Result:
     rows_synced: int
     peak_rss_mib: float
     cpu_seconds: float  # user + system, of the runner's processes together
+    sending_seconds: float  # from the first request the emulator counted to the last
+    whole_windows_rows_per_second: float  # in the emulator's rate-limit windows the run spanned
+    process_cpu_seconds: list[float]  # of each of the runner's processes: its own, then its reading process
+    emulator_cpu_seconds: float = 0.0
 
     @property
     def cpu_per_million(self) -> float:
         return self.cpu_seconds * 1_000_000 / self.rows_synced
 
     @property
+    def emulator_cpu_per_million(self) -> float:
+        return self.emulator_cpu_seconds * 1_000_000 / self.rows_synced
+
+    @property
+    def busiest_capacity(self) -> float:
+        """Rows a second the runner's busiest process would carry on a core of its own: its CPU time per row."""
+        busiest = max(self.process_cpu_seconds, default=0.0)
+        return self.rows_synced / busiest if busiest > 0 else 0.0
+
+    @property
     def rows_per_second(self) -> float:
         return self.rows_synced / self.seconds
+
+    @property
+    def sending_rows_per_second(self) -> float:
+        return self.rows_synced / self.sending_seconds if self.sending_seconds > 0 else 0.0
 
 
 def pg_settings() -> dict[str, str]:
@@ -107,6 +131,7 @@ def create_table(pg: dict[str, str], table: str, rows: int, reuse: bool = False)
         if cur.fetchone()[0]:
             cur.execute(f"SELECT count(*) FROM bench.{table}")
             if cur.fetchone()[0] == rows:
+                _index_updated_at(cur, table)
                 con.close()
                 return
     cur.execute(f"DROP TABLE IF EXISTS bench.{table}")
@@ -121,8 +146,16 @@ def create_table(pg: dict[str, str], table: str, rows: int, reuse: bool = False)
                  'last_order_id', 'order-' || (i * 7), 'loyalty_tier', 'gold')::text
         FROM generate_series(1, {rows}) AS i"""
     )
+    _index_updated_at(cur, table)
     cur.execute(f"ANALYZE bench.{table}")
     con.close()
+
+
+def _index_updated_at(cur: Any, table: str) -> None:
+    # A CDI table's UPDATED_AT is its sort key in Redshift (Braze's advice, so that each sync reads only the new
+    # rows); PostgreSQL's stand-in for it is an index. Without it the read starts with a sort of the whole table,
+    # 18 s before the first row for 10M rows: the warehouse's time, not the runner's.
+    cur.execute(f"CREATE INDEX IF NOT EXISTS {table}_updated_at ON bench.{table} (updated_at)")
 
 
 def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
@@ -139,6 +172,47 @@ def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system time of the process `pid` itself (not its children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watch_cpu(pid: int, stop: threading.Event, seen: dict[int, float]) -> None:
+    """Keep in `seen` the CPU seconds of `pid` and of each of its children, read every 0.1 s until `stop`."""
+    while not stop.wait(0.1):
+        for process in [pid, *_children(pid)]:
+            cpu = _cpu_seconds(process)
+            if cpu is not None:
+                seen[process] = cpu
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (the reading process is forked from a thread of the runner's)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def sending(url: str, rows: int) -> tuple[float, float]:
+    """(seconds from the first request the emulator counted to the last, rows/s in the rate-limit windows the run
+    spanned from start to end: all but its first and last)."""
+    with urllib.request.urlopen(f"{url}/_emulator/state?objects=0") as response:
+        state = json.load(response)
+    seconds = float(state["last_request_at"] - state["first_request_at"])
+    windows = [count for _, count in state["rate_windows"]["bench-key"]["track"]]
+    whole = windows[1:-1]
+    per_request = rows / sum(windows) if windows else 0.0
+    return seconds, (sum(whole) / len(whole) / WINDOW_SECONDS * per_request if whole else 0.0)
+
+
 def run(
     pg: dict[str, str],
     rows: int,
@@ -151,6 +225,7 @@ def run(
 ) -> Result:
     table = f"users_{rows}"
     emulator, url = start_emulator(latency)
+    result: Result | None = None
     try:
         sample = rows
         if mode == "baseline":
@@ -168,17 +243,28 @@ def run(
             command = [str(cdi), "sync", "-f", str(manifest), "--state", str(state), "--output", "json"]
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        seen: dict[int, float] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_cpu, args=(proc.pid, stop, seen), daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
+        stop.set()
+        watcher.join()
         assert proc.stdout is not None
         record = json.loads(proc.stdout.read().strip().splitlines()[-1])
         if status != 0 or record["rowsSynced"] != sample:
             raise SystemExit(f"{mode} failed: exit status {status}, {record}")
         cpu = usage.ru_utime + usage.ru_stime
-        return Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024, cpu)
+        sent, whole = sending(url, record["rowsSynced"])
+        processes = [seen.pop(proc.pid, 0.0), *seen.values()]
+        result = Result(rows, mode, seconds, record["rowsSynced"], usage.ru_maxrss / 1024, cpu, sent, whole, processes)
+        return result
     finally:
         emulator.terminate()
-        emulator.wait()
+        _, _, emulator_usage = os.wait4(emulator.pid, 0)
+        if result is not None:
+            result.emulator_cpu_seconds = emulator_usage.ru_utime + emulator_usage.ru_stime
 
 
 def main() -> None:
@@ -212,17 +298,25 @@ def main() -> None:
                 results.append(result)
                 print(
                     f"{rows:>9,} rows  {mode:<8}  {result.seconds:7.1f} s  {result.rows_per_second:9,.0f} rows/s  "
-                    f"peak RSS {result.peak_rss_mib:6.1f} MiB  CPU {result.cpu_per_million:5.1f} s per 1M rows",
+                    f"sending {result.sending_rows_per_second:9,.0f} rows/s  "
+                    f"whole windows {result.whole_windows_rows_per_second:9,.0f} rows/s  "
+                    f"peak RSS {result.peak_rss_mib:6.1f} MiB  CPU {result.cpu_per_million:5.1f} s per 1M rows "
+                    f"(emulator {result.emulator_cpu_per_million:4.1f})  busiest process alone on a core "
+                    f"{result.busiest_capacity:9,.0f} rows/s",
                     flush=True,
                 )
     print(
-        "\n| rows | mode | rows sent | seconds | rows/s | peak RSS (MiB) | CPU s per 1M rows |"
-        "\n| ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+        "\n| rows | mode | rows sent | seconds | rows/s | rows/s sending | rows/s in whole windows | peak RSS (MiB) "
+        "| CPU s per 1M rows | emulator's CPU s per 1M rows "
+        "| rows/s of the busiest runner process alone on a core |"
+        "\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     for r in results:
         print(
             f"| {r.rows:,} | {r.mode} | {r.rows_synced:,} | {r.seconds:.1f} | {r.rows_per_second:,.0f} | "
-            f"{r.peak_rss_mib:.0f} | {r.cpu_per_million:.1f} |"
+            f"{r.sending_rows_per_second:,.0f} | {r.whole_windows_rows_per_second:,.0f} | "
+            f"{r.peak_rss_mib:.0f} | {r.cpu_per_million:.1f} | {r.emulator_cpu_per_million:.1f} | "
+            f"{r.busiest_capacity:,.0f} |"
         )
 
 
