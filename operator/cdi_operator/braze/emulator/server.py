@@ -418,6 +418,7 @@ class BrazeEmulator:
         path = request.path
         fault = self._next_fault()
         kind = fault.kind if fault is not None else None
+        arrived: float | None = None  # RequestRecord.at: when it was counted (None: it went away before that)
         try:
             body = await request.read()
             # Braze's limiter counts a request as it arrives, before the work and the way back that the latency
@@ -429,13 +430,13 @@ class BrazeEmulator:
                 await asyncio.sleep(fault.delay)
             elif self.latency:
                 await asyncio.sleep(self.latency)
-        except Exception:  # the client went away mid-body
+        except Exception:  # the client went away mid-body or while its answer waited
             with self._lock:
-                self._finish(path, 0, 0, fault)
+                self._finish(path, 0, 0, fault, arrived)
             return _drop(request)
         except BaseException:
             with self._lock:
-                self._finish(path, 0, 0, fault)
+                self._finish(path, 0, 0, fault, arrived)
             raise
         with self._lock:
             if kind is not None and kind.startswith("http5"):
