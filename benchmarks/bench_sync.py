@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import redshift_connector
+from procfs import cpu_seconds
 
 WINDOW_SECONDS = 3.0  # the emulator's /users/track rate-limit window, as Braze's
 
@@ -172,22 +173,14 @@ def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system time of the process `pid` itself (not its children), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def watch_cpu(pid: int, stop: threading.Event, seen: dict[int, float]) -> None:
     """Keep in `seen` the CPU seconds of `pid` and of each of its children, read every 0.1 s until `stop`."""
     while not stop.wait(0.1):
         for process in [pid, *_children(pid)]:
-            cpu = _cpu_seconds(process)
-            if cpu is not None:
-                seen[process] = cpu
+            try:
+                seen[process] = cpu_seconds(process)
+            except OSError:
+                continue  # it has gone: its last figure stays
 
 
 def _children(pid: int) -> list[int]:
